@@ -1,0 +1,105 @@
+"""Training-step speed of the multi-precision step, all variants measured in one run.
+
+CIFAR ResNet-20 (post-activation, width x1), LSQ weights and activations, batch 128,
+bits (2, 4, 6, 8), distillation from the largest bit-width. Prints the median ms/step after
+compilation and the compile seconds for:
+
+  fp          the full-precision model (no quantizers)
+  qat-1       one precision (8 bits) with quantizers
+  vmap        all P precisions in one step, vmapped over the precision axis
+  unroll      all P precisions in one step, an unrolled loop
+  sequential  P separate single-precision steps, one after another
+
+and the ratios vmap/sequential, unroll/sequential and qat-1/fp. Usage:
+
+  python benchmarks/step_speed.py [--steps 5] [--batch 128] [--bits 2,4,6,8] [--conv-batching unroll]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxquant.layers import FULL_PRECISION, QuantSpec
+from jaxquant.models import CifarResNet
+from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, make_optimizer
+
+
+def make_trainer(bits, spec, precision_mode="vmap", distillation="largest", conv_batching="unroll",
+                 width=1):
+    model = CifarResNet(depth=20, width=width, bits=tuple(bits), spec=spec, conv_batching=conv_batching)
+    return MultiPrecisionTrainer(model, tuple(bits), make_optimizer(OptimizerConfig(), 1000, 100),
+                                 distillation=distillation if len(bits) > 1 else "none",
+                                 precision_mode=precision_mode)
+
+
+def time_steps(trainers, images, labels, steps):
+    """Compile each trainer's step, then time ``steps`` iterations of running all of them in
+    sequence. Returns (median seconds per iteration, compile seconds)."""
+    key = jax.random.key(0)
+    states, fns = [], []
+    compile_seconds = 0.0
+    for trainer in trainers:
+        state = trainer.init(jax.random.key(1), images)
+        t0 = time.perf_counter()
+        fn = jax.jit(trainer.train_step, donate_argnums=0).lower(state, images, labels, key).compile()
+        compile_seconds += time.perf_counter() - t0
+        state, metrics = fn(state, images, labels, key)  # warm-up
+        jax.block_until_ready(metrics)
+        states.append(state)
+        fns.append(fn)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        for i, fn in enumerate(fns):
+            states[i], metrics = fn(states[i], images, labels, key)
+        jax.block_until_ready((states, metrics))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), compile_seconds
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--bits", default="2,4,6,8")
+    parser.add_argument("--width", type=int, default=1)
+    parser.add_argument("--conv-batching", default="unroll", choices=["unroll", "native"])
+    parser.add_argument("--only", default="fp,qat-1,vmap,unroll,sequential",
+                        help="comma-separated subset of the variants")
+    args = parser.parse_args(argv)
+    bits = tuple(int(b) for b in args.bits.split(","))
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.normal(size=(args.batch, 32, 32, 3)).astype(np.float32))
+    labels = jnp.asarray(rng.integers(0, 10, size=args.batch))
+    lsq = QuantSpec()
+    variants = {
+        "fp": lambda: [make_trainer((32,), FULL_PRECISION, width=args.width)],
+        "qat-1": lambda: [make_trainer((max(bits),), lsq, width=args.width)],
+        "vmap": lambda: [make_trainer(bits, lsq, "vmap", conv_batching=args.conv_batching, width=args.width)],
+        "unroll": lambda: [make_trainer(bits, lsq, "unroll", width=args.width)],
+        "sequential": lambda: [make_trainer((b,), lsq, width=args.width) for b in bits],
+    }
+    chosen = [v for v in args.only.split(",") if v]
+    print(f"# CIFAR ResNet-20 x{args.width}, batch {args.batch}, bits {bits}, LSQ, {jax.devices()[0].platform} "
+          f"({jax.device_count()} device(s)), jax {jax.__version__}, {args.steps} timed steps")
+    print(f"{'variant':<12}{'ms/step':>10}{'compile s':>11}")
+    results = {}
+    for name in chosen:
+        seconds, compile_seconds = time_steps(variants[name](), images, labels, args.steps)
+        results[name] = seconds
+        print(f"{name:<12}{seconds * 1e3:>10.0f}{compile_seconds:>11.1f}", flush=True)
+    if "vmap" in results and "sequential" in results:
+        print(f"vmap/sequential   {results['vmap'] / results['sequential']:.2f}")
+    if "unroll" in results and "sequential" in results:
+        print(f"unroll/sequential {results['unroll'] / results['sequential']:.2f}")
+    if "qat-1" in results and "fp" in results:
+        print(f"qat-1/fp          {results['qat-1'] / results['fp']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Checkpoints: an orbax ``CheckpointManager`` in the run's workdir.
+
+Saved every N steps and at the end, the last K kept; a rerun with the same workdir resumes from
+the latest step. A checkpoint that cannot be read, or that was written by a model of another
+shape, raises `CheckpointError` before anything is written, so nothing a user had is lost.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxquant.errors import CheckpointError
+
+
+def _shapes(tree) -> list:
+    return [(jax.tree_util.keystr(path), tuple(np.shape(leaf)), str(np.asarray(leaf).dtype) if not hasattr(leaf, "dtype") else str(leaf.dtype))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+class Checkpointer:
+    """Save and restore a training-state pytree under ``workdir/checkpoints``."""
+
+    def __init__(self, workdir: str | pathlib.Path, keep: int = 3):
+        self.directory = pathlib.Path(workdir).resolve() / "checkpoints"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=False)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state) -> None:
+        """Write ``state`` as step ``step`` (synchronously: it is on disk when this returns)."""
+        self.manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, template, step: int | None = None):
+        """The state at ``step`` (default: the latest), with the structure of ``template``.
+
+        Raises `CheckpointError` when the files are unreadable or hold a differently shaped model.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}; train first with `jaxquant train --workdir ...`")
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+        try:
+            restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # orbax raises many types for corrupt or mismatched files
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} cannot be restored into this config's model "
+                f"({type(e).__name__}: {first_line}); use a new --workdir, or the config that wrote it") from e
+        if _shapes(restored) != _shapes(template):
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} holds a model of other shapes than this config "
+                "builds; use a new --workdir, or the config that wrote it")
+        return restored
+
+    def close(self) -> None:
+        self.manager.close()

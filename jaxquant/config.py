@@ -1,0 +1,84 @@
+"""ml_collections configs: load a ``get_config()`` file and apply ``--config.key=value`` overrides."""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import pathlib
+
+import ml_collections
+
+from jaxquant.errors import ConfigError
+
+DEFAULT_CONFIG = pathlib.Path(__file__).parent / "configs" / "default.py"
+
+
+def load_config(path: str | pathlib.Path | None = None) -> ml_collections.ConfigDict:
+    """The ``get_config()`` of a config file (default: the embedded ``digits`` Any-Precision run)."""
+    path = pathlib.Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass --config path/to/config.py "
+                          "(see experiments/configs/)")
+    spec = importlib.util.spec_from_file_location(f"jaxquant_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise ConfigError(f"config file {path} failed to load ({type(e).__name__}: {e})") from e
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} has no get_config() function")
+    return module.get_config()
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare string such as --config.dataset=mnist
+
+
+def _all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            keys += _all_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(prefix + key)
+    return keys
+
+
+def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+    """Set ``config.<key>`` (dotted) from command-line text, keeping the field's type."""
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            node = None
+            break
+        node = node[part]
+    if node is None or not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(_all_keys(config))}")
+    old = node[leaf]
+    value = _parse_value(text)
+    if isinstance(old, tuple) and not isinstance(value, tuple):
+        value = (value,)
+    if isinstance(old, str) and not isinstance(value, str):
+        value = text
+    if isinstance(old, bool) and isinstance(value, int) and not isinstance(value, bool):
+        raise ConfigError(f"config.{key} is a bool; pass True or False, not {text!r}")
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if old is not None and not isinstance(value, type(old)):
+        raise ConfigError(f"config.{key} expects a {type(old).__name__} (now {old!r}); got {text!r}")
+    node[leaf] = value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> ml_collections.ConfigDict:
+    """Apply ``{dotted key: text}`` overrides in order and return the config."""
+    for key, text in overrides.items():
+        override(config, key, text)
+    return config
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict:
+    """A JSON-friendly copy (tuples become lists)."""
+    return config.to_dict()

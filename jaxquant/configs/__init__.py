@@ -1,0 +1,1 @@
+"""Embedded configs (``default.py``) and the base every config starts from."""

@@ -1,0 +1,46 @@
+"""Every key a run understands, with its default. Configs start from `base_config()`."""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.method = "anyprecision"        # anyprecision | lsq
+    c.dataset = "digits"             # digits | mnist | fashion_mnist | cifar10 | cifar100
+    c.data_dir = ""                  # tfds data_dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets)
+    c.augment = "none"               # none | crop | crop_flip (on device, inside the step)
+    c.crop_padding = 4
+    c.model = "small_cnn"            # small_cnn | resnet20 | resnet32 | resnet18 | resnet34
+    c.width = 1                      # CIFAR ResNet width multiplier (Any-Precision uses 5)
+    c.widths = (32, 64, 64)          # SmallCNN: stem width, then one quantized conv per entry
+    c.preactivation = False          # CIFAR ResNet: Any-Precision's pre-activation blocks
+    c.quantize_shortcut = False      # quantize 1x1 projection shortcuts
+    c.first_last_bits = 0            # 0: FP stem conv and classifier; else their fixed bit-width
+    c.per_channel = False            # LSQ: one weight step per output channel
+    c.conv_batching = "unroll"       # unroll | native: how vmap over precision lowers convs
+    c.bits = (2, 4, 8, 32)           # the precisions trained together (32 = full precision)
+    c.distillation = "none"          # none | largest (MBQuant) | recursive (Any-Precision)
+    c.loss_weights = ()              # lambda_b per bit-width; () = all ones
+    c.precision_mode = "vmap"        # vmap | unroll
+    c.epochs = 10
+    c.batch_size = 128               # global batch, split over all devices
+    c.eval_batch_size = 500
+    c.seed = 0
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 3
+    c.multihost = False              # call jax.distributed.initialize() (multi-host TPU pods)
+    o = c.optimizer = ml_collections.ConfigDict()
+    o.optimizer = "sgd"              # model weights: sgd | adam
+    o.learning_rate = 0.1
+    o.momentum = 0.9
+    o.nesterov = False
+    o.weight_decay = 1e-4
+    o.decay_batchnorm = True
+    o.schedule = "cosine"            # cosine | constant | step
+    o.per_epoch_schedule = False
+    o.warmup_epochs = 0.0
+    o.step_epochs = ()
+    o.step_factor = 0.1
+    o.quantizer_optimizer = "adam"   # quantizer parameters (LSQ steps, intervals)
+    o.quantizer_learning_rate = 1e-3
+    o.quantizer_schedule = "cosine"
+    return c

@@ -1,0 +1,228 @@
+"""Datasets: tensorflow-datasets sources, in-memory small sets, on-device augmentation.
+
+Small image sets (digits, MNIST, Fashion-MNIST, CIFAR-10/100) are held in memory as NumPy
+arrays and gathered per step; random crop + flip and normalisation run on device inside the
+jitted step (`make_preprocess`). scikit-learn's bundled ``digits`` is the embedded default that
+needs no download. ImageNet streams through ``tf.data`` (`imagenet_batches`, needs the ``tf`` extra).
+
+The project's machines are offline: a tfds dataset must be prepared beforehand in ``data_dir``
+(``TFDS_DATA_DIR``); otherwise `DatasetNotFoundError` says how.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxquant.errors import ConfigError, DatasetNotFoundError
+
+IN_MEMORY = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
+STREAMING = ("imagenet2012",)
+
+# Per-channel mean and std of the training images, in [0, 1] units.
+NORMALIZATION = {
+    "digits": ((0.3032,), (0.3826,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
+               "imagenet2012": 1000}
+BUILD_HINT = {name: f"python ../shared/data/prepare_tfds.py DATA_DIR {name}" for name in ("mnist", "fashion_mnist", "cifar10")}
+
+
+@dataclasses.dataclass
+class ArrayDataset:
+    """A dataset held in memory: uint8 (or float in [0, 1]) NHWC images and int32 labels."""
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_images.shape[1:])
+
+
+def default_data_dir(data_dir: str | None = None) -> str:
+    """``data_dir`` if given, else ``$TFDS_DATA_DIR``, else tfds's default (~/tensorflow_datasets)."""
+    return data_dir or os.environ.get("TFDS_DATA_DIR") or str(pathlib.Path.home() / "tensorflow_datasets")
+
+
+def load_digits(test_fraction: float = 0.2, seed: int = 0) -> ArrayDataset:
+    """scikit-learn's bundled 8x8 ``digits`` (1,797 images), a fixed stratified split."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+    digits = sk_digits()
+    images = (digits.images[..., None] / 16.0).astype(np.float32)
+    labels = digits.target.astype(np.int32)
+    x_train, x_test, y_train, y_test = train_test_split(images, labels, test_size=test_fraction,
+                                                        random_state=seed, stratify=labels)
+    mean, std = NORMALIZATION["digits"]
+    return ArrayDataset("digits", x_train, y_train, x_test, y_test, 10, mean, std)
+
+
+def _tfds_builder(name: str, data_dir: str):
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:  # pragma: no cover - a broken install
+        raise DatasetNotFoundError(f"tensorflow-datasets is not importable ({e}); reinstall jaxquant") from e
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+        hint = BUILD_HINT.get(name, f"prepare it with tfds on a machine with internet and copy it to {data_dir}")
+        raise DatasetNotFoundError(
+            f"dataset {name!r} is not prepared in {data_dir} and this machine cannot download it; "
+            f"build it ({hint.replace('DATA_DIR', data_dir)}) or set --config.data_dir / TFDS_DATA_DIR "
+            "to a folder that has it")
+    return builder
+
+
+def _read_split(source) -> tuple[np.ndarray, np.ndarray]:
+    items = source.__getitems__(list(range(len(source))))
+    images = np.stack([item["image"] for item in items]).astype(np.uint8)
+    labels = np.asarray([item["label"] for item in items], np.int32)
+    return images, labels
+
+
+def load_tfds_in_memory(name: str, data_dir: str | None = None, cache_dir: str | None = None) -> ArrayDataset:
+    """Read a prepared tfds dataset's train and test splits into memory (no TensorFlow needed:
+    array_record through ``tfds.data_source``). The arrays are cached as ``.npz`` in
+    ``cache_dir`` (default ``~/.cache/jaxquant``) so later runs load in a second."""
+    data_dir = default_data_dir(data_dir)
+    builder = _tfds_builder(name, data_dir)
+    cache_dir = pathlib.Path(cache_dir or pathlib.Path.home() / ".cache" / "jaxquant")
+    cache = cache_dir / f"{name}-{builder.version}-{abs(hash(str(pathlib.Path(builder.data_dir).resolve()))) % 10**8}.npz"
+    if cache.exists():
+        arrays = dict(np.load(cache))
+    else:
+        import tensorflow_datasets as tfds
+        source = tfds.data_source(name, data_dir=data_dir)
+        arrays = {}
+        for split in ("train", "test"):
+            arrays[f"{split}_images"], arrays[f"{split}_labels"] = _read_split(source[split])
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(cache)
+    mean, std = NORMALIZATION[name]
+    return ArrayDataset(name, arrays["train_images"], arrays["train_labels"], arrays["test_images"],
+                        arrays["test_labels"], NUM_CLASSES[name], mean, std)
+
+
+def load_dataset(name: str, data_dir: str | None = None, cache_dir: str | None = None) -> ArrayDataset:
+    """An in-memory dataset by tfds name (``digits`` is scikit-learn's, always available)."""
+    if name == "digits":
+        return load_digits()
+    if name in STREAMING:
+        raise ConfigError(f"{name!r} is too large to hold in memory; it streams through imagenet_batches()")
+    if name not in IN_MEMORY:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {IN_MEMORY + STREAMING}")
+    return load_tfds_in_memory(name, data_dir, cache_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# Order of examples: a pure function of (seed, step), so a resumed run sees the same batches.
+
+def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:
+    """Indices of the examples in training step ``step``: each epoch is a fresh permutation
+    drawn from ``(seed, epoch)``; the incomplete last batch of an epoch is dropped."""
+    steps_per_epoch = num_examples // batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"batch_size {batch_size} is larger than the {num_examples} training examples; "
+                          "lower --config.batch_size")
+    epoch, index = divmod(step, steps_per_epoch)
+    permutation = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    return permutation[index * batch_size:(index + 1) * batch_size]
+
+
+# ----------------------------------------------------------------------------------------------
+# On-device preprocessing.
+
+def random_crop(images: jax.Array, key: jax.Array, padding: int) -> jax.Array:
+    """Zero-pad by ``padding`` and crop back at a random offset per example (torchvision's
+    ``RandomCrop(size, padding)``)."""
+    n, h, w, c = images.shape
+    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    offsets = jax.random.randint(key, (n, 2), 0, 2 * padding + 1)
+    return jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c)))(padded, offsets)
+
+
+def random_flip(images: jax.Array, key: jax.Array) -> jax.Array:
+    """Horizontal flip of each example with probability 1/2."""
+    flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
+    return jnp.where(flip, images[:, :, ::-1], images)
+
+
+AUGMENTATIONS = ("none", "crop", "crop_flip")
+
+
+def make_preprocess(mean, std, augment: str = "none", crop_padding: int = 4) -> Callable:
+    """``preprocess(images, train, key)``: to float in [0, 1] (from uint8), augment when
+    training (``crop``: random crop; ``crop_flip``: crop and horizontal flip), normalise."""
+    if augment not in AUGMENTATIONS:
+        raise ConfigError(f"unknown augment {augment!r}; choose one of {AUGMENTATIONS}")
+    mean = jnp.asarray(mean, jnp.float32)
+    std = jnp.asarray(std, jnp.float32)
+
+    def preprocess(images, train: bool, key):
+        x = images.astype(jnp.float32)
+        if images.dtype == jnp.uint8:
+            x = x / 255.0
+        if train and augment != "none":
+            crop_key, flip_key = jax.random.split(key)
+            x = random_crop(x, crop_key, crop_padding)
+            if augment == "crop_flip":
+                x = random_flip(x, flip_key)
+        return (x - mean) / std
+
+    return preprocess
+
+
+# ----------------------------------------------------------------------------------------------
+# ImageNet: streamed with tf.data (the `tf` extra).
+
+def imagenet_batches(split: str, batch_size: int, data_dir: str | None = None, image_size: int = 224,
+                     train: bool = True, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches of ``(uint8 images, labels)`` from ``imagenet2012``: RandomResizedCrop(0.08-1) +
+    flip for training; resize 256/224 of the short side then a centre crop for evaluation."""
+    data_dir = default_data_dir(data_dir)
+    builder = _tfds_builder("imagenet2012", data_dir)
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise ConfigError("streaming imagenet2012 needs TensorFlow: pip install 'jaxquant[tf]'") from e
+    ds = builder.as_dataset(split=split, shuffle_files=train, read_config=__import__("tensorflow_datasets").ReadConfig(shuffle_seed=seed))
+
+    def decode(example):
+        image = example["image"]
+        if train:
+            begin, size, _ = tf.image.sample_distorted_bounding_box(
+                tf.shape(image), tf.zeros([0, 0, 4], tf.float32), min_object_covered=0.0,
+                area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3), use_image_if_no_bounding_boxes=True,
+                seed=seed)
+            image = tf.slice(image, begin, size)
+            image = tf.image.resize(image, (image_size, image_size))
+            image = tf.image.random_flip_left_right(image, seed=seed)
+        else:
+            shape = tf.cast(tf.shape(image)[:2], tf.float32)
+            scale = (image_size * 256 / 224) / tf.reduce_min(shape)
+            image = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32))
+            image = tf.image.resize_with_crop_or_pad(image, image_size, image_size)
+        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), example["label"]
+
+    if train:
+        ds = ds.repeat().shuffle(10_000, seed=seed)
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size, drop_remainder=train)
+    for images, labels in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+        yield images, labels.astype(np.int32)

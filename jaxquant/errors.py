@@ -1,0 +1,29 @@
+"""User-facing errors: one line that says what is wrong and how to fix it.
+
+Every error a user can cause is a `JaxquantError` (a `ValueError`), so library callers can
+catch one type, and the CLI turns it into a one-line message and exit code 2.
+"""
+
+
+class JaxquantError(ValueError):
+    """Base class of every error caused by user input, data or files."""
+
+
+class BitWidthError(JaxquantError):
+    """A bit-width the chosen quantizer cannot represent."""
+
+
+class ConfigError(JaxquantError):
+    """An unknown config key, a value of the wrong type or an inconsistent config."""
+
+
+class DatasetNotFoundError(JaxquantError):
+    """A dataset that is not prepared locally (the machines are offline)."""
+
+
+class CheckpointError(JaxquantError):
+    """A checkpoint that is corrupt or was written by an incompatible config."""
+
+
+class NonFiniteLossError(JaxquantError):
+    """Training diverged: the loss became NaN or infinite."""

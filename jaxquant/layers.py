@@ -1,0 +1,242 @@
+"""Flax Linen layers whose precision is data.
+
+A layer is built for a static tuple of bit-widths ``bits`` (``P = len(bits)``) and called with a
+precision **index** ``precision`` (a traced int) into that tuple. State that differs per
+precision (LSQ step sizes, BatchNorm statistics and affine) carries a leading axis of size P and
+is gathered with the index, so ``jax.vmap`` over ``precision`` runs every sub-network at once.
+
+Swap ``nn.Conv`` for `QuantConv` and ``nn.Dense`` for `QuantDense` in your own model, and
+``nn.BatchNorm`` for `PrecisionBatchNorm` (switchable BN).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import custom_batching
+
+from jaxquant import quantizers as q
+from jaxquant.errors import ConfigError
+
+WEIGHT_QUANTIZERS = ("lsq", "dorefa", "none")
+ACTIVATION_QUANTIZERS = ("lsq", "dorefa", "none")
+
+QUANTIZER_PARAM_NAMES = frozenset({"weight_step", "act_step", "weight_lower", "weight_upper",
+                                   "act_lower", "act_upper"})
+"""Parameter names that belong to quantizers (optimised by their own optimizer group)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSpec:
+    """Which quantizers a layer uses.
+
+    weight: ``lsq`` (signed, learned step), ``dorefa`` (Any-Precision) or ``none``.
+    activation: ``lsq`` (learned step), ``dorefa`` (fixed [0, 1] range) or ``none``.
+    per_channel: one LSQ weight step per output channel instead of per tensor.
+    signed_activations: LSQ activations on a signed grid (inputs that are not post-ReLU).
+    """
+    weight: str = "lsq"
+    activation: str = "lsq"
+    per_channel: bool = False
+    signed_activations: bool = False
+
+    def __post_init__(self):
+        if self.weight not in WEIGHT_QUANTIZERS:
+            raise ConfigError(f"unknown weight quantizer {self.weight!r}; choose one of {WEIGHT_QUANTIZERS}")
+        if self.activation not in ACTIVATION_QUANTIZERS:
+            raise ConfigError(f"unknown activation quantizer {self.activation!r}; choose one of {ACTIVATION_QUANTIZERS}")
+
+    def validate(self, bits: Sequence[int]) -> tuple[int, ...]:
+        """Check ``bits`` against both quantizers; return the tuple."""
+        q.validate_bits(bits, self.weight if self.weight != "none" else "lsq")
+        return q.validate_bits(bits, self.activation if self.activation != "none" else "lsq")
+
+
+FULL_PRECISION = QuantSpec(weight="none", activation="none")
+
+
+# ----------------------------------------------------------------------------------------------
+# Convolution that vmaps over precision without grouped convolutions.
+
+def _conv(x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _unrolled_vmap(fn: Callable) -> Callable:
+    """``fn`` whose ``jax.vmap`` runs ``fn`` once per batch element (a Python-unrolled loop
+    inside the trace) instead of batching its primitives."""
+    @custom_batching.custom_vmap
+    def wrapped(*args):
+        return fn(*args)
+
+    @wrapped.def_vmap
+    def _rule(axis_size, in_batched, *args):
+        if not any(in_batched):
+            return wrapped(*args), jax.tree_util.tree_map(lambda _: False, fn(*args))
+        outs = [wrapped(*(a[i] if batched else a for a, batched in zip(args, in_batched)))
+                for i in range(axis_size)]
+        stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+        return stacked, jax.tree_util.tree_map(lambda _: True, stacked)
+
+    return wrapped
+
+
+@functools.lru_cache(maxsize=None)
+def _make_precision_conv(strides: tuple[int, ...], padding) -> Callable:
+    """A conv whose vmap runs one plain conv per precision, forward and backward.
+
+    XLA lowers a vmapped conv with batched input *and* kernel to a grouped conv, which on CPU
+    is about 20x slower than P plain convs (measured with ``benchmarks/step_speed.py
+    --conv-batching native``). ``custom_vmap`` does not support reverse-mode autodiff, so the
+    gradient is a ``custom_vjp`` whose forward and backward are each unrolled under vmap.
+    """
+    def plain(x, kernel):
+        return _conv(x, kernel, strides, padding)
+
+    forward = _unrolled_vmap(plain)
+    backward = _unrolled_vmap(lambda x, kernel, g: jax.vjp(plain, x, kernel)[1](g))
+
+    @jax.custom_vjp
+    def conv(x, kernel):
+        return forward(x, kernel)
+
+    conv.defvjp(lambda x, kernel: (forward(x, kernel), (x, kernel)),
+                lambda res, g: backward(*res, g))
+    return conv
+
+
+def precision_conv(x, kernel, strides=(1, 1), padding="SAME", batching: str = "unroll"):
+    """NHWC/HWIO convolution. ``batching='unroll'`` (default) makes ``jax.vmap`` over precision
+    run one plain conv per precision; ``'native'`` leaves XLA's grouped-conv lowering (try it on
+    GPU/TPU)."""
+    strides = tuple(strides)
+    if batching == "native":
+        return _conv(x, kernel, strides, padding)
+    if batching != "unroll":
+        raise ConfigError(f"unknown conv batching {batching!r}; use 'unroll' or 'native'")
+    return _make_precision_conv(strides, padding if isinstance(padding, str) else tuple(map(tuple, padding)))(x, kernel)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared quantization of a layer's weights and inputs.
+
+def _bits_at(bits: Sequence[int], precision) -> jax.Array:
+    return jnp.asarray(bits, jnp.int32)[precision]
+
+
+def _quantize_weight(module: nn.Module, kernel: jax.Array, precision) -> jax.Array:
+    spec, bits = module.spec, module.bits
+    bit_width = _bits_at(bits, precision)
+    if spec.weight == "none":
+        return kernel
+    if spec.weight == "dorefa":
+        return q.dorefa_weight(kernel, bit_width)
+    # LSQ: one step per precision (and per output channel), initialised from the kernel.
+    axis = tuple(range(kernel.ndim - 1)) if spec.per_channel else None
+    all_bits = jnp.asarray(bits, jnp.int32)
+    step = module.param(
+        "weight_step",
+        lambda _: jax.vmap(lambda b: q.lsq_init_step(kernel, b, signed=True, axis=axis))(all_bits))
+    return q.lsq_quantize(kernel, step[precision], bit_width, signed=True)
+
+
+def _quantize_input(module: nn.Module, x: jax.Array, precision) -> jax.Array:
+    spec, bits = module.spec, module.bits
+    bit_width = _bits_at(bits, precision)
+    if spec.activation == "none":
+        return x
+    if spec.activation == "dorefa":
+        return q.dorefa_activation(x, bit_width)
+    signed = spec.signed_activations
+    all_bits = jnp.asarray(bits, jnp.int32)
+    step = module.param(
+        "act_step", lambda _: jax.vmap(lambda b: q.lsq_init_step(x, b, signed=signed))(all_bits))
+    # LSQ's N for activations: the features of one example (the batch does not count).
+    per_example = max(x.size // max(x.shape[0], 1), 1) if x.ndim > 1 else x.size
+    return q.lsq_quantize(x, step[precision], bit_width, signed=signed, num_elements=per_example)
+
+
+class QuantConv(nn.Module):
+    """2-D convolution (NHWC) with quantized weights and inputs at ``bits[precision]``."""
+    features: int
+    kernel_size: Sequence[int] = (3, 3)
+    strides: Sequence[int] = (1, 1)
+    padding: Any = "SAME"
+    use_bias: bool = False
+    bits: tuple[int, ...] = (q.FP_BITS,)
+    spec: QuantSpec = QuantSpec()
+    conv_batching: str = "unroll"
+    kernel_init: Callable = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+    @nn.compact
+    def __call__(self, x: jax.Array, precision) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init,
+                            tuple(self.kernel_size) + (x.shape[-1], self.features))
+        x = _quantize_input(self, x, precision)
+        kernel = _quantize_weight(self, kernel, precision)
+        y = precision_conv(x, kernel.astype(x.dtype), self.strides, self.padding, self.conv_batching)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+        return y
+
+
+class QuantDense(nn.Module):
+    """Dense layer with quantized weights and inputs at ``bits[precision]``."""
+    features: int
+    use_bias: bool = True
+    bits: tuple[int, ...] = (q.FP_BITS,)
+    spec: QuantSpec = QuantSpec()
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, precision) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+        x = _quantize_input(self, x, precision)
+        kernel = _quantize_weight(self, kernel, precision)
+        y = x @ kernel.astype(x.dtype)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+        return y
+
+
+class PrecisionBatchNorm(nn.Module):
+    """Switchable BatchNorm: statistics and affine per precision (leading axis P), row
+    ``precision`` used. In training, only that row's running averages move
+    (``ra = momentum * ra + (1 - momentum) * batch``, Flax's convention: PyTorch's 0.1 is 0.9)."""
+    num_precisions: int = 1
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    use_scale: bool = True
+    use_bias: bool = True
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, precision, train: bool) -> jax.Array:
+        shape = (self.num_precisions, x.shape[-1])
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axis=axes)
+            var = jnp.mean(jnp.square(x - mean), axis=axes)
+            if self.axis_name is not None:
+                mean, var = jax.lax.pmean((mean, var), self.axis_name)
+            if not self.is_initializing():
+                m = self.momentum
+                ra_mean.value = ra_mean.value.at[precision].set(
+                    m * ra_mean.value[precision] + (1.0 - m) * mean)
+                ra_var.value = ra_var.value.at[precision].set(
+                    m * ra_var.value[precision] + (1.0 - m) * var)
+        else:
+            mean, var = ra_mean.value[precision], ra_var.value[precision]
+        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+        if self.use_scale:
+            y = y * self.param("scale", nn.initializers.ones, shape)[precision]
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, shape)[precision]
+        return y

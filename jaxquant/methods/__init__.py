@@ -1,0 +1,57 @@
+"""Methods: each module owns its quantizer choice and defaults; `build_trainer` wires a config
+into a model and a `MultiPrecisionTrainer` (the step itself is shared)."""
+from __future__ import annotations
+
+from jaxquant.data import ArrayDataset, make_preprocess
+from jaxquant.errors import ConfigError
+from jaxquant.layers import QuantSpec
+from jaxquant.methods import anyprecision, lsq
+from jaxquant.models import CifarResNet, ResNet, SmallCNN
+from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, make_optimizer
+
+METHODS = {anyprecision.NAME: anyprecision, lsq.NAME: lsq}
+MODELS = ("small_cnn", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34")
+
+
+def method_module(name: str):
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def build_model(config, num_classes: int, spec: QuantSpec):
+    """The model named by ``config.model`` for ``config.bits`` with the method's quantizers."""
+    bits = tuple(config.bits)
+    common = dict(num_classes=num_classes, bits=bits, spec=spec,
+                  first_last_bits=config.first_last_bits or None, conv_batching=config.conv_batching)
+    if config.model == "small_cnn":
+        return SmallCNN(widths=tuple(config.widths), **common)
+    if config.model in ("resnet20", "resnet32", "resnet44", "resnet56"):
+        return CifarResNet(depth=int(config.model[6:]), width=config.width, preactivation=config.preactivation,
+                           quantize_shortcut=config.quantize_shortcut, **common)
+    if config.model in ("resnet18", "resnet34"):
+        stages = (2, 2, 2, 2) if config.model == "resnet18" else (3, 4, 6, 3)
+        return ResNet(stage_sizes=stages, quantize_shortcut=config.quantize_shortcut, **common)
+    raise ConfigError(f"unknown model {config.model!r}; choose one of {MODELS}")
+
+
+def optimizer_config(config) -> OptimizerConfig:
+    o = dict(config.optimizer)
+    o["step_epochs"] = tuple(float(e) for e in o["step_epochs"])
+    return OptimizerConfig(**o)
+
+
+def build_trainer(config, dataset: ArrayDataset, steps_per_epoch: int) -> MultiPrecisionTrainer:
+    """Model, optimizer and on-device preprocessing for ``config`` on ``dataset``."""
+    method = method_module(config.method)
+    spec = method.quant_spec(config)
+    bits = spec.validate(config.bits)
+    if config.first_last_bits:
+        spec.validate((config.first_last_bits,))
+    model = build_model(config, dataset.num_classes, spec)
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = make_optimizer(optimizer_config(config), total_steps, steps_per_epoch)
+    return MultiPrecisionTrainer(
+        model=model, bits=bits, optimizer=optimizer, distillation=config.distillation,
+        precision_mode=config.precision_mode, loss_weights=tuple(config.loss_weights) or None,
+        preprocess=make_preprocess(dataset.mean, dataset.std, config.augment, config.crop_padding))

@@ -1,0 +1,42 @@
+"""Pieces shared by the models: layer factories and the first/last-layer policy."""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+
+from jaxquant.layers import FULL_PRECISION, PrecisionBatchNorm, QuantConv, QuantDense, QuantSpec
+
+
+def first_conv(features, kernel_size, strides, first_last_bits: int | None, spec: QuantSpec,
+               conv_batching: str, name: str = "stem") -> QuantConv:
+    """The stem conv: full precision (``first_last_bits=None``, the papers' default) or quantized
+    at one fixed bit-width for every precision. Its input is the normalised image, so an LSQ
+    input quantizer is signed; a DoReFa model leaves the image unquantized."""
+    if first_last_bits is None:
+        return QuantConv(features, kernel_size, strides, use_bias=False, spec=FULL_PRECISION, name=name)
+    stem_spec = QuantSpec(weight=spec.weight,
+                          activation="lsq" if spec.activation == "lsq" else "none",
+                          per_channel=spec.per_channel, signed_activations=True)
+    return QuantConv(features, kernel_size, strides, use_bias=False, bits=(first_last_bits,),
+                     spec=stem_spec, conv_batching=conv_batching, name=name)
+
+
+def last_dense(num_classes, first_last_bits: int | None, spec: QuantSpec, name: str = "classifier"):
+    """The classifier: full precision by default, or quantized at one fixed bit-width."""
+    if first_last_bits is None:
+        return QuantDense(num_classes, spec=FULL_PRECISION, name=name)
+    return QuantDense(num_classes, bits=(first_last_bits,), spec=spec, name=name)
+
+
+def layer_factories(bits, spec: QuantSpec, conv_batching: str):
+    """``conv(features, ...)`` and ``bn(name=...)`` partials for a model's quantized body."""
+    conv = functools.partial(QuantConv, bits=tuple(bits), spec=spec, conv_batching=conv_batching)
+    bn = functools.partial(PrecisionBatchNorm, num_precisions=len(bits))
+    return conv, bn
+
+
+relu = jax.nn.relu
+avg_pool_all = lambda x: x.mean(axis=(1, 2))  # noqa: E731  global average pooling (NHWC)
+max_pool = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2), padding="SAME")

@@ -1,0 +1,220 @@
+"""Pure quantizer functions with straight-through estimators.
+
+The bit-width is always an array (it may be traced): bounds such as ``Qp = 2**(b-1) - 1`` are
+computed arithmetically, so one compiled function serves every bit-width and ``jax.vmap`` over
+a vector of bit-widths runs them all at once. A bit-width of ``FP_BITS`` (32) or more means
+full precision: every quantizer passes its input through (DoReFa with its own FP form).
+
+Quantizers here know nothing about layers; they take arrays and return fake-quantized arrays
+(values on the quantization grid, in the input's units) with the gradients of the papers.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+
+from jaxquant.errors import BitWidthError
+
+FP_BITS = 32
+"""A bit-width at or above this means full precision (no quantization)."""
+
+# The bit-widths each quantizer family can represent, for static validation of a model's tuple.
+SUPPORTED_BITS = {
+    "lsq": tuple(range(2, 17)) + (FP_BITS,),
+    "dorefa": tuple(range(1, 17)) + (FP_BITS,),
+    "interval": tuple(range(2, 17)) + (FP_BITS,),
+    "none": (FP_BITS,),
+}
+
+
+def validate_bits(bits: Iterable[int], quantizer: str) -> tuple[int, ...]:
+    """Check a static tuple of bit-widths against a quantizer family; return it as a tuple.
+
+    Raises `BitWidthError` naming the offending value and the supported range.
+    """
+    if quantizer not in SUPPORTED_BITS:
+        raise BitWidthError(f"unknown quantizer {quantizer!r}; choose one of {sorted(SUPPORTED_BITS)}")
+    bits = tuple(bits)
+    if not bits:
+        raise BitWidthError("no bit-widths given; pass at least one, e.g. bits=(2, 4, 8)")
+    allowed = SUPPORTED_BITS[quantizer]
+    for b in bits:
+        if not isinstance(b, int) or isinstance(b, bool) or b not in allowed:
+            lo, hi = min(allowed), max(a for a in allowed if a < FP_BITS) if len(allowed) > 1 else FP_BITS
+            raise BitWidthError(
+                f"bit-width {b!r} is not supported by the {quantizer} quantizer; use integers "
+                f"{lo}..{hi} or {FP_BITS} for full precision")
+    if len(set(bits)) != len(bits):
+        raise BitWidthError(f"bit-widths {bits} contain duplicates; list each bit-width once")
+    return bits
+
+
+def _as_bits(bits) -> jax.Array:
+    return jnp.asarray(bits, dtype=jnp.int32)
+
+
+def is_full_precision(bits) -> jax.Array:
+    """True where the bit-width means full precision (``bits >= FP_BITS``)."""
+    return _as_bits(bits) >= FP_BITS
+
+
+def signed_range(bits) -> tuple[jax.Array, jax.Array]:
+    """LSQ signed integer range: ``(Qn, Qp) = (2^(b-1), 2^(b-1) - 1)``, codes in ``[-Qn, Qp]``."""
+    half = jnp.exp2(_as_bits(bits).astype(jnp.float32) - 1.0)
+    return half, half - 1.0
+
+
+def unsigned_range(bits) -> tuple[jax.Array, jax.Array]:
+    """LSQ unsigned integer range: ``(Qn, Qp) = (0, 2^b - 1)``, codes in ``[0, Qp]``."""
+    levels = jnp.exp2(_as_bits(bits).astype(jnp.float32))
+    return jnp.zeros_like(levels), levels - 1.0
+
+
+def quant_range(bits, signed: bool) -> tuple[jax.Array, jax.Array]:
+    """``(Qn, Qp)`` for a signed or unsigned LSQ grid."""
+    return signed_range(bits) if signed else unsigned_range(bits)
+
+
+# ----------------------------------------------------------------------------------------------
+# Straight-through rounding and clipping.
+
+@jax.custom_vjp
+def ste_round(x: jax.Array) -> jax.Array:
+    """Round half to even; the gradient passes straight through (d round(x)/dx := 1)."""
+    return jnp.round(x)
+
+
+ste_round.defvjp(lambda x: (jnp.round(x), None), lambda _, g: (g,))
+
+
+def clip_inclusive(x: jax.Array, lower, upper) -> jax.Array:
+    """``clip(x, lower, upper)`` whose gradient is 1 inside ``[lower, upper]``, boundaries included
+    (as PyTorch's ``clamp``), and 0 outside. Gradients reach ``lower``/``upper`` only from the
+    clipped elements, exactly as autodiff of min/max without ties."""
+    inside = (x >= lower) & (x <= upper)
+    return jnp.where(inside, x, jnp.clip(x, lower, upper))
+
+
+# ----------------------------------------------------------------------------------------------
+# LSQ (Esser et al., ICLR 2020).
+
+@jax.custom_vjp
+def _lsq(v, step, qn, qp, grad_scale):
+    return jnp.round(jnp.clip(v / step, -qn, qp)) * step
+
+
+def _lsq_fwd(v, step, qn, qp, grad_scale):
+    x = v / step
+    return jnp.round(jnp.clip(x, -qn, qp)) * step, (x, step, qn, qp, grad_scale)
+
+
+def _sum_to_shape(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Sum a broadcast result back to the shape of the operand that was broadcast."""
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and x.shape[lead + i] != 1)
+    return jnp.sum(x, axis=axes, keepdims=False).reshape(shape) if axes else x.reshape(shape)
+
+
+def _lsq_bwd(res, g):
+    x, step, qn, qp, grad_scale = res
+    below = x <= -qn
+    above = x >= qp
+    inside = ~(below | above)
+    # LSQ eq. (3): d v_hat / d s = -v/s + round(v/s) inside, -Qn below, Qp above.
+    dstep_elem = jnp.where(below, -qn, jnp.where(above, qp, jnp.round(x) - x))
+    dstep = _sum_to_shape(g * dstep_elem, jnp.shape(step)) * grad_scale
+    zero = jnp.zeros_like
+    return g * inside.astype(g.dtype), dstep.astype(step.dtype), zero(qn), zero(qp), zero(grad_scale)
+
+
+_lsq.defvjp(_lsq_fwd, _lsq_bwd)
+
+
+def lsq_grad_scale(num_elements, bits, signed: bool) -> jax.Array:
+    """LSQ step-size gradient scale ``g = 1 / sqrt(N * Qp)``, N the elements sharing one step."""
+    _, qp = quant_range(bits, signed)
+    return jax.lax.rsqrt(jnp.asarray(num_elements, jnp.float32) * jnp.maximum(qp, 1.0))
+
+
+def lsq_quantize(v: jax.Array, step: jax.Array, bits, *, signed: bool,
+                 num_elements: int | None = None) -> jax.Array:
+    """LSQ fake quantization ``v_hat = round(clip(v/s, -Qn, Qp)) * s``.
+
+    Gradients (LSQ paper, eqs. 3 and 5): ``dv_hat/dv = 1`` for ``-Qn < v/s < Qp`` else 0;
+    ``dv_hat/ds = round(v/s) - v/s`` inside, ``-Qn`` below, ``Qp`` above, multiplied by
+    ``g = 1/sqrt(N*Qp)``. ``step`` is a scalar (per-tensor) or broadcastable to ``v``
+    (per-channel); N defaults to the number of elements per step, ``v.size // step.size``.
+    At ``bits >= 32`` the input passes through unchanged (and the step gets no gradient).
+    """
+    step = jnp.asarray(step, v.dtype)
+    if num_elements is None:
+        num_elements = max(v.size // max(step.size, 1), 1)
+    qn, qp = quant_range(bits, signed)
+    quantized = _lsq(v, step, qn, qp, lsq_grad_scale(num_elements, bits, signed))
+    return jnp.where(is_full_precision(bits), v, quantized)
+
+
+def lsq_codes(v: jax.Array, step: jax.Array, bits, *, signed: bool) -> jax.Array:
+    """The integer codes ``round(clip(v/s, -Qn, Qp))`` as int32 (for export and integer kernels)."""
+    qn, qp = quant_range(bits, signed)
+    return jnp.round(jnp.clip(v / step, -qn, qp)).astype(jnp.int32)
+
+
+def lsq_init_step(v: jax.Array, bits, *, signed: bool, axis=None) -> jax.Array:
+    """LSQ initial step ``s0 = 2 * mean|v| / sqrt(Qp)``; ``axis`` are the axes averaged over
+    (None: per tensor; e.g. ``(0, 1, 2)`` for a per-output-channel HWIO kernel, keepdims)."""
+    _, qp = quant_range(bits, signed)
+    mean_abs = jnp.mean(jnp.abs(v), axis=axis, keepdims=axis is not None)
+    return jnp.maximum(2.0 * mean_abs / jnp.sqrt(jnp.maximum(qp, 1.0)), 1e-8)
+
+
+# ----------------------------------------------------------------------------------------------
+# DoReFa, as adapted by Any-Precision DNN (Yu et al., AAAI 2021; `models/quan_ops.py`).
+
+def _quantize_unit(x: jax.Array, bits) -> jax.Array:
+    """DoReFa ``qfn``: ``round(x * n) / n`` with ``n = 2^k - 1``, straight-through gradient."""
+    n = jnp.exp2(_as_bits(bits).astype(x.dtype)) - 1.0
+    return ste_round(x * n) / n
+
+
+def dorefa_weight(w: jax.Array, bits) -> jax.Array:
+    """Any-Precision DoReFa weights: ``w' = tanh(w) / (2 max|tanh w|) + 1/2`` in [0, 1],
+    ``w_q = (2 qfn(w', k) - 1) * E`` with ``E = stop_gradient(mean|w|)``; the max is not detached.
+
+    At 32 bits: ``tanh(w) / max|tanh w| * E`` (the Any-Precision code's FP form, not plain w).
+    """
+    scale = jax.lax.stop_gradient(jnp.mean(jnp.abs(w)))
+    t = jnp.tanh(w)
+    t_max = jnp.max(jnp.abs(t))
+    quantized = (2.0 * _quantize_unit(t / (2.0 * t_max) + 0.5, bits) - 1.0) * scale
+    return jnp.where(is_full_precision(bits), t / t_max * scale, quantized)
+
+
+def dorefa_activation(x: jax.Array, bits) -> jax.Array:
+    """Any-Precision DoReFa activations: ``qfn(clip(x, 0, 1), k)`` (fixed range, no learned clip);
+    ReLU at 32 bits. Gradient 1 inside [0, 1] (boundaries included), 0 outside."""
+    quantized = _quantize_unit(clip_inclusive(x, 0.0, 1.0), bits)
+    return jnp.where(is_full_precision(bits), jax.nn.relu(x), quantized)
+
+
+# ----------------------------------------------------------------------------------------------
+# MBQuant interval quantizers (Zhong et al., Pattern Recognition 2024).
+
+def _normalise_interval(x, lower, upper):
+    return clip_inclusive((x - lower) / (upper - lower), 0.0, 1.0)
+
+
+def interval_weight(w: jax.Array, lower, upper) -> jax.Array:
+    """MBQuant fixed 2-bit weights: ``w~ = clip((w-l)/(u-l), 0, 1)``,
+    ``w_hat = 2 round(3 w~)/3 - 1`` in ``{-1, -1/3, 1/3, 1}`` (not rescaled: BN absorbs the scale).
+    l and u get gradients only from unclipped elements."""
+    return 2.0 * ste_round(3.0 * _normalise_interval(w, lower, upper)) / 3.0 - 1.0
+
+
+def interval_activation(x: jax.Array, lower, upper, bits) -> jax.Array:
+    """MBQuant b-bit activations on ``[l, u]``: ``x_hat = round((2^b-1) x~) / (2^b-1)`` with
+    ``x~ = clip((x-l)/(u-l), 0, 1)``; values in [0, 1], not rescaled. Passthrough at 32 bits."""
+    quantized = _quantize_unit(_normalise_interval(x, lower, upper), bits)
+    return jnp.where(is_full_precision(bits), x, quantized)

@@ -1,0 +1,386 @@
+"""The multi-precision training step: every sub-network of a batch in one jitted function.
+
+``precision_mode='vmap'`` (default) runs the P precisions with ``jax.vmap`` over the precision
+index; ``'unroll'`` runs them as an unrolled loop inside the same jit (the fair comparison, and
+the way to skip work a precision does not need). The per-precision losses are combined inside
+the step, so in-place distillation from the largest bit-width costs no extra forward, and one
+optimizer update follows.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxquant.errors import ConfigError
+from jaxquant.layers import QUANTIZER_PARAM_NAMES
+
+DISTILLATION_MODES = ("none", "largest", "recursive")
+PRECISION_MODES = ("vmap", "unroll")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes; a pytree that orbax saves as is."""
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses.
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean cross-entropy against integer labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def soft_cross_entropy(logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
+    """``mean_i -sum_c softmax(T_i)_c log_softmax(z_i)_c`` with the teacher under stop_gradient
+    (temperature 1, as MBQuant's and Any-Precision's code)."""
+    target = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits))
+    return -(target * jax.nn.log_softmax(logits)).sum(-1).mean()
+
+
+def multi_precision_loss(logits: jax.Array, labels: jax.Array, bits: Sequence[int],
+                         distillation: str = "none",
+                         loss_weights: Sequence[float] | None = None) -> tuple[jax.Array, jax.Array]:
+    """Combine the per-precision losses of ``logits`` (shape ``(P, N, classes)``).
+
+    - ``none``: ``L_b = CE_b``.
+    - ``largest`` (MBQuant): the largest bit-width is the teacher, ``L_max = CE``; every other
+      ``L_b = 0.5 softCE(z_b, T) + 0.5 CE_b``.
+    - ``recursive`` (Any-Precision): ``L_max = CE``; each lower bit-width learns from the next
+      higher one, ``L_b = softCE(z_b, z_next)``.
+
+    Returns ``(sum_b lambda_b L_b, per-precision losses)``; lambda defaults to 1 (the papers sum).
+    """
+    if distillation not in DISTILLATION_MODES:
+        raise ConfigError(f"unknown distillation {distillation!r}; choose one of {DISTILLATION_MODES}")
+    order = np.argsort(np.asarray(bits))[::-1]  # precision indices, largest bit-width first
+    teacher = int(order[0])
+    losses = [None] * len(bits)
+    losses[teacher] = cross_entropy(logits[teacher], labels)
+    for rank, p in enumerate(order[1:], start=1):
+        p = int(p)
+        hard = cross_entropy(logits[p], labels)
+        if distillation == "none":
+            losses[p] = hard
+        elif distillation == "largest":
+            losses[p] = 0.5 * soft_cross_entropy(logits[p], logits[teacher]) + 0.5 * hard
+        else:
+            losses[p] = soft_cross_entropy(logits[p], logits[int(order[rank - 1])])
+    per_precision = jnp.stack(losses)
+    weights = jnp.ones(len(bits)) if loss_weights is None else jnp.asarray(loss_weights, jnp.float32)
+    return jnp.sum(weights * per_precision), per_precision
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizers: model weights and quantizer parameters in their own groups.
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """Two groups, as the papers' code: model weights (SGD+momentum or Adam, with weight decay)
+    and quantizer parameters (Adam, no weight decay), each with its own learning rate."""
+    optimizer: str = "sgd"            # model group: sgd | adam
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    decay_batchnorm: bool = True       # MBQuant's code decays BN gamma/beta too
+    schedule: str = "cosine"           # cosine | constant | step
+    per_epoch_schedule: bool = False   # staircase: the LR changes once per epoch (PyTorch scheduler.step())
+    warmup_epochs: float = 0.0
+    step_epochs: tuple[float, ...] = ()   # for schedule='step': multiply by step_factor at these epochs
+    step_factor: float = 0.1
+    quantizer_optimizer: str = "adam"
+    quantizer_learning_rate: float = 1e-3
+    quantizer_schedule: str = "cosine"
+
+
+def learning_rate_schedule(base: float, kind: str, total_steps: int, steps_per_epoch: int,
+                           per_epoch: bool = False, warmup_epochs: float = 0.0,
+                           step_epochs: Sequence[float] = (), step_factor: float = 0.1) -> optax.Schedule:
+    """cosine (to 0), constant, or step; optionally a staircase per epoch and a linear warmup."""
+    total_steps = max(int(total_steps), 1)
+    steps_per_epoch = max(int(steps_per_epoch), 1)
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+
+    def schedule(count):
+        t = jnp.floor(count / steps_per_epoch) * steps_per_epoch if per_epoch else count
+        t = jnp.asarray(t, jnp.float32)
+        if kind == "cosine":
+            span = max(total_steps - warmup, 1)
+            lr = 0.5 * base * (1.0 + jnp.cos(jnp.pi * jnp.clip((t - warmup) / span, 0.0, 1.0)))
+        elif kind == "constant":
+            lr = jnp.full((), base, jnp.float32)
+        elif kind == "step":
+            epoch = t / steps_per_epoch
+            drops = sum(jnp.where(epoch >= e, 1.0, 0.0) for e in step_epochs) if step_epochs else 0.0
+            lr = base * step_factor ** drops
+        else:
+            raise ConfigError(f"unknown schedule {kind!r}; use cosine, constant or step")
+        if warmup:
+            lr = jnp.where(count < warmup, base * (count + 1) / warmup, lr)
+        return lr
+
+    return schedule
+
+
+def _param_group(path: tuple, _) -> str:
+    name = getattr(path[-1], "key", str(path[-1]))
+    return "quantizer" if name in QUANTIZER_PARAM_NAMES else "model"
+
+
+def _decays(path: tuple, _, decay_batchnorm: bool) -> bool:
+    names = [getattr(k, "key", str(k)) for k in path]
+    is_bn = any(n.endswith("bn") or "_bn" in n for n in names[:-1]) and names[-1] in ("scale", "bias")
+    return decay_batchnorm or not is_bn
+
+
+def make_optimizer(config: OptimizerConfig, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
+    """``multi_transform`` over the two parameter groups (see `OptimizerConfig`)."""
+    lr = learning_rate_schedule(config.learning_rate, config.schedule, total_steps, steps_per_epoch,
+                                config.per_epoch_schedule, config.warmup_epochs, config.step_epochs,
+                                config.step_factor)
+    qlr = learning_rate_schedule(config.quantizer_learning_rate, config.quantizer_schedule, total_steps,
+                                 steps_per_epoch, config.per_epoch_schedule, config.warmup_epochs)
+
+    def decay_mask(params):
+        return jax.tree_util.tree_map_with_path(lambda p, v: _decays(p, v, config.decay_batchnorm), params)
+
+    # PyTorch adds the L2 term to the gradient before momentum/Adam: add_decayed_weights first.
+    wd = optax.add_decayed_weights(config.weight_decay, mask=decay_mask) if config.weight_decay else optax.identity()
+    if config.optimizer == "sgd":
+        model_tx = optax.chain(wd, optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov))
+    elif config.optimizer == "adam":
+        model_tx = optax.chain(wd, optax.adam(lr))
+    else:
+        raise ConfigError(f"unknown optimizer {config.optimizer!r}; use sgd or adam")
+    if config.quantizer_optimizer == "adam":
+        quant_tx = optax.adam(qlr)
+    elif config.quantizer_optimizer == "sgd":
+        quant_tx = optax.sgd(qlr, momentum=config.momentum or None)
+    else:
+        raise ConfigError(f"unknown quantizer optimizer {config.quantizer_optimizer!r}; use adam or sgd")
+    return optax.multi_transform(
+        {"model": model_tx, "quantizer": quant_tx},
+        lambda params: jax.tree_util.tree_map_with_path(_param_group, params))
+
+
+# ----------------------------------------------------------------------------------------------
+# The step.
+
+def _merge_batch_stats(old, stacked):
+    """Merge the batch statistics the P vmapped precisions produced: ``old + sum_p (new_p - old)``.
+
+    Each precision writes only its own row of a `PrecisionBatchNorm`, so this is exactly the
+    per-row update; a statistic shared by all precisions receives every precision's update.
+    """
+    return jax.tree_util.tree_map(lambda o, s: o + jnp.sum(s - o[None], axis=0), old, stacked)
+
+
+@dataclasses.dataclass
+class MultiPrecisionTrainer:
+    """Builds the jitted train and eval steps for a model built for ``bits``.
+
+    ``preprocess(images, train, key)`` turns a raw batch into model inputs on device (for
+    example normalisation and random crop + flip); it runs inside the jitted step.
+    """
+    model: nn.Module
+    bits: tuple[int, ...]
+    optimizer: optax.GradientTransformation
+    distillation: str = "none"
+    precision_mode: str = "vmap"
+    loss_weights: tuple[float, ...] | None = None
+    preprocess: Callable | None = None
+
+    def __post_init__(self):
+        self.bits = tuple(self.bits)
+        if self.precision_mode not in PRECISION_MODES:
+            raise ConfigError(f"unknown precision_mode {self.precision_mode!r}; choose one of {PRECISION_MODES}")
+        if self.distillation not in DISTILLATION_MODES:
+            raise ConfigError(f"unknown distillation {self.distillation!r}; choose one of {DISTILLATION_MODES}")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.bits):
+            raise ConfigError(f"loss_weights has {len(self.loss_weights)} entries but bits has {len(self.bits)}")
+
+    @property
+    def num_precisions(self) -> int:
+        return len(self.bits)
+
+    def _inputs(self, images, train: bool, key):
+        return images if self.preprocess is None else self.preprocess(images, train, key)
+
+    def init(self, key: jax.Array, sample_images: jax.Array) -> TrainState:
+        """Initialise parameters; LSQ step sizes are initialised from ``sample_images``
+        (the LSQ paper's data-dependent init), at the largest bit-width's precision index."""
+        x = self._inputs(sample_images, False, key)
+        variables = self.model.init(key, x, int(np.argmax(self.bits)), train=True)
+        params = variables["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          batch_stats=variables.get("batch_stats", {}),
+                          opt_state=self.optimizer.init(params))
+
+    def _forward_all(self, params, batch_stats, x):
+        """Logits ``(P, N, classes)`` in training mode and the updated batch statistics."""
+        def one(precision, stats):
+            logits, updates = self.model.apply({"params": params, "batch_stats": stats}, x, precision,
+                                               train=True, mutable=["batch_stats"])
+            return logits, updates.get("batch_stats", stats)
+
+        if self.precision_mode == "vmap":
+            logits, stacked = jax.vmap(one, in_axes=(0, None))(jnp.arange(self.num_precisions), batch_stats)
+            return logits, _merge_batch_stats(batch_stats, stacked)
+        outputs = []
+        for p in range(self.num_precisions):
+            logits, batch_stats = one(p, batch_stats)
+            outputs.append(logits)
+        return jnp.stack(outputs), batch_stats
+
+    def train_step(self, state: TrainState, images: jax.Array, labels: jax.Array,
+                   key: jax.Array) -> tuple[TrainState, dict]:
+        """One optimizer update from all P precisions of a batch. ``key`` is the run's base key;
+        the step folds in ``state.step``, so a resumed run draws the same augmentations."""
+        x = self._inputs(images, True, jax.random.fold_in(key, state.step))
+
+        def loss_fn(params):
+            logits, batch_stats = self._forward_all(params, state.batch_stats, x)
+            loss, per_precision = multi_precision_loss(logits, labels, self.bits, self.distillation,
+                                                       self.loss_weights)
+            return loss, (per_precision, batch_stats, logits)
+
+        (loss, (per_precision, batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels[None], axis=1)
+        metrics = {"loss": loss, "loss_per_precision": per_precision, "accuracy_per_precision": accuracy}
+        return TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
+                          opt_state=opt_state), metrics
+
+    def logits(self, params, batch_stats, images: jax.Array, precision=None) -> jax.Array:
+        """Inference logits: ``(P, N, classes)`` for every precision, or ``(N, classes)`` for one."""
+        x = self._inputs(images, False, None)
+
+        def one(p):
+            return self.model.apply({"params": params, "batch_stats": batch_stats}, x, p, train=False)
+
+        if precision is not None:
+            return one(precision)
+        if self.precision_mode == "vmap":
+            return jax.vmap(one)(jnp.arange(self.num_precisions))
+        return jnp.stack([one(p) for p in range(self.num_precisions)])
+
+    def correct_counts(self, params, batch_stats, images, labels, mask) -> jax.Array:
+        """Number of correct predictions per precision among the ``mask``-ed examples."""
+        predictions = jnp.argmax(self.logits(params, batch_stats, images), -1)
+        return jnp.sum((predictions == labels[None]) & mask[None], axis=1)
+
+
+def evaluate(trainer: MultiPrecisionTrainer, state: TrainState, images: np.ndarray, labels: np.ndarray,
+             batch_size: int = 500, counts_fn: Callable | None = None) -> dict[int, float]:
+    """Test accuracy per bit-width, ``{bits: accuracy}``, over the whole set (the last batch is
+    padded and masked, so every example counts once)."""
+    counts_fn = counts_fn or jax.jit(trainer.correct_counts)
+    total = np.zeros(trainer.num_precisions, np.int64)
+    n = len(labels)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        pad = batch_size - (stop - start)
+        batch_images = np.concatenate([images[start:stop], np.repeat(images[stop - 1:stop], pad, 0)]) if pad else images[start:stop]
+        batch_labels = np.concatenate([labels[start:stop], np.repeat(labels[stop - 1:stop], pad, 0)]) if pad else labels[start:stop]
+        mask = np.arange(batch_size) < (stop - start)
+        total += np.asarray(counts_fn(state.params, state.batch_stats, batch_images, batch_labels, mask))
+    return {b: float(c) / n for b, c in zip(trainer.bits, total)}
+
+
+# ----------------------------------------------------------------------------------------------
+# The fit loop: data-parallel over all devices, checkpointed, resumable, deterministic.
+
+def data_parallel_mesh() -> jax.sharding.Mesh:
+    """A 1-D mesh with a ``data`` axis over every device (all hosts in a multi-host run)."""
+    return jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epochs: int, batch_size: int,
+        checkpoint_every_steps: int = 500, keep_checkpoints: int = 3, progress: bool = True,
+        log: Callable[[str], None] = print, on_start: Callable[[], None] | None = None) -> TrainState:
+    """Train ``trainer`` on an in-memory ``dataset`` for ``epochs``; resume from ``workdir``.
+
+    The batch order is a function of (seed, step) and the augmentation key of (seed, step), so a
+    run killed at any point and resumed ends with exactly the parameters of an uninterrupted run.
+    The batch is sharded over all devices along ``data``; the state is replicated. ``on_start``
+    runs once any existing checkpoint has been restored (or found absent), before the first step.
+    """
+    from jaxquant.checkpoint import Checkpointer
+    from jaxquant.data import batch_indices
+    from jaxquant.errors import NonFiniteLossError
+
+    mesh = data_parallel_mesh()
+    if batch_size % mesh.size:
+        raise ConfigError(f"batch_size {batch_size} is not divisible by the {mesh.size} devices; "
+                          f"use a multiple of {mesh.size}")
+    data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    n = len(dataset.train_labels)
+    steps_per_epoch = n // batch_size
+    total_steps = steps_per_epoch * epochs
+    key = jax.random.key(seed)
+
+    sample = dataset.train_images[batch_indices(seed, 0, n, batch_size)]
+    state = trainer.init(jax.random.fold_in(key, 10**6), jnp.asarray(sample))
+    checkpointer = Checkpointer(workdir, keep=keep_checkpoints)
+    start = checkpointer.latest_step()
+    if start is not None:
+        state = checkpointer.restore(state)
+        log(f"resuming from step {start} in {checkpointer.directory}")
+    if on_start is not None:
+        on_start()
+    state = jax.device_put(state, replicated)
+    step_fn = jax.jit(trainer.train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+
+    # In a multi-host run each process feeds its slice of the global batch.
+    per_process = batch_size // jax.process_count()
+    local = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
+
+    def global_batch(step):
+        idx = batch_indices(seed, step, n, batch_size)[local]
+        return (jax.make_array_from_process_local_data(data_sharding, dataset.train_images[idx]),
+                jax.make_array_from_process_local_data(data_sharding, dataset.train_labels[idx]))
+
+    from tqdm.auto import tqdm
+    first = int(state.step)
+    bar = tqdm(total=total_steps, initial=first, disable=not progress, unit="step", mininterval=1.0,
+               dynamic_ncols=True, desc="train")
+    last_saved = start
+    try:
+        for step in range(first, total_steps):
+            images, labels = global_batch(step)
+            state, metrics = step_fn(state, images, labels, key)
+            loss = float(metrics["loss"])
+            if not np.isfinite(loss):
+                kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved is not None else "no checkpoint was written"
+                raise NonFiniteLossError(
+                    f"loss became {loss} at step {step + 1}; lower --config.optimizer.learning_rate "
+                    f"or check the data; {kept}")
+            if (step + 1) % checkpoint_every_steps == 0 or step + 1 == total_steps:
+                checkpointer.save(step + 1, state)
+                last_saved = step + 1
+            accuracy = np.asarray(metrics["accuracy_per_precision"])
+            bar.set_postfix_str(f"loss {loss:.3f} | " + " ".join(
+                f"{_bits_label(b)}:{a:.2f}" for b, a in zip(trainer.bits, accuracy)), refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
+        checkpointer.close()
+    return state
+
+
+def _bits_label(bits: int) -> str:
+    return "FP" if bits >= 32 else f"{bits}b"
