@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import pathlib
+import sys
 
 import ml_collections
 
@@ -20,10 +21,13 @@ def load_config(path: str | pathlib.Path | None = None) -> ml_collections.Config
                           "(see experiments/configs/)")
     spec = importlib.util.spec_from_file_location(f"jaxquant_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent.resolve()))  # a config may import its sibling configs
     try:
         spec.loader.exec_module(module)
     except Exception as e:
         raise ConfigError(f"config file {path} failed to load ({type(e).__name__}: {e})") from e
+    finally:
+        sys.path.remove(str(path.parent.resolve()))
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} has no get_config() function")
     return module.get_config()

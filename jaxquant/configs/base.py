@@ -12,6 +12,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = "small_cnn"            # small_cnn | resnet20 | resnet32 | resnet18 | resnet34
     c.width = 1                      # CIFAR ResNet width multiplier (Any-Precision uses 5)
     c.widths = (32, 64, 64)          # SmallCNN: stem width, then one quantized conv per entry
+    c.stem_pool = False              # SmallCNN: 2x2 max-pool after the stem (28x28 inputs)
     c.preactivation = False          # CIFAR ResNet: Any-Precision's pre-activation blocks
     c.quantize_shortcut = False      # quantize 1x1 projection shortcuts
     c.first_last_bits = 0            # 0: FP stem conv and classifier; else their fixed bit-width

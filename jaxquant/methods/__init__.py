@@ -25,7 +25,7 @@ def build_model(config, num_classes: int, spec: QuantSpec):
     common = dict(num_classes=num_classes, bits=bits, spec=spec,
                   first_last_bits=config.first_last_bits or None, conv_batching=config.conv_batching)
     if config.model == "small_cnn":
-        return SmallCNN(widths=tuple(config.widths), **common)
+        return SmallCNN(widths=tuple(config.widths), stem_pool=config.stem_pool, **common)
     if config.model in ("resnet20", "resnet32", "resnet44", "resnet56"):
         return CifarResNet(depth=int(config.model[6:]), width=config.width, preactivation=config.preactivation,
                            quantize_shortcut=config.quantize_shortcut, **common)

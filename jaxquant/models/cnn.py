@@ -11,13 +11,15 @@ from jaxquant.models.common import avg_pool_all, first_conv, last_dense, layer_f
 
 
 class SmallCNN(nn.Module):
-    """FP stem conv -> [quantized 3x3 conv -> switchable BN -> ReLU] per width, a 2x2 max-pool
-    after every ``pool_every`` body convs -> global average -> FP classifier."""
+    """FP stem conv -> BN -> ReLU (-> 2x2 max-pool if ``stem_pool``) -> [quantized 3x3 conv ->
+    switchable BN -> ReLU] per width, a 2x2 max-pool after every ``pool_every`` body convs while
+    the map is at least 4x4 -> global average -> FP classifier."""
     num_classes: int = 10
     bits: tuple[int, ...] = (32,)
     spec: QuantSpec = QuantSpec()
     widths: Sequence[int] = (32, 64, 64)
     pool_every: int = 1
+    stem_pool: bool = False
     first_last_bits: int | None = None
     conv_batching: str = "unroll"
 
@@ -27,6 +29,8 @@ class SmallCNN(nn.Module):
         x = first_conv(self.widths[0], (3, 3), (1, 1), self.first_last_bits, self.spec,
                        self.conv_batching)(x, 0)
         x = relu(bn(name="stem_bn")(x, precision, train))
+        if self.stem_pool:
+            x = nn.max_pool(x, (2, 2), (2, 2))
         for i, width in enumerate(self.widths[1:]):
             x = conv(width, (3, 3), name=f"conv{i}")(x, precision)
             x = relu(bn(name=f"bn{i}")(x, precision, train))

@@ -1,0 +1,68 @@
+"""Any-Precision (one model, bits 2/4/8/FP) vs dedicated LSQ models (one per bit-width) on
+Fashion-MNIST, same SmallCNN and budget. Trains every run with `jaxquant train` (resuming any
+finished run in the workdir), then prints the table and writes it with a plot.
+
+  python experiments/fashion_mnist.py --data_dir /tmp/tfds_data [--workdir runs/fashion_mnist] [--epochs 3]
+
+Build the data first: python ../shared/data/prepare_tfds.py /tmp/tfds_data fashion_mnist
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+from jaxquant import cli
+from jaxquant.report import format_table, plot_accuracy
+
+HERE = pathlib.Path(__file__).resolve().parent
+RUNS = [  # (table row, config file, bits override)
+    ("Any-Precision (one model)", "fashion_mnist_anyprecision.py", None),
+    ("dedicated LSQ 2-bit", "fashion_mnist_lsq.py", "2"),
+    ("dedicated LSQ 4-bit", "fashion_mnist_lsq.py", "4"),
+    ("dedicated LSQ 8-bit", "fashion_mnist_lsq.py", "8"),
+    ("dedicated FP", "fashion_mnist_lsq.py", "32"),
+]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default="")
+    parser.add_argument("--workdir", default="runs/fashion_mnist")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    root = pathlib.Path(args.workdir)
+    table, dedicated, seconds = {}, {}, {}
+    for row, config_file, bits in RUNS:
+        workdir = root / (config_file[:-3] + (f"_{bits}" if bits else ""))
+        argv = ["train", "--config", str(HERE / "configs" / config_file), "--workdir", str(workdir)]
+        argv += [f"--config.data_dir={args.data_dir}"] if args.data_dir else []
+        argv += [f"--config.bits={bits}"] if bits else []
+        argv += [f"--config.epochs={args.epochs}"] if args.epochs else []
+        argv += ["--no-progress"] if args.no_progress else []
+        print(f"\n=== {row}: jaxquant {' '.join(argv)}", flush=True)
+        start = time.perf_counter()
+        if cli.main(argv) != 0:
+            return 2
+        seconds[row] = time.perf_counter() - start
+        accuracies = {int(b): a for b, a in json.loads((workdir / "results.json").read_text())["accuracy"].items()}
+        if bits:
+            dedicated.update(accuracies)
+        else:
+            table[row] = accuracies
+    table["dedicated models (one per bit-width)"] = dedicated
+    title = "Fashion-MNIST test accuracy (%), SmallCNN, 10,000 test images"
+    text = format_table(table, title=title)
+    text += "\n\nwall-clock seconds per run (2-core CPU): " + ", ".join(f"{k}: {v:.0f}" for k, v in seconds.items())
+    print("\n" + text)
+    (root / "table.md").write_text(text + "\n")
+    plot_accuracy(table, root / "fashion_mnist.png", title="Fashion-MNIST: one model vs dedicated")
+    print(f"saved {root / 'table.md'} and {root / 'fashion_mnist.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
