@@ -73,23 +73,41 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> ArrayDataset:
     return ArrayDataset("digits", x_train, y_train, x_test, y_test, 10, mean, std)
 
 
+def _not_prepared(name: str, data_dir: str) -> DatasetNotFoundError:
+    hint = BUILD_HINT.get(name, f"prepare it with tfds on a machine with internet and copy it to {data_dir}")
+    return DatasetNotFoundError(
+        f"dataset {name!r} is not prepared in {data_dir} and this machine cannot download it; "
+        f"build it ({hint.replace('DATA_DIR', data_dir)}) or set --config.data_dir / TFDS_DATA_DIR "
+        "to a folder that has it")
+
+
 def _tfds_builder(name: str, data_dir: str):
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as e:  # pragma: no cover - a broken install
-        raise DatasetNotFoundError(f"tensorflow-datasets is not importable ({e}); reinstall jaxquant") from e
+    """The tfds builder of a prepared dataset, or `DatasetNotFoundError` naming the fix."""
+    import tensorflow_datasets as tfds
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
-        hint = BUILD_HINT.get(name, f"prepare it with tfds on a machine with internet and copy it to {data_dir}")
-        raise DatasetNotFoundError(
-            f"dataset {name!r} is not prepared in {data_dir} and this machine cannot download it; "
-            f"build it ({hint.replace('DATA_DIR', data_dir)}) or set --config.data_dir / TFDS_DATA_DIR "
-            "to a folder that has it")
+        raise _not_prepared(name, data_dir)
     return builder
 
 
+def _open_source(name: str, data_dir: str, split: str):
+    """``tfds.data_source`` of one split without any download attempt; a clear error when missing."""
+    import tensorflow_datasets as tfds
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # tfds raises several types here
+        if not tfds.builder(name, data_dir=data_dir).is_prepared():
+            raise _not_prepared(name, data_dir) from e
+        raise DatasetNotFoundError(
+            f"dataset {name!r} in {data_dir} cannot be read without TensorFlow ({str(e).splitlines()[0]}); "
+            "rebuild it in the array_record format (the default of prepare_tfds.py)") from e
+
+
 def _read_split(source) -> tuple[np.ndarray, np.ndarray]:
-    items = source.__getitems__(list(range(len(source))))
+    try:
+        items = source.__getitems__(list(range(len(source))))  # one batched read
+    except TypeError:  # sources without a batched read (tfds's mock_data)
+        items = [source[i] for i in range(len(source))]
     images = np.stack([item["image"] for item in items]).astype(np.uint8)
     labels = np.asarray([item["label"] for item in items], np.int32)
     return images, labels
@@ -99,15 +117,16 @@ def load_tfds_in_memory(name: str, data_dir: str | None = None, cache_dir: str |
     """Read a prepared tfds dataset's train and test splits into memory (no TensorFlow needed:
     array_record through ``tfds.data_source``). The arrays are cached as ``.npz`` in
     ``cache_dir`` (default ``~/.cache/jaxquant``) so later runs load in a second."""
+    import zlib
     data_dir = default_data_dir(data_dir)
-    builder = _tfds_builder(name, data_dir)
+    source = {split: _open_source(name, data_dir, split) for split in ("train", "test")}
     cache_dir = pathlib.Path(cache_dir or pathlib.Path.home() / ".cache" / "jaxquant")
-    cache = cache_dir / f"{name}-{builder.version}-{abs(hash(str(pathlib.Path(builder.data_dir).resolve()))) % 10**8}.npz"
+    # One cache file per (dataset, data_dir, split sizes): a rebuilt dataset gets a new file.
+    identity = f"{pathlib.Path(data_dir).resolve()}|{len(source['train'])}|{len(source['test'])}"
+    cache = cache_dir / f"{name}-{zlib.crc32(identity.encode()):08x}.npz"
     if cache.exists():
         arrays = dict(np.load(cache))
     else:
-        import tensorflow_datasets as tfds
-        source = tfds.data_source(name, data_dir=data_dir)
         arrays = {}
         for split in ("train", "test"):
             arrays[f"{split}_images"], arrays[f"{split}_labels"] = _read_split(source[split])

@@ -1,0 +1,60 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxquant.layers import FULL_PRECISION, QuantSpec
+from jaxquant.models import CifarResNet, ResNet18, SmallCNN
+
+
+def count(params):
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def kernels(params):
+    return {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+            if "kernel" in jax.tree_util.keystr(p)}
+
+
+def test_cifar_resnet20_has_the_published_parameter_count():
+    model = CifarResNet(depth=20, width=1, bits=(32,), spec=FULL_PRECISION)
+    variables = model.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)), 0, train=True)
+    weights = sum(int(np.prod(s)) for s in kernels(variables["params"]).values())
+    # He et al.'s ResNet-20 with 1x1 projection shortcuts: 0.27M weights (conv + fc).
+    assert 268_000 < weights < 275_000
+    logits = model.apply(variables, jnp.zeros((2, 32, 32, 3)), 0, train=False)
+    assert logits.shape == (2, 10)
+
+
+@pytest.mark.parametrize("preactivation", [False, True])
+def test_cifar_resnet_quantized_runs_every_precision_with_per_precision_state(preactivation):
+    bits = (2, 4)
+    model = CifarResNet(depth=8, width=2, bits=bits, spec=QuantSpec(), preactivation=preactivation)
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    variables = model.init(jax.random.key(1), x, 1, train=True)
+    assert variables["params"]["stage0_block0_conv0"]["weight_step"].shape == (2,)
+    assert variables["batch_stats"]["stage0_block0_bn0"]["mean"].shape == (2, 32)
+    assert "weight_step" not in variables["params"]["stem"]  # FP first conv
+    out = jax.vmap(lambda p: model.apply(variables, x, p, train=False))(jnp.arange(2))
+    assert out.shape == (2, 2, 10) and np.all(np.isfinite(out))
+    assert not np.allclose(out[0], out[1])  # 2-bit and 4-bit are different sub-networks
+
+
+def test_resnet18_on_tiny_inputs():
+    model = ResNet18(num_classes=7, bits=(2, 8), spec=QuantSpec(), first_last_bits=8)
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    variables = model.init(jax.random.key(1), x, 0, train=True)
+    shapes = kernels(variables["params"])
+    assert shapes["['stem']['kernel']"] == (7, 7, 3, 64)
+    assert shapes["['stage3_block1_conv1']['kernel']"] == (3, 3, 512, 512)
+    assert variables["params"]["stem"]["weight_step"].shape == (1,)  # first layer fixed at 8 bits
+    assert 11_000_000 < count(variables["params"]) < 11_300_000
+    logits, _ = model.apply(variables, x, 1, train=True, mutable=["batch_stats"])
+    assert logits.shape == (2, 7) and np.all(np.isfinite(logits))
+
+
+def test_small_cnn_digits_and_mnist_shapes():
+    for shape, stem_pool in (((3, 8, 8, 1), False), ((3, 28, 28, 1), True)):
+        model = SmallCNN(bits=(2, 32), spec=QuantSpec("dorefa", "dorefa"), stem_pool=stem_pool)
+        variables = model.init(jax.random.key(0), jnp.zeros(shape), 0, train=True)
+        assert model.apply(variables, jnp.ones(shape), 1).shape == (3, 10)
