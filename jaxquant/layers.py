@@ -136,12 +136,13 @@ def _quantize_weight(module: nn.Module, kernel: jax.Array, precision) -> jax.Arr
         return kernel
     if spec.weight == "dorefa":
         return q.dorefa_weight(kernel, bit_width)
-    # LSQ: one step per precision (and per output channel), initialised from the kernel.
+    # LSQ: one step per precision, shape (P,), or (P, out_features) per channel.
     axis = tuple(range(kernel.ndim - 1)) if spec.per_channel else None
     all_bits = jnp.asarray(bits, jnp.int32)
     step = module.param(
         "weight_step",
-        lambda _: jax.vmap(lambda b: q.lsq_init_step(kernel, b, signed=True, axis=axis))(all_bits))
+        lambda _: jax.vmap(lambda b: q.lsq_init_step(kernel, b, signed=True, axis=axis).reshape(
+            (-1,) if spec.per_channel else ()))(all_bits))
     return q.lsq_quantize(kernel, step[precision], bit_width, signed=True)
 
 

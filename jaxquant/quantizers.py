@@ -55,6 +55,12 @@ def _as_bits(bits) -> jax.Array:
     return jnp.asarray(bits, dtype=jnp.int32)
 
 
+def _pow2(exponent, dtype=jnp.float32) -> jax.Array:
+    """Exactly ``2**exponent`` (``jnp.exp2`` is off by ulps on CPU from 2^13 on). Exponents
+    are capped at 30: a full-precision bit-width (32) never uses its range."""
+    return jnp.ldexp(jnp.ones((), dtype), jnp.minimum(_as_bits(exponent), 30))
+
+
 def is_full_precision(bits) -> jax.Array:
     """True where the bit-width means full precision (``bits >= FP_BITS``)."""
     return _as_bits(bits) >= FP_BITS
@@ -62,13 +68,13 @@ def is_full_precision(bits) -> jax.Array:
 
 def signed_range(bits) -> tuple[jax.Array, jax.Array]:
     """LSQ signed integer range: ``(Qn, Qp) = (2^(b-1), 2^(b-1) - 1)``, codes in ``[-Qn, Qp]``."""
-    half = jnp.exp2(_as_bits(bits).astype(jnp.float32) - 1.0)
+    half = _pow2(_as_bits(bits) - 1)
     return half, half - 1.0
 
 
 def unsigned_range(bits) -> tuple[jax.Array, jax.Array]:
     """LSQ unsigned integer range: ``(Qn, Qp) = (0, 2^b - 1)``, codes in ``[0, Qp]``."""
-    levels = jnp.exp2(_as_bits(bits).astype(jnp.float32))
+    levels = _pow2(bits)
     return jnp.zeros_like(levels), levels - 1.0
 
 
@@ -175,7 +181,7 @@ def lsq_init_step(v: jax.Array, bits, *, signed: bool, axis=None) -> jax.Array:
 
 def _quantize_unit(x: jax.Array, bits) -> jax.Array:
     """DoReFa ``qfn``: ``round(x * n) / n`` with ``n = 2^k - 1``, straight-through gradient."""
-    n = jnp.exp2(_as_bits(bits).astype(x.dtype)) - 1.0
+    n = _pow2(bits, x.dtype) - 1.0
     return ste_round(x * n) / n
 
 

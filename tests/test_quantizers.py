@@ -29,7 +29,6 @@ LEVELS = {1: 1, 2: 3, 3: 7, 4: 15, 8: 255}
 # jnp.exp2 is not exact on CPU for exponents >= 13 (exp2(13.) == 8192.004, exp2(15.) == 32767.984),
 # so the library's Qn, Qp and DoReFa level counts are off for 13..16 bits. Remove this marker once
 # the ranges are computed exactly (strict: the tests turn red when the bug is fixed).
-EXP2_BUG = pytest.mark.xfail(strict=True, reason="library bug: ranges from inexact jnp.exp2 at >= 13 bits")
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -148,7 +147,7 @@ def test_ranges_and_grad_scale_and_init_step():
     assert_allclose(np.asarray(per_col), [[4 / np.sqrt(127), 8 / np.sqrt(127)]], rtol=1e-6)
 
 
-@pytest.mark.parametrize("bits", [pytest.param(b, marks=EXP2_BUG) if b >= 13 else b for b in range(2, 17)])
+@pytest.mark.parametrize("bits", range(2, 17))
 def test_ranges_are_exact_integers_for_every_supported_bit_width(bits):
     """Qn, Qp (and the DoReFa level count n = 2^b - 1) must be exact integers for every
     bit-width that `validate_bits` accepts (2..16)."""
@@ -158,14 +157,12 @@ def test_ranges_are_exact_integers_for_every_supported_bit_width(bits):
     assert (qn, qp) == (0.0, 2.0 ** bits - 1)
 
 
-@EXP2_BUG
 def test_dorefa_activation_on_grid_at_15_bits():
     # n = 2^15 - 1 = 32767: qfn(0.5) = round(16383.5) / 32767 = 16384 / 32767 (half to even).
     out = float(q.dorefa_activation(jnp.asarray([0.5], jnp.float32), 15)[0])
     assert_allclose(out, 16384 / 32767, rtol=1e-7)
 
 
-@EXP2_BUG
 def test_lsq_gradient_at_qp_at_14_bits():
     # Signed 14-bit: Qp = 8191. v/s = 8191 exactly is at Qp: dv = 0, d/ds = Qp * g.
     v = jnp.asarray([8191.0], jnp.float32)
