@@ -11,7 +11,7 @@ SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec
     from jaxquant.layers import FULL_PRECISION, QuantSpec
-    from jaxquant.models import SmallCNN
+    from jaxquant.models import CifarResNet
     from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, data_parallel_mesh, make_optimizer
     from jaxquant.data import make_preprocess
     assert jax.device_count() == 4, jax.devices()
@@ -21,12 +21,11 @@ SCRIPT = textwrap.dedent("""
     x = jax.random.uniform(jax.random.key(0), (32, 8, 8, 1))
     y = jnp.arange(32) % 10
     key = jax.random.key(3)
-    # Full precision: equal to float rounding. Quantized: the reductions over the sharded batch
-    # run in another order, which can move a value across a rounding boundary and change the
-    # gradients upstream of it a little: the losses agree tightly, the parameters to 1e-2 at
-    # worst and typically (median) to float rounding.
+    # A ResNet (average pooling): max-pooling quantized activations has ties, and which tied
+    # element receives the gradient is up to the XLA partitioning, so a max-pool model agrees
+    # only up to that choice. Here both FP and quantized steps agree to float rounding.
     for spec in (FULL_PRECISION, QuantSpec()):
-        trainer = MultiPrecisionTrainer(SmallCNN(bits=bits, spec=spec, widths=(8, 16, 16)), bits,
+        trainer = MultiPrecisionTrainer(CifarResNet(depth=8, bits=bits, spec=spec), bits,
                                         make_optimizer(OptimizerConfig(quantizer_optimizer="sgd"), 100, 10),
                                         distillation="largest", preprocess=make_preprocess((0.3,), (0.4,), "crop", 1))
         state = trainer.init(jax.random.key(1), x)
@@ -38,12 +37,7 @@ SCRIPT = textwrap.dedent("""
         np.testing.assert_allclose(m_single["loss_per_precision"], m_sharded["loss_per_precision"], rtol=1e-5)
         a = np.concatenate([np.ravel(v) for v in jax.tree.leaves((single.params, single.batch_stats))])
         b = np.concatenate([np.ravel(v) for v in jax.tree.leaves((sharded.params, sharded.batch_stats))])
-        close = np.isclose(a, b, rtol=1e-4, atol=1e-6)
-        if spec == FULL_PRECISION:
-            assert close.all(), (spec, np.abs(a - b).max())
-        else:
-            difference = np.abs(a - b)
-            assert difference.max() < 1e-2 and np.median(difference) < 1e-5, (difference.max(), np.median(difference))
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=str(spec))
     print("SHARDED_EQUALS_SINGLE")
 """)
 
