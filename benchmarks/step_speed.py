@@ -5,12 +5,14 @@ bits (2, 4, 6, 8), distillation from the largest bit-width. Prints the median ms
 compilation and the compile seconds for:
 
   fp          the full-precision model (no quantizers)
+  fp-xla-dw   the same with XLA's own conv weight gradients (jaxquant computes them as
+              chunked im2col matmuls on CPU, see layers.conv_weight_gradient)
   qat-1       one precision (8 bits) with quantizers
   vmap        all P precisions in one step, vmapped over the precision axis
   unroll      all P precisions in one step, an unrolled loop
   sequential  P separate single-precision steps, one after another
 
-and the ratios vmap/sequential, unroll/sequential and qat-1/fp. Usage:
+and the ratios vmap/sequential, unroll/sequential, qat-1/fp and fp/fp-xla-dw. Usage:
 
   python benchmarks/step_speed.py [--steps 5] [--batch 128] [--bits 2,4,6,8] [--conv-batching unroll]
 """
@@ -30,8 +32,9 @@ from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, make_optim
 
 
 def make_trainer(bits, spec, precision_mode="vmap", distillation="largest", conv_batching="unroll",
-                 width=1):
-    model = CifarResNet(depth=20, width=width, bits=tuple(bits), spec=spec, conv_batching=conv_batching)
+                 width=1, weight_gradient="auto"):
+    model = CifarResNet(depth=20, width=width, bits=tuple(bits), spec=spec, conv_batching=conv_batching,
+                        weight_gradient=weight_gradient)
     return MultiPrecisionTrainer(model, tuple(bits), make_optimizer(OptimizerConfig(), 1000, 100),
                                  distillation=distillation if len(bits) > 1 else "none",
                                  precision_mode=precision_mode)
@@ -69,7 +72,8 @@ def main(argv=None):
     parser.add_argument("--bits", default="2,4,6,8")
     parser.add_argument("--width", type=int, default=1)
     parser.add_argument("--conv-batching", default="unroll", choices=["unroll", "native"])
-    parser.add_argument("--only", default="fp,qat-1,vmap,unroll,sequential",
+    parser.add_argument("--weight-gradient", default="auto", choices=["auto", "im2col", "xla"])
+    parser.add_argument("--only", default="fp,fp-xla-dw,qat-1,vmap,unroll,sequential",
                         help="comma-separated subset of the variants")
     args = parser.parse_args(argv)
     bits = tuple(int(b) for b in args.bits.split(","))
@@ -77,12 +81,14 @@ def main(argv=None):
     images = jnp.asarray(rng.normal(size=(args.batch, 32, 32, 3)).astype(np.float32))
     labels = jnp.asarray(rng.integers(0, 10, size=args.batch))
     lsq = QuantSpec()
+    common = dict(width=args.width, weight_gradient=args.weight_gradient)
     variants = {
-        "fp": lambda: [make_trainer((32,), FULL_PRECISION, width=args.width)],
-        "qat-1": lambda: [make_trainer((max(bits),), lsq, width=args.width)],
-        "vmap": lambda: [make_trainer(bits, lsq, "vmap", conv_batching=args.conv_batching, width=args.width)],
-        "unroll": lambda: [make_trainer(bits, lsq, "unroll", width=args.width)],
-        "sequential": lambda: [make_trainer((b,), lsq, width=args.width) for b in bits],
+        "fp": lambda: [make_trainer((32,), FULL_PRECISION, **common)],
+        "fp-xla-dw": lambda: [make_trainer((32,), FULL_PRECISION, width=args.width, weight_gradient="xla")],
+        "qat-1": lambda: [make_trainer((max(bits),), lsq, **common)],
+        "vmap": lambda: [make_trainer(bits, lsq, "vmap", conv_batching=args.conv_batching, **common)],
+        "unroll": lambda: [make_trainer(bits, lsq, "unroll", **common)],
+        "sequential": lambda: [make_trainer((b,), lsq, **common) for b in bits],
     }
     chosen = [v for v in args.only.split(",") if v]
     print(f"# CIFAR ResNet-20 x{args.width}, batch {args.batch}, bits {bits}, LSQ, {jax.devices()[0].platform} "
@@ -99,6 +105,8 @@ def main(argv=None):
         print(f"unroll/sequential {results['unroll'] / results['sequential']:.2f}")
     if "qat-1" in results and "fp" in results:
         print(f"qat-1/fp          {results['qat-1'] / results['fp']:.2f}")
+    if "fp-xla-dw" in results and "fp" in results:
+        print(f"fp/fp-xla-dw      {results['fp'] / results['fp-xla-dw']:.2f}")
 
 
 if __name__ == "__main__":

@@ -442,3 +442,32 @@ def test_quant_spec_validate():
             LSQ.validate(bits)
     with pytest.raises(BitWidthError):  # the LSQ weight quantizer cannot do 1 bit
         QuantSpec("lsq", "dorefa").validate((1, 2))
+
+
+@pytest.mark.parametrize("n, size, cin, cout, k, stride, padding", [
+    (5, 9, 3, 4, 3, 1, "SAME"), (6, 8, 4, 5, 1, 2, "SAME"), (7, 9, 2, 3, 3, 2, "SAME"),
+    (4, 10, 3, 2, 3, 1, "VALID"), (3, 7, 2, 2, 7, 2, "SAME"), (4, 8, 2, 3, 3, 1, ((2, 0), (1, 1)))])
+def test_conv_weight_gradient_equals_xla_for_every_stride_padding_and_chunking(n, size, cin, cout, k, stride, padding):
+    from jaxquant.layers import conv_weight_gradient
+    rng = np.random.default_rng(n * 100 + k)
+    x = jnp.asarray(rng.normal(size=(n, size, size, cin)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(k, k, cin, cout)), jnp.float32)
+    y, vjp = jax.vjp(lambda w: jax.lax.conv_general_dilated(
+        x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")), kernel)
+    g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    expected = vjp(g)[0]
+    for cache_bytes in (1, 600, 2 ** 21):  # one image per chunk, a ragged last chunk, one chunk
+        got = conv_weight_gradient(x, g, kernel.shape, (stride, stride), padding, cache_bytes=cache_bytes)
+        assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=5e-5)
+
+
+def test_precision_conv_weight_gradient_modes_agree():
+    x = jnp.asarray(_images(7, (4, 6, 6, 3)))
+    kernel = jnp.asarray(_images(8, (3, 3, 3, 5)))
+    grads = {mode: jax.grad(lambda x, w: jnp.sum(jnp.sin(precision_conv(x, w, (2, 2), "SAME", "unroll", mode))),
+                            argnums=(0, 1))(x, kernel) for mode in ("xla", "im2col", "auto")}
+    for mode in ("im2col", "auto"):
+        for a, b in zip(grads[mode], grads["xla"]):
+            assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError):
+        precision_conv(x, kernel, weight_gradient="fft")

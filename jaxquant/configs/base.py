@@ -18,6 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.first_last_bits = 0            # 0: FP stem conv and classifier; else their fixed bit-width
     c.per_channel = False            # LSQ: one weight step per output channel
     c.conv_batching = "unroll"       # unroll | native: how vmap over precision lowers convs
+    c.conv_weight_gradient = "auto"  # auto | im2col | xla: conv weight gradients (im2col is faster on CPU)
     c.bits = (2, 4, 8, 32)           # the precisions trained together (32 = full precision)
     c.distillation = "none"          # none | largest (MBQuant) | recursive (Any-Precision)
     c.loss_weights = ()              # lambda_b per bit-width; () = all ones

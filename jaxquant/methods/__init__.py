@@ -23,7 +23,8 @@ def build_model(config, num_classes: int, spec: QuantSpec):
     """The model named by ``config.model`` for ``config.bits`` with the method's quantizers."""
     bits = tuple(config.bits)
     common = dict(num_classes=num_classes, bits=bits, spec=spec,
-                  first_last_bits=config.first_last_bits or None, conv_batching=config.conv_batching)
+                  first_last_bits=config.first_last_bits or None, conv_batching=config.conv_batching,
+                  weight_gradient=config.conv_weight_gradient)
     if config.model == "small_cnn":
         return SmallCNN(widths=tuple(config.widths), stem_pool=config.stem_pool, **common)
     if config.model in ("resnet20", "resnet32", "resnet44", "resnet56"):

@@ -22,12 +22,13 @@ class SmallCNN(nn.Module):
     stem_pool: bool = False
     first_last_bits: int | None = None
     conv_batching: str = "unroll"
+    weight_gradient: str = "auto"      # conv weight gradients: auto | im2col | xla (layers.precision_conv)
 
     @nn.compact
     def __call__(self, x: jax.Array, precision, train: bool = False) -> jax.Array:
-        conv, bn = layer_factories(self.bits, self.spec, self.conv_batching)
+        conv, bn = layer_factories(self.bits, self.spec, self.conv_batching, self.weight_gradient)
         x = first_conv(self.widths[0], (3, 3), (1, 1), self.first_last_bits, self.spec,
-                       self.conv_batching)(x, 0)
+                       self.conv_batching, self.weight_gradient)(x, 0)
         x = relu(bn(name="stem_bn")(x, precision, train))
         if self.stem_pool:
             x = nn.max_pool(x, (2, 2), (2, 2))

@@ -22,13 +22,14 @@ class ResNet(nn.Module):
     quantize_shortcut: bool = True
     first_last_bits: int | None = None
     conv_batching: str = "unroll"
+    weight_gradient: str = "auto"      # conv weight gradients: auto | im2col | xla (layers.precision_conv)
 
     @nn.compact
     def __call__(self, x: jax.Array, precision, train: bool = False) -> jax.Array:
-        conv, bn = layer_factories(self.bits, self.spec, self.conv_batching)
+        conv, bn = layer_factories(self.bits, self.spec, self.conv_batching, self.weight_gradient)
         shortcut_conv, _ = layer_factories(self.bits, self.spec if self.quantize_shortcut else FULL_PRECISION,
-                                           self.conv_batching)
-        x = first_conv(64, (7, 7), (2, 2), self.first_last_bits, self.spec, self.conv_batching)(x, 0)
+                                           self.conv_batching, self.weight_gradient)
+        x = first_conv(64, (7, 7), (2, 2), self.first_last_bits, self.spec, self.conv_batching, self.weight_gradient)(x, 0)
         x = max_pool(relu(bn(name="stem_bn")(x, precision, train)))
         for stage, blocks in enumerate(self.stage_sizes):
             features = 64 * 2 ** stage
