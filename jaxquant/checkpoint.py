@@ -9,6 +9,7 @@ from __future__ import annotations
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -16,7 +17,8 @@ from jaxquant.errors import CheckpointError
 
 
 def _shapes(tree) -> list:
-    return [(jax.tree_util.keystr(path), tuple(np.shape(leaf)), str(np.asarray(leaf).dtype) if not hasattr(leaf, "dtype") else str(leaf.dtype))
+    """(path, shape, dtype) of every leaf: what must match between a checkpoint and a model."""
+    return [(jax.tree_util.keystr(path), tuple(np.shape(leaf)), str(jnp.result_type(leaf)))
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 

@@ -125,8 +125,8 @@ def evaluate_workdir(args) -> int:
     config.optimizer.step_epochs = tuple(config.optimizer.step_epochs)
     dataset = _load_dataset(config)
     trainer = build_trainer(config, dataset, max(len(dataset.train_labels) // config.batch_size, 1))
-    import jax.numpy as jnp
-    template = trainer.init(__import__("jax").random.key(0), jnp.asarray(dataset.train_images[:config.batch_size]))
+    import jax
+    template = trainer.init(jax.random.key(0), jax.numpy.asarray(dataset.train_images[:config.batch_size]))
     checkpointer = Checkpointer(workdir)
     try:
         state = checkpointer.restore(template)

@@ -81,15 +81,6 @@ def _not_prepared(name: str, data_dir: str) -> DatasetNotFoundError:
         "to a folder that has it")
 
 
-def _tfds_builder(name: str, data_dir: str):
-    """The tfds builder of a prepared dataset, or `DatasetNotFoundError` naming the fix."""
-    import tensorflow_datasets as tfds
-    builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
-        raise _not_prepared(name, data_dir)
-    return builder
-
-
 def _open_source(name: str, data_dir: str, split: str):
     """``tfds.data_source`` of one split without any download attempt; a clear error when missing."""
     import tensorflow_datasets as tfds
@@ -212,16 +203,23 @@ def make_preprocess(mean, std, augment: str = "none", crop_padding: int = 4) -> 
 # ImageNet: streamed with tf.data (the `tf` extra).
 
 def imagenet_batches(split: str, batch_size: int, data_dir: str | None = None, image_size: int = 224,
-                     train: bool = True, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Batches of ``(uint8 images, labels)`` from ``imagenet2012``: RandomResizedCrop(0.08-1) +
-    flip for training; resize 256/224 of the short side then a centre crop for evaluation."""
-    data_dir = default_data_dir(data_dir)
-    builder = _tfds_builder("imagenet2012", data_dir)
+                     train: bool = True, seed: int = 0, name: str = "imagenet2012"
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches of ``(uint8 images, int32 labels)`` streamed from a tfds image dataset (default
+    ``imagenet2012``): RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + flip when training;
+    resize the short side to ``image_size*256/224`` and centre-crop for evaluation. Training
+    batches repeat forever; evaluation stops after one pass (last batch kept)."""
+    import tensorflow_datasets as tfds
     try:
         import tensorflow as tf
     except ImportError as e:
-        raise ConfigError("streaming imagenet2012 needs TensorFlow: pip install 'jaxquant[tf]'") from e
-    ds = builder.as_dataset(split=split, shuffle_files=train, read_config=__import__("tensorflow_datasets").ReadConfig(shuffle_seed=seed))
+        raise ConfigError(f"streaming {name} needs TensorFlow: pip install 'jaxquant[tf]'") from e
+    data_dir = default_data_dir(data_dir)
+    try:
+        ds = tfds.load(name, split=split, data_dir=data_dir, download=False, shuffle_files=train,
+                       read_config=tfds.ReadConfig(shuffle_seed=seed))
+    except Exception as e:  # tfds raises several types for a missing dataset
+        raise _not_prepared(name, data_dir) from e
 
     def decode(example):
         image = example["image"]
@@ -230,8 +228,7 @@ def imagenet_batches(split: str, batch_size: int, data_dir: str | None = None, i
                 tf.shape(image), tf.zeros([0, 0, 4], tf.float32), min_object_covered=0.0,
                 area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3), use_image_if_no_bounding_boxes=True,
                 seed=seed)
-            image = tf.slice(image, begin, size)
-            image = tf.image.resize(image, (image_size, image_size))
+            image = tf.image.resize(tf.slice(image, begin, size), (image_size, image_size))
             image = tf.image.random_flip_left_right(image, seed=seed)
         else:
             shape = tf.cast(tf.shape(image)[:2], tf.float32)

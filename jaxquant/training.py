@@ -18,7 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxquant.errors import ConfigError
+from tqdm.auto import tqdm
+
+from jaxquant.checkpoint import Checkpointer
+from jaxquant.data import batch_indices
+from jaxquant.errors import ConfigError, NonFiniteLossError
 from jaxquant.layers import QUANTIZER_PARAM_NAMES
 
 DISTILLATION_MODES = ("none", "largest", "recursive")
@@ -318,10 +322,6 @@ def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epo
     The batch is sharded over all devices along ``data``; the state is replicated. ``on_start``
     runs once any existing checkpoint has been restored (or found absent), before the first step.
     """
-    from jaxquant.checkpoint import Checkpointer
-    from jaxquant.data import batch_indices
-    from jaxquant.errors import NonFiniteLossError
-
     mesh = data_parallel_mesh()
     if batch_size % mesh.size:
         raise ConfigError(f"batch_size {batch_size} is not divisible by the {mesh.size} devices; "
@@ -354,7 +354,6 @@ def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epo
         return (jax.make_array_from_process_local_data(data_sharding, dataset.train_images[idx]),
                 jax.make_array_from_process_local_data(data_sharding, dataset.train_labels[idx]))
 
-    from tqdm.auto import tqdm
     first = int(state.step)
     bar = tqdm(total=total_steps, initial=first, disable=not progress, unit="step", mininterval=1.0,
                dynamic_ncols=True, desc="train")

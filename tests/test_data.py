@@ -83,3 +83,16 @@ def test_real_mnist_from_shared_data(tmp_path):
     assert sorted(np.unique(ds.train_labels)) == list(range(10))
     mean = ds.train_images.mean() / 255
     assert abs(mean - data.NORMALIZATION["mnist"][0][0]) < 1e-3
+
+
+def test_imagenet_stream_with_mock_data(tmp_path):
+    pytest.importorskip("tensorflow")
+    import tensorflow_datasets as tfds
+    with tfds.testing.mock_data(num_examples=6):
+        train = data.imagenet_batches("train", 4, str(tmp_path), image_size=32, train=True)
+        images, labels = next(train)
+        assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8 and labels.dtype == np.int32
+        evaluation = list(data.imagenet_batches("validation", 4, str(tmp_path), image_size=32, train=False))
+    assert [len(b[1]) for b in evaluation] == [4, 2]
+    with pytest.raises(DatasetNotFoundError):
+        next(data.imagenet_batches("train", 4, str(tmp_path)))
