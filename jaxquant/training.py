@@ -24,6 +24,7 @@ from jaxquant.checkpoint import Checkpointer
 from jaxquant.data import batch_indices
 from jaxquant.errors import ConfigError, NonFiniteLossError
 from jaxquant.layers import QUANTIZER_PARAM_NAMES
+from jaxquant.report import bits_label
 
 DISTILLATION_MODES = ("none", "largest", "recursive")
 PRECISION_MODES = ("vmap", "unroll")
@@ -373,13 +374,10 @@ def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epo
                 last_saved = step + 1
             accuracy = np.asarray(metrics["accuracy_per_precision"])
             bar.set_postfix_str(f"loss {loss:.3f} | " + " ".join(
-                f"{_bits_label(b)}:{a:.2f}" for b, a in zip(trainer.bits, accuracy)), refresh=False)
+                f"{bits_label(b)}:{a:.2f}" for b, a in zip(trainer.bits, accuracy)), refresh=False)
             bar.update(1)
     finally:
         bar.close()
         checkpointer.close()
     return state
 
-
-def _bits_label(bits: int) -> str:
-    return "FP" if bits >= 32 else f"{bits}b"
