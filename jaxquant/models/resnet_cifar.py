@@ -45,20 +45,21 @@ class CifarResNet(nn.Module):
                 strides = (2, 2) if stage > 0 and block == 0 else (1, 1)
                 name = f"stage{stage}_block{block}"
                 needs_projection = strides != (1, 1) or x.shape[-1] != features
+
+                def shortcut_of(inputs):  # identity, or a 1x1 projection with its BN
+                    if not needs_projection:
+                        return x
+                    projected = shortcut_conv(features, (1, 1), strides, name=f"{name}_shortcut")(inputs, precision)
+                    return bn(name=f"{name}_shortcut_bn")(projected, precision, train)
+
                 if self.preactivation:
                     out = relu(bn(name=f"{name}_bn0")(x, precision, train))
-                    shortcut = x
-                    if needs_projection:
-                        shortcut = shortcut_conv(features, (1, 1), strides, name=f"{name}_shortcut")(out, precision)
-                        shortcut = bn(name=f"{name}_shortcut_bn")(shortcut, precision, train)
+                    shortcut = shortcut_of(out)  # Any-Precision projects the activated input
                     out = conv(features, (3, 3), strides, name=f"{name}_conv0")(out, precision)
                     out = relu(bn(name=f"{name}_bn1")(out, precision, train))
                     x = conv(features, (3, 3), name=f"{name}_conv1")(out, precision) + shortcut
                 else:
-                    shortcut = x
-                    if needs_projection:
-                        shortcut = shortcut_conv(features, (1, 1), strides, name=f"{name}_shortcut")(x, precision)
-                        shortcut = bn(name=f"{name}_shortcut_bn")(shortcut, precision, train)
+                    shortcut = shortcut_of(x)
                     out = conv(features, (3, 3), strides, name=f"{name}_conv0")(x, precision)
                     out = relu(bn(name=f"{name}_bn0")(out, precision, train))
                     out = conv(features, (3, 3), name=f"{name}_conv1")(out, precision)
