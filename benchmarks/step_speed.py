@@ -1,7 +1,8 @@
 """Training-step speed of the multi-precision step, all variants measured in one run.
 
-CIFAR ResNet-20 (post-activation, width x1), LSQ weights and activations, batch 128,
-bits (2, 4, 6, 8), distillation from the largest bit-width. Prints the median ms/step after
+CIFAR ResNet-20 (post-activation, width x1; or ``--model small_cnn``, the Fashion-MNIST
+experiments' SmallCNN), LSQ weights and activations, batch 128, bits (2, 4, 6, 8), distillation
+from the largest bit-width. Prints the median ms/step after
 compilation and the compile seconds for:
 
   fp          the full-precision model (no quantizers)
@@ -27,14 +28,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxquant.layers import FULL_PRECISION, QuantSpec
-from jaxquant.models import CifarResNet
+from jaxquant.models import CifarResNet, SmallCNN
 from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, make_optimizer
 
 
+INPUT_SHAPES = {"resnet20": (32, 32, 3), "small_cnn": (28, 28, 1)}
+
+
 def make_trainer(bits, spec, precision_mode="vmap", distillation="largest", conv_batching="unroll",
-                 width=1, weight_gradient="auto"):
-    model = CifarResNet(depth=20, width=width, bits=tuple(bits), spec=spec, conv_batching=conv_batching,
-                        weight_gradient=weight_gradient)
+                 width=1, weight_gradient="auto", model="resnet20"):
+    common = dict(bits=tuple(bits), spec=spec, conv_batching=conv_batching, weight_gradient=weight_gradient)
+    if model == "small_cnn":  # the Fashion-MNIST experiments' model
+        model = SmallCNN(widths=(16, 32, 64), stem_pool=True, **common)
+    else:
+        model = CifarResNet(depth=20, width=width, **common)
     return MultiPrecisionTrainer(model, tuple(bits), make_optimizer(OptimizerConfig(), 1000, 100),
                                  distillation=distillation if len(bits) > 1 else "none",
                                  precision_mode=precision_mode)
@@ -71,6 +78,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--bits", default="2,4,6,8")
     parser.add_argument("--width", type=int, default=1)
+    parser.add_argument("--model", default="resnet20", choices=sorted(INPUT_SHAPES),
+                        help="resnet20 (CIFAR, 32x32x3) or small_cnn (the Fashion-MNIST SmallCNN, 28x28x1)")
     parser.add_argument("--conv-batching", default="unroll", choices=["unroll", "native"])
     parser.add_argument("--weight-gradient", default="auto", choices=["auto", "im2col", "xla"])
     parser.add_argument("--only", default="fp,fp-xla-dw,qat-1,vmap,unroll,sequential",
@@ -78,20 +87,22 @@ def main(argv=None):
     args = parser.parse_args(argv)
     bits = tuple(int(b) for b in args.bits.split(","))
     rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.normal(size=(args.batch, 32, 32, 3)).astype(np.float32))
+    images = jnp.asarray(rng.normal(size=(args.batch,) + INPUT_SHAPES[args.model]).astype(np.float32))
     labels = jnp.asarray(rng.integers(0, 10, size=args.batch))
     lsq = QuantSpec()
-    common = dict(width=args.width, weight_gradient=args.weight_gradient)
+    common = dict(width=args.width, weight_gradient=args.weight_gradient, model=args.model)
     variants = {
         "fp": lambda: [make_trainer((32,), FULL_PRECISION, **common)],
-        "fp-xla-dw": lambda: [make_trainer((32,), FULL_PRECISION, width=args.width, weight_gradient="xla")],
+        "fp-xla-dw": lambda: [make_trainer((32,), FULL_PRECISION, width=args.width, weight_gradient="xla",
+                                           model=args.model)],
         "qat-1": lambda: [make_trainer((max(bits),), lsq, **common)],
         "vmap": lambda: [make_trainer(bits, lsq, "vmap", conv_batching=args.conv_batching, **common)],
         "unroll": lambda: [make_trainer(bits, lsq, "unroll", **common)],
         "sequential": lambda: [make_trainer((b,), lsq, **common) for b in bits],
     }
     chosen = [v for v in args.only.split(",") if v]
-    print(f"# CIFAR ResNet-20 x{args.width}, batch {args.batch}, bits {bits}, LSQ, {jax.devices()[0].platform} "
+    model_name = f"CIFAR ResNet-20 x{args.width}" if args.model == "resnet20" else "SmallCNN 16/32/64 (28x28x1)"
+    print(f"# {model_name}, batch {args.batch}, bits {bits}, LSQ, {jax.devices()[0].platform} "
           f"({jax.device_count()} device(s)), jax {jax.__version__}, {args.steps} timed steps")
     print(f"{'variant':<12}{'ms/step':>10}{'compile s':>11}")
     results = {}
