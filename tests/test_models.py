@@ -58,3 +58,13 @@ def test_small_cnn_digits_and_mnist_shapes():
         model = SmallCNN(bits=(2, 32), spec=QuantSpec("dorefa", "dorefa"), stem_pool=stem_pool)
         variables = model.init(jax.random.key(0), jnp.zeros(shape), 0, train=True)
         assert model.apply(variables, jnp.ones(shape), 1).shape == (3, 10)
+
+
+def test_max_pool_2x2_matches_flax_and_splits_ties():
+    import flax.linen as nn
+
+    from jaxquant.models.common import max_pool_2x2
+    x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))
+    np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
+    tied = jnp.ones((1, 2, 2, 1))
+    np.testing.assert_allclose(jax.grad(lambda v: max_pool_2x2(v).sum())(tied), 0.25)

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 
 from jaxquant.layers import QuantSpec
-from jaxquant.models.common import avg_pool_all, first_conv, last_dense, layer_factories, relu
+from jaxquant.models.common import avg_pool_all, first_conv, last_dense, layer_factories, max_pool_2x2, relu
 
 
 class SmallCNN(nn.Module):
@@ -31,10 +31,10 @@ class SmallCNN(nn.Module):
                        self.conv_batching, self.weight_gradient)(x, 0)
         x = relu(bn(name="stem_bn")(x, precision, train))
         if self.stem_pool:
-            x = nn.max_pool(x, (2, 2), (2, 2))
+            x = max_pool_2x2(x)
         for i, width in enumerate(self.widths[1:]):
             x = conv(width, (3, 3), name=f"conv{i}")(x, precision)
             x = relu(bn(name=f"bn{i}")(x, precision, train))
             if (i + 1) % self.pool_every == 0 and min(x.shape[1:3]) >= 4:
-                x = nn.max_pool(x, (2, 2), (2, 2))
+                x = max_pool_2x2(x)
         return last_dense(self.num_classes, self.first_last_bits, self.spec)(avg_pool_all(x), 0)
