@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import zlib
 from typing import Callable, Iterator
 
 import jax
@@ -108,7 +109,6 @@ def load_tfds_in_memory(name: str, data_dir: str | None = None, cache_dir: str |
     """Read a prepared tfds dataset's train and test splits into memory (no TensorFlow needed:
     array_record through ``tfds.data_source``). The arrays are cached as ``.npz`` in
     ``cache_dir`` (default ``~/.cache/jaxquant``) so later runs load in a second."""
-    import zlib
     data_dir = default_data_dir(data_dir)
     source = {split: _open_source(name, data_dir, split) for split in ("train", "test")}
     cache_dir = pathlib.Path(cache_dir or pathlib.Path.home() / ".cache" / "jaxquant")

@@ -156,7 +156,8 @@ def make_optimizer(config: OptimizerConfig, total_steps: int, steps_per_epoch: i
                                 config.per_epoch_schedule, config.warmup_epochs, config.step_epochs,
                                 config.step_factor)
     qlr = learning_rate_schedule(config.quantizer_learning_rate, config.quantizer_schedule, total_steps,
-                                 steps_per_epoch, config.per_epoch_schedule, config.warmup_epochs)
+                                 steps_per_epoch, config.per_epoch_schedule, config.warmup_epochs,
+                                 config.step_epochs, config.step_factor)
 
     def decay_mask(params):
         return jax.tree_util.tree_map_with_path(lambda p, v: _decays(p, v, config.decay_batchnorm), params)

@@ -154,3 +154,19 @@ def test_weight_decay_mask_can_spare_batchnorm():
     updates, _ = trainer.optimizer.update(grads, state.opt_state, state.params)
     np.testing.assert_allclose(updates["stem_bn"]["scale"], 0.0)
     np.testing.assert_allclose(updates["conv0"]["kernel"], -0.5 * state.params["conv0"]["kernel"], rtol=1e-6)
+
+
+def test_quantizer_group_follows_the_step_schedule_too():
+    config = OptimizerConfig(optimizer="sgd", learning_rate=0.0, momentum=0.0, weight_decay=0.0,
+                             schedule="step", quantizer_schedule="step", quantizer_optimizer="sgd",
+                             quantizer_learning_rate=1.0, step_epochs=(1.0,), step_factor=0.1)
+    tx = make_optimizer(config, total_steps=20, steps_per_epoch=10)
+    params = {"conv": {"weight_step": jnp.ones(())}}
+    state = tx.init(params)
+    grads = {"conv": {"weight_step": jnp.ones(())}}
+    updates = []
+    for _ in range(12):
+        u, state = tx.update(grads, state, params)
+        updates.append(float(u["conv"]["weight_step"]))
+    np.testing.assert_allclose(updates[9], -1.0, rtol=1e-6)   # epoch 0
+    np.testing.assert_allclose(updates[10], -0.1, rtol=1e-6)  # epoch 1: decayed
