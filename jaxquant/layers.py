@@ -20,9 +20,10 @@ import jax.numpy as jnp
 from jax import custom_batching
 
 from jaxquant import quantizers as q
-from jaxquant.errors import ConfigError
+from jaxquant.errors import BitWidthError, ConfigError
 
-WEIGHT_QUANTIZERS = ("lsq", "dorefa", "none")
+WEIGHT_QUANTIZERS = ("lsq", "dorefa", "vertical", "codes", "none")
+EXECUTIONS = ("fake_quant", "integer", "bit_serial")
 ACTIVATION_QUANTIZERS = ("lsq", "dorefa", "none")
 
 QUANTIZER_PARAM_NAMES = frozenset({"weight_step", "act_step", "weight_lower", "weight_upper",
@@ -34,25 +35,49 @@ QUANTIZER_PARAM_NAMES = frozenset({"weight_step", "act_step", "weight_lower", "w
 class QuantSpec:
     """Which quantizers a layer uses.
 
-    weight: ``lsq`` (signed, learned step), ``dorefa`` (Any-Precision) or ``none``.
+    weight: ``lsq`` (signed, learned step per precision), ``dorefa`` (Any-Precision), ``vertical``
+      (one learned source step at ``source_bits``; every precision by ``cascade``, see
+      `quantizers.vertical_weight`), ``codes`` (inference: the kernel is stored as k-bit
+      offset-binary codes ``codes`` with step ``code_step``, weight ``(u - (2^k-1)/2) * step``,
+      as `jaxquant.load_vertical` builds it) or ``none``.
     activation: ``lsq`` (learned step), ``dorefa`` (fixed [0, 1] range) or ``none``.
-    per_channel: one LSQ weight step per output channel instead of per tensor.
+    per_channel: one weight step per output channel instead of per tensor.
     signed_activations: LSQ activations on a signed grid (inputs that are not post-ReLU).
+    source_bits, cascade: the ``vertical`` weight quantizer's source bit-width and cascade.
+    execution: how a ``codes`` conv with LSQ activations computes: ``fake_quant`` (float conv of
+      dequantized values), ``integer`` (int32 conv of the integer codes, scales applied after) or
+      ``bit_serial`` (one int32 conv per weight bit plane, ``sum_i 2^i conv(a, plane_i)``).
     """
     weight: str = "lsq"
     activation: str = "lsq"
     per_channel: bool = False
     signed_activations: bool = False
+    source_bits: int = 8
+    cascade: str = "floor"
+    execution: str = "fake_quant"
 
     def __post_init__(self):
         if self.weight not in WEIGHT_QUANTIZERS:
             raise ConfigError(f"unknown weight quantizer {self.weight!r}; choose one of {WEIGHT_QUANTIZERS}")
         if self.activation not in ACTIVATION_QUANTIZERS:
             raise ConfigError(f"unknown activation quantizer {self.activation!r}; choose one of {ACTIVATION_QUANTIZERS}")
+        if self.cascade not in q.VERTICAL_CASCADES:
+            raise ConfigError(f"unknown cascade {self.cascade!r}; choose one of {q.VERTICAL_CASCADES}")
+        if self.execution not in EXECUTIONS:
+            raise ConfigError(f"unknown execution {self.execution!r}; choose one of {EXECUTIONS}")
+        if self.execution != "fake_quant" and (self.weight != "codes" or self.activation != "lsq"
+                                               or self.signed_activations):
+            raise ConfigError("integer and bit-serial execution need weight='codes' with unsigned LSQ activations")
 
     def validate(self, bits: Sequence[int]) -> tuple[int, ...]:
         """Check ``bits`` against both quantizers; return the tuple."""
         q.validate_bits(bits, self.weight if self.weight != "none" else "lsq")
+        if self.weight == "vertical":
+            q.validate_bits((self.source_bits,), "vertical")
+            for b in bits:
+                if self.source_bits < b < q.FP_BITS:
+                    raise BitWidthError(f"bit-width {b} is above the source bit-width {self.source_bits}; "
+                                          f"raise source_bits or drop {b}")
         return q.validate_bits(bits, self.activation if self.activation != "none" else "lsq")
 
 
@@ -193,14 +218,29 @@ def _quantize_weight(module: nn.Module, kernel: jax.Array, precision) -> jax.Arr
         return kernel
     if spec.weight == "dorefa":
         return q.dorefa_weight(kernel, bit_width)
-    # LSQ: one step per precision, shape (P,), or (P, out_features) per channel.
+    if spec.weight == "codes":
+        raise ConfigError("weight='codes' is an inference form of QuantConv only")
     axis = tuple(range(kernel.ndim - 1)) if spec.per_channel else None
+    if spec.weight == "vertical":
+        # One source step at B bits shared by every precision (not per precision).
+        step = module.param("weight_step", lambda _: q.lsq_init_step(
+            kernel, spec.source_bits, signed=True, axis=axis).reshape((-1,) if spec.per_channel else ()))
+        return q.vertical_weight(kernel, step, bit_width, source_bits=spec.source_bits, cascade=spec.cascade)
+    # LSQ: one step per precision, shape (P,), or (P, out_features) per channel.
     all_bits = jnp.asarray(bits, jnp.int32)
     step = module.param(
         "weight_step",
         lambda _: jax.vmap(lambda b: q.lsq_init_step(kernel, b, signed=True, axis=axis).reshape(
             (-1,) if spec.per_channel else ()))(all_bits))
     return q.lsq_quantize(kernel, step[precision], bit_width, signed=True)
+
+
+def _act_step(module: nn.Module, x: jax.Array) -> jax.Array:
+    """The LSQ activation steps of a layer, shape (P,), initialised from ``x`` at every bit-width."""
+    all_bits = jnp.asarray(module.bits, jnp.int32)
+    signed = module.spec.signed_activations
+    return module.param(
+        "act_step", lambda _: jax.vmap(lambda b: q.lsq_init_step(x, b, signed=signed))(all_bits))
 
 
 def _quantize_input(module: nn.Module, x: jax.Array, precision) -> jax.Array:
@@ -210,13 +250,15 @@ def _quantize_input(module: nn.Module, x: jax.Array, precision) -> jax.Array:
         return x
     if spec.activation == "dorefa":
         return q.dorefa_activation(x, bit_width)
-    signed = spec.signed_activations
-    all_bits = jnp.asarray(bits, jnp.int32)
-    step = module.param(
-        "act_step", lambda _: jax.vmap(lambda b: q.lsq_init_step(x, b, signed=signed))(all_bits))
+    step = _act_step(module, x)
     # LSQ's N for activations: the features of one example (the batch does not count).
     per_example = max(x.size // max(x.shape[0], 1), 1) if x.ndim > 1 else x.size
-    return q.lsq_quantize(x, step[precision], bit_width, signed=signed, num_elements=per_example)
+    return q.lsq_quantize(x, step[precision], bit_width, signed=spec.signed_activations, num_elements=per_example)
+
+
+def _integer_conv(x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        preferred_element_type=jnp.int32)
 
 
 class QuantConv(nn.Module):
@@ -234,15 +276,50 @@ class QuantConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, precision) -> jax.Array:
-        kernel = self.param("kernel", self.kernel_init,
-                            tuple(self.kernel_size) + (x.shape[-1], self.features))
-        x = _quantize_input(self, x, precision)
-        kernel = _quantize_weight(self, kernel, precision)
-        y = precision_conv(x, kernel.astype(x.dtype), self.strides, self.padding, self.conv_batching,
-                           self.weight_gradient)
+        shape = tuple(self.kernel_size) + (x.shape[-1], self.features)
+        if self.spec.weight == "codes":
+            y = self._codes_conv(x, precision, shape)
+        else:
+            y = self._conv(x, precision, shape)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,))
         return y
+
+    def _codes_conv(self, x, precision, shape):
+        """Inference from stored k-bit offset-binary codes ``u``: ``w = (u - (2^k-1)/2) s_k``.
+
+        Integer execution with LSQ activation codes ``a = round(clip(x/s_a, 0, 2^k-1))``:
+        ``y = s_a s_k / 2 * (2 conv(a, u) - (2^k-1) conv(a, 1))`` with int32 accumulation (the
+        mid-rise offset is a zero point); bit-serial replaces ``conv(a, u)`` by
+        ``sum_i 2^i conv(a, plane_i)`` over the weight's bit planes.
+        """
+        codes = self.param("codes", nn.initializers.zeros, shape, jnp.int32)
+        code_step = self.param("code_step", nn.initializers.ones,
+                               (self.features,) if self.spec.per_channel else (), jnp.float32)
+        bit_width = _bits_at(self.bits, precision)
+        if self.spec.execution == "fake_quant":
+            kernel = q.midrise_dequantize(codes, code_step, bit_width)
+            return precision_conv(_quantize_input(self, x, precision), kernel.astype(x.dtype), self.strides,
+                                  self.padding, self.conv_batching, self.weight_gradient)
+        act_step = _act_step(self, x)[precision]
+        a = q.lsq_codes(x, act_step, bit_width, signed=False)
+        strides = tuple(self.strides)
+        if self.spec.execution == "integer":
+            accumulated = _integer_conv(a, codes, strides, self.padding)
+        else:
+            planes = max(b for b in self.bits if b < q.FP_BITS)  # codes have at most this many bits
+            accumulated = sum(jnp.left_shift(_integer_conv(a, jnp.right_shift(codes, i) & 1, strides, self.padding), i)
+                              for i in range(planes))
+        window_sums = _integer_conv(a, jnp.ones(shape[:-1] + (1,), jnp.int32), strides, self.padding)
+        odd_levels = 2 * accumulated - (jnp.left_shift(1, bit_width) - 1) * window_sums  # 2 (u - c) summed
+        return odd_levels.astype(jnp.float32) * (act_step * code_step * 0.5)
+
+    def _conv(self, x, precision, shape):
+        kernel = self.param("kernel", self.kernel_init, shape)
+        x = _quantize_input(self, x, precision)
+        kernel = _quantize_weight(self, kernel, precision)
+        return precision_conv(x, kernel.astype(x.dtype), self.strides, self.padding, self.conv_batching,
+                              self.weight_gradient)
 
 
 class QuantDense(nn.Module):

@@ -10,11 +10,13 @@ Quantizers here know nothing about layers; they take arrays and return fake-quan
 """
 from __future__ import annotations
 
+import functools
 from typing import Iterable
 
 import jax
 import jax.numpy as jnp
 
+from jaxquant import nesting
 from jaxquant.errors import BitWidthError
 
 FP_BITS = 32
@@ -25,6 +27,7 @@ SUPPORTED_BITS = {
     "lsq": tuple(range(2, 17)) + (FP_BITS,),
     "dorefa": tuple(range(1, 17)) + (FP_BITS,),
     "interval": tuple(range(2, 17)) + (FP_BITS,),
+    "vertical": tuple(range(1, 17)) + (FP_BITS,),
     "none": (FP_BITS,),
 }
 
@@ -224,3 +227,112 @@ def interval_activation(x: jax.Array, lower, upper, bits) -> jax.Array:
     ``x~ = clip((x-l)/(u-l), 0, 1)``; values in [0, 1], not rescaled. Passthrough at 32 bits."""
     quantized = _quantize_unit(_normalise_interval(x, lower, upper), bits)
     return jnp.where(is_full_precision(bits), x, quantized)
+
+
+# ----------------------------------------------------------------------------------------------
+# Vertical Layering (Wu et al., TPAMI 2023; our reading, see `jaxquant.methods.vertical`).
+
+VERTICAL_CASCADES = ("floor", "round_clip", "round_clip_direct")
+
+
+def _vertical_grid(x, bits, source_bits: int, cascade: str, rounding: str):
+    """Codes and grid of the k-bit sub-network for ``x = w / s_B``.
+
+    Returns ``(codes, level, lowest, highest, below, above, qp)``: ``level`` is the k-bit level
+    in units of ``s_k = 2^(B-k) s_B``; ``below``/``above`` mark x outside the k-bit range.
+    """
+    k = jnp.minimum(_as_bits(bits), source_bits)
+    scale_k = _pow2(source_bits - k)
+    x_k = x / scale_k
+    half_k = _pow2(k - 1)
+    if cascade == "floor":
+        # Offset-binary mid-rise: u_B = nearest level's code, then drop B-k LSBs.
+        u = jnp.clip(jnp.floor(x + _pow2(source_bits - 1)), 0.0, _pow2(source_bits) - 1.0).astype(jnp.int32)
+        codes = nesting.floor_cascade(u, source_bits, k)
+        level = nesting.midrise_level(codes, k)
+        highest = half_k - 0.5
+        below, above = x_k < -half_k, x_k >= half_k
+    else:
+        # Two's-complement mid-tread: q_B = round(x) clipped, then the round-clip cascade.
+        q = jnp.clip(jnp.round(x), -_pow2(source_bits - 1), _pow2(source_bits - 1) - 1.0).astype(jnp.int32)
+        nest = nesting.round_clip_cascade if cascade == "round_clip" else nesting.round_clip_direct
+        codes = nest(q, source_bits, k, rounding)
+        level = codes.astype(jnp.float32)
+        highest = half_k - 1.0
+        below, above = x_k <= -half_k, x_k >= highest
+    lowest = -half_k + 0.5 if cascade == "floor" else -half_k
+    return codes, level, lowest, highest, below, above, x_k, scale_k
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _vertical(w, step, bits, grad_scale, source_bits, cascade, rounding):
+    x = w / step
+    _, level, *_, scale_k = _vertical_grid(x, bits.astype(jnp.int32), source_bits, cascade, rounding)
+    return level * (step * scale_k)
+
+
+def _vertical_fwd(w, step, bits, grad_scale, source_bits, cascade, rounding):
+    return _vertical(w, step, bits, grad_scale, source_bits, cascade, rounding), (w, step, bits, grad_scale)
+
+
+def _vertical_bwd(source_bits, cascade, rounding, res, g):
+    w, step, bits, grad_scale = res
+    x = w / step
+    _, level, lowest, highest, below, above, x_k, scale_k = _vertical_grid(
+        x, bits.astype(jnp.int32), source_bits, cascade, rounding)
+    inside = ~(below | above)
+    # LSQ's step gradient on the k-bit grid (level - x_k inside, the end levels outside),
+    # chained through s_k = 2^(B-k) s_B.
+    dstep_elem = jnp.where(below, lowest, jnp.where(above, highest, level - x_k)) * scale_k
+    dstep = _sum_to_shape(g * dstep_elem, jnp.shape(step)) * grad_scale
+    return g * inside.astype(g.dtype), dstep.astype(step.dtype), jnp.zeros_like(bits), jnp.zeros_like(grad_scale)
+
+
+_vertical.defvjp(_vertical_fwd, _vertical_bwd)
+
+
+def vertical_grad_scale(num_elements, bits, source_bits: int, cascade: str = "floor") -> jax.Array:
+    """``g_k = 1 / sqrt(N * Qp_k)``, Qp_k the largest k-bit level: ``(2^k-1)/2`` mid-rise (floor),
+    ``2^(k-1)-1`` mid-tread (round-clip), at least 1/2."""
+    k = jnp.minimum(_as_bits(bits), source_bits)
+    qp = _pow2(k - 1) - (0.5 if cascade == "floor" else 1.0)
+    return jax.lax.rsqrt(jnp.asarray(num_elements, jnp.float32) * jnp.maximum(qp, 0.5))
+
+
+def vertical_weight(w: jax.Array, step: jax.Array, bits, *, source_bits: int = 8, cascade: str = "floor",
+                    rounding: str = "half_up", num_elements: int | None = None) -> jax.Array:
+    """Vertical-Layering weights at k bits, derived from the B-bit source code by a cascade.
+
+    ``cascade='floor'`` (default): offset-binary mid-rise codes ``u_B = clip(floor(w/s + 2^(B-1)),
+    0, 2^B-1)``, ``u_k = u_B >> (B-k)``, ``w_k = (u_k - (2^k-1)/2) * 2^(B-k) s``: the k-bit model
+    is the top k bit planes. ``'round_clip'``: mid-tread ``q_B = clip(round(w/s))`` then the
+    sequential cascade ``q_{b-1} = clip(round(q_b/2))`` (``rounding``), ``w_k = q_k 2^(B-k) s``;
+    ``'round_clip_direct'``: Double Rounding's one-shot ``clip(round(q_B / 2^(B-k)))``.
+
+    Gradients (straight-through through the rounding and the cascade): ``dw_k/dw = 1`` inside the
+    k-bit range, 0 outside; ``dw_k/ds = 2^(B-k) * (level_k - w/s_k)`` inside and the end level
+    outside, times ``g_k = 1/sqrt(N Qp_k)`` (`vertical_grad_scale`). At 32 bits w passes through.
+    """
+    if cascade not in VERTICAL_CASCADES:
+        raise ValueError(f"unknown cascade {cascade!r}; choose one of {VERTICAL_CASCADES}")
+    step = jnp.asarray(step, w.dtype)
+    if num_elements is None:
+        num_elements = max(w.size // max(step.size, 1), 1)
+    bits_f = _as_bits(bits).astype(jnp.float32)
+    quantized = _vertical(w, step, bits_f, vertical_grad_scale(num_elements, bits, source_bits, cascade),
+                          source_bits, cascade, rounding)
+    return jnp.where(is_full_precision(bits), w, quantized)
+
+
+def vertical_codes(w: jax.Array, step: jax.Array, bits, *, source_bits: int = 8, cascade: str = "floor",
+                   rounding: str = "half_up") -> jax.Array:
+    """The k-bit integer codes of `vertical_weight` (offset-binary for ``floor``, two's complement
+    otherwise), int32. ``vertical_weight == level(codes) * 2^(B-k) * step`` exactly."""
+    codes, *_ = _vertical_grid(w / jnp.asarray(step, w.dtype), bits, source_bits, cascade, rounding)
+    return codes
+
+
+def midrise_dequantize(codes: jax.Array, step: jax.Array, bits) -> jax.Array:
+    """``(u - (2^k-1)/2) * s_k`` for k-bit offset-binary codes u: equal, bit for bit, to
+    `vertical_weight` (``cascade='floor'``) when ``s_k = 2^(B-k) s_B``."""
+    return nesting.midrise_level(codes, bits) * step

@@ -4,7 +4,7 @@ import ml_collections
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.method = "anyprecision"        # anyprecision | lsq
+    c.method = "anyprecision"        # anyprecision | lsq | vertical
     c.dataset = "digits"             # digits | mnist | fashion_mnist | cifar10 | cifar100
     c.data_dir = ""                  # tfds data_dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets)
     c.augment = "none"               # none | crop | crop_flip (on device, inside the step)
@@ -16,7 +16,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.preactivation = False          # CIFAR ResNet: Any-Precision's pre-activation blocks
     c.quantize_shortcut = False      # quantize 1x1 projection shortcuts
     c.first_last_bits = 0            # 0: FP stem conv and classifier; else their fixed bit-width
-    c.per_channel = False            # LSQ: one weight step per output channel
+    c.per_channel = False            # LSQ / vertical: one weight step per output channel
+    c.source_bits = 8                # vertical: the source bit-width B every precision nests in
+    c.cascade = "floor"              # vertical: floor (bit planes) | round_clip | round_clip_direct
     c.conv_batching = "unroll"       # unroll | native: how vmap over precision lowers convs
     c.conv_weight_gradient = "auto"  # auto | im2col | xla: conv weight gradients (im2col is faster on CPU)
     c.bits = (2, 4, 8, 32)           # the precisions trained together (32 = full precision)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from jaxquant.data import ArrayDataset, make_preprocess
 from jaxquant.errors import ConfigError
 from jaxquant.layers import QuantSpec
-from jaxquant.methods import anyprecision, lsq
+from jaxquant.methods import anyprecision, lsq, vertical
 from jaxquant.models import CifarResNet, ResNet, SmallCNN
 from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, make_optimizer
 
-METHODS = {anyprecision.NAME: anyprecision, lsq.NAME: lsq}
+METHODS = {anyprecision.NAME: anyprecision, lsq.NAME: lsq, vertical.NAME: vertical}
 MODELS = ("small_cnn", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34")
 
 

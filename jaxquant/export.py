@@ -1,0 +1,315 @@
+"""The vertical-layered artefact: one file from which every bit-width is read as a prefix.
+
+``jaxquant export --workdir W --out model.vl`` writes, for a trained Vertical Layering run::
+
+    b"JQVL" | u32 version | u64 header length | header (JSON) | u32 CRC32 of the header
+    | arrays: FP layers, per-precision BatchNorm and activation steps, weight source steps
+    | plane 0 (MSB) of every quantized layer | plane 1 of every layer | ... | plane B-1
+
+Planes are packed 8 weights per byte. The basic layer is the first ``basic_bits`` planes, each
+later plane one enhance layer; the k-bit model needs the header, the arrays and the first k
+planes, which is a prefix of the file, so `load_vertical` reads only that (``bytes_read`` grows
+with k) and checks the CRC32 of everything it reads.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import struct
+import zlib
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxquant import nesting
+from jaxquant import quantizers as q
+from jaxquant.checkpoint import Checkpointer
+from jaxquant.errors import BitWidthError, CheckpointError, ConfigError
+from jaxquant.layers import QuantSpec
+
+MAGIC = b"JQVL"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct("<4sIQ")  # magic, version, header length
+
+
+# ----------------------------------------------------------------------------------------------
+# Restoring a training run.
+
+def config_from_json(path: pathlib.Path) -> ml_collections.ConfigDict:
+    """A run's ``config.json`` as a ConfigDict with its tuples restored."""
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent} has no config.json; is it a `jaxquant train` workdir?")
+    try:
+        config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); restore it or retrain") from e
+    for key in ("bits", "widths", "loss_weights"):
+        config[key] = tuple(config[key])
+    config.optimizer.step_epochs = tuple(config.optimizer.step_epochs)
+    return config
+
+
+def load_run(workdir: str | pathlib.Path, dataset=None):
+    """``(config, dataset, trainer, state, step)`` of the latest checkpoint of a training run."""
+    from jaxquant.data import load_dataset
+    from jaxquant.methods import build_trainer
+    workdir = pathlib.Path(workdir)
+    config = config_from_json(workdir / "config.json")
+    dataset = dataset or load_dataset(config.dataset, config.data_dir or None)
+    trainer = build_trainer(config, dataset, max(len(dataset.train_labels) // config.batch_size, 1))
+    template = trainer.init(jax.random.key(0), jnp.asarray(dataset.train_images[:config.batch_size]))
+    checkpointer = Checkpointer(workdir)
+    try:
+        state = checkpointer.restore(template)
+        step = checkpointer.latest_step()
+    finally:
+        checkpointer.close()
+    return config, dataset, trainer, state, step
+
+
+def with_bits(config, bits) -> ml_collections.ConfigDict:
+    """A copy of ``config`` for another tuple of bit-widths."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.bits = tuple(bits)
+    return config
+
+
+# ----------------------------------------------------------------------------------------------
+# Any-bit-width evaluation of a vertical run (trained on a subset or not).
+
+def expanded_variables(config, num_classes: int, variables, target_bits, image_shape):
+    """Variables of the model built for ``target_bits`` (see `methods.vertical.select_precisions`:
+    an untrained bit-width borrows BatchNorm and a rescaled activation step)."""
+    from jaxquant.methods import build_model, method_module, vertical
+    spec = method_module(config.method).quant_spec(config)
+    sample = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+    per_precision = vertical.per_precision_leaves(
+        lambda b: build_model(with_bits(config, b), num_classes, spec), tuple(config.bits), sample)
+    return vertical.select_precisions(variables, per_precision, tuple(config.bits), tuple(target_bits),
+                                      spec.signed_activations), per_precision
+
+
+# ----------------------------------------------------------------------------------------------
+# Export.
+
+def _crc(data: bytes) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def _flatten(tree, prefix=()):
+    """``[(path tuple, array)]`` of a nested dict of arrays."""
+    out = []
+    for name in sorted(tree):
+        child = tree[name]
+        if hasattr(child, "items"):
+            out += _flatten(child, prefix + (name,))
+        else:
+            out.append((prefix + (name,), np.asarray(child)))
+    return out
+
+
+def _unflatten(items):
+    tree: dict = {}
+    for path, value in items:
+        node = tree
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+        node[path[-1]] = value
+    return tree
+
+
+def export_vertical(workdir: str | pathlib.Path, out: str | pathlib.Path, basic_bits: int = 2,
+                    recalibrate_batches: int = 0, dataset=None, log: Callable[[str], None] = print) -> dict:
+    """Write the artefact of the vertical run in ``workdir`` to ``out``; returns its summary
+    (``bits``, ``file_bytes`` and ``bytes_for_bits``: the bytes `load_vertical` reads per k).
+
+    ``recalibrate_batches``: re-estimate the BatchNorm statistics of bit-widths that were not
+    trained from that many training batches (`methods.vertical.recalibrate_batch_norm`).
+    """
+    from jaxquant.methods import build_model, vertical
+    config, dataset, trainer, state, step = load_run(workdir, dataset)
+    if config.method != "vertical":
+        raise ConfigError(f"{workdir} trained method {config.method!r}; only a vertical run has bit planes")
+    if config.cascade != "floor":
+        raise ConfigError(f"cascade {config.cascade!r} has no clean bit planes (its residual is in "
+                          "{-1, 0, 1}); export needs cascade='floor'")
+    if config.first_last_bits:
+        raise ConfigError("export needs full-precision first and last layers (first_last_bits=0)")
+    spec = trainer.model.spec
+    source_bits = spec.source_bits
+    if not 1 <= basic_bits <= source_bits:
+        raise BitWidthError(f"basic_bits must be in 1..{source_bits}, got {basic_bits}")
+    bits = tuple(range(basic_bits, source_bits + 1))
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables, per_precision = expanded_variables(config, dataset.num_classes, variables, bits,
+                                                  dataset.image_shape)
+    untrained = [i for i, b in enumerate(bits) if b not in config.bits]
+    if recalibrate_batches and untrained:
+        from jaxquant.data import batch_indices, make_preprocess
+        model = build_model(with_bits(config, bits), dataset.num_classes, spec)
+        n = len(dataset.train_labels)
+        batches = (dataset.train_images[batch_indices(config.seed + 1, i, n, config.batch_size)]
+                   for i in range(recalibrate_batches))
+        variables = vertical.recalibrate_batch_norm(model, variables, batches, untrained,
+                                                    make_preprocess(dataset.mean, dataset.std))
+        log(f"re-estimated BatchNorm of untrained bit-widths {[bits[i] for i in untrained]} "
+            f"from {recalibrate_batches} batches")
+
+    layers = vertical.quantized_layers(variables["params"])
+    layer_set = set(layers)
+    arrays, blobs, offset = [], [], 0
+
+    def add(data: bytes) -> dict:
+        nonlocal offset
+        entry = {"offset": offset, "nbytes": len(data), "crc32": _crc(data)}
+        blobs.append(data)
+        offset += len(data)
+        return entry
+
+    for collection in ("params", "batch_stats"):
+        for path, value in _flatten(variables[collection]):
+            if path[:-1] in layer_set and collection == "params" and path[-1] == "kernel":
+                continue  # stored as planes
+            value = np.asarray(value, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+            arrays.append({"path": [collection, *path], "shape": list(value.shape), "dtype": str(value.dtype),
+                           "per_precision": jax.tree_util.keystr(tuple(
+                               jax.tree_util.DictKey(k) for k in (collection, *path))) in per_precision,
+                           **add(value.tobytes())})
+    arrays_end = offset
+    planes = []
+    for path in layers:
+        layer = vertical.get_path(variables["params"], path)
+        codes = q.vertical_codes(layer["kernel"], layer["weight_step"], source_bits, source_bits=source_bits)
+        planes.append(nesting.pack_planes(np.asarray(nesting.bit_planes(codes, source_bits))))
+    layer_entries = [{"path": list(path), "shape": list(np.shape(vertical.get_path(variables["params"], path)["kernel"])),
+                      "planes": []} for path in layers]
+    plane_ends = []
+    for i in range(source_bits):  # plane-major: the k-bit model is a prefix
+        for entry, packed in zip(layer_entries, planes):
+            entry["planes"].append(add(packed[i].tobytes()))
+        plane_ends.append(offset)
+
+    header = {
+        "format_version": FORMAT_VERSION, "training_step": int(step),
+        "config": config.to_dict(), "dataset": dataset.name, "num_classes": int(dataset.num_classes),
+        "image_shape": list(dataset.image_shape), "mean": list(map(float, dataset.mean)),
+        "std": list(map(float, dataset.std)), "source_bits": source_bits, "basic_bits": basic_bits,
+        "bits": list(bits), "trained_bits": list(config.bits), "arrays": arrays, "layers": layer_entries,
+        "arrays_end": arrays_end, "plane_ends": plane_ends,
+    }
+    header_bytes = json.dumps(header).encode()
+    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + struct.pack("<I", _crc(header_bytes))
+    out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    with open(tmp, "wb") as f:
+        f.write(prefix)
+        for blob in blobs:
+            f.write(blob)
+    tmp.replace(out)  # an interrupted export never leaves a half-written artefact under `out`
+    bytes_for = {k: len(prefix) + plane_ends[k - 1] for k in bits}
+    return {"path": str(out), "bits": bits, "file_bytes": out.stat().st_size, "bytes_for_bits": bytes_for,
+            "layers": len(layers)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Load.
+
+@dataclasses.dataclass
+class VerticalModel:
+    """The k-bit model read from an artefact. Call it on raw images (uint8 or [0, 1] floats)."""
+    model: object
+    variables: dict
+    bits: int
+    bytes_read: int
+    file_bytes: int
+    header: dict
+    preprocess: Callable
+
+    def __post_init__(self):
+        self._apply = jax.jit(lambda variables, images: self.model.apply(
+            variables, self.preprocess(images, False, None), 0, train=False))
+
+    def __call__(self, images) -> jax.Array:
+        return self._apply(self.variables, jnp.asarray(images))
+
+
+def _read_header(f, path) -> tuple[dict, int]:
+    head = f.read(_PREFIX.size)
+    if len(head) < _PREFIX.size:
+        raise CheckpointError(f"{path} is truncated ({len(head)} bytes): not a complete jaxquant artefact; export it again")
+    magic, version, length = _PREFIX.unpack(head)
+    if magic != MAGIC:
+        raise CheckpointError(f"{path} is not a jaxquant vertical-layered file (bad magic); export one with `jaxquant export`")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {version}; this jaxquant reads {FORMAT_VERSION}; re-export it")
+    body = f.read(length + 4)
+    if len(body) < length + 4:
+        raise CheckpointError(f"{path} is truncated inside its header; export it again")
+    header_bytes, (crc,) = body[:length], struct.unpack("<I", body[length:])
+    if _crc(header_bytes) != crc:
+        raise CheckpointError(f"{path} has a corrupted header (CRC mismatch); export it again")
+    return json.loads(header_bytes), _PREFIX.size + length + 4
+
+
+def load_vertical(path: str | pathlib.Path, bits: int, execution: str = "fake_quant") -> VerticalModel:
+    """The ``bits``-bit model of a vertical-layered artefact, reading only the file's prefix that
+    holds it (header, arrays, the first ``bits`` planes of every layer).
+
+    ``execution``: ``fake_quant`` (float convs; equals the trained model at ``bits`` exactly),
+    ``integer`` (int32 convs of the codes, scales after) or ``bit_serial`` (one int32 conv per
+    weight plane). Raises `CheckpointError` for a truncated or corrupted file, `BitWidthError`
+    for a bit-width the file does not hold.
+    """
+    from jaxquant.data import make_preprocess
+    from jaxquant.methods import build_model
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no artefact at {path}; write one with `jaxquant export --workdir W --out {path}`")
+    file_bytes = path.stat().st_size
+    with open(path, "rb") as f:
+        header, data_start = _read_header(f, path)
+        if bits not in header["bits"]:
+            raise BitWidthError(f"{path} holds bit-widths {header['bits'][0]}..{header['bits'][-1]}; got {bits!r}")
+        needed = header["plane_ends"][bits - 1]
+        data = f.read(needed)
+    if len(data) < needed:
+        raise CheckpointError(f"{path} is truncated: the {bits}-bit model needs {data_start + needed} bytes, "
+                              f"the file has {file_bytes}; export it again")
+
+    def blob(entry) -> bytes:
+        chunk = data[entry["offset"]:entry["offset"] + entry["nbytes"]]
+        if _crc(chunk) != entry["crc32"]:
+            raise CheckpointError(f"{path} is corrupted (CRC mismatch at byte {data_start + entry['offset']}); "
+                                  "export it again")
+        return chunk
+
+    source_bits = header["source_bits"]
+    row = header["bits"].index(bits)
+    items = []
+    for entry in header["arrays"]:
+        value = np.frombuffer(blob(entry), dtype=entry["dtype"]).reshape(entry["shape"])
+        if entry["per_precision"]:
+            value = value[row:row + 1]
+        items.append((tuple(entry["path"]), value))
+    variables = _unflatten(items)
+    for layer in header["layers"]:
+        packed = np.stack([np.frombuffer(blob(p), np.uint8) for p in layer["planes"][:bits]])
+        codes = nesting.from_bit_planes(nesting.unpack_planes(packed, tuple(layer["shape"])))
+        node = variables["params"]
+        for name in layer["path"]:
+            node = node[name]
+        # s_k = 2^(B-k) s_B: exact (a power of two), so the weights equal the trained model's.
+        node["code_step"] = jnp.asarray(node.pop("weight_step")) * np.float32(2.0 ** (source_bits - bits))
+        node["codes"] = codes
+    config = ml_collections.ConfigDict(header["config"])
+    config.widths = tuple(config.widths)
+    spec = QuantSpec(weight="codes", activation="lsq", per_channel=bool(config.per_channel), execution=execution)
+    model = build_model(with_bits(config, (bits,)), header["num_classes"], spec)
+    preprocess = make_preprocess(header["mean"], header["std"])
+    variables = jax.tree_util.tree_map(jnp.asarray, variables)
+    return VerticalModel(model, variables, bits, data_start + needed, file_bytes, header, preprocess)
