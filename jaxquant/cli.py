@@ -2,6 +2,7 @@
 
   jaxquant train [--config FILE] [--workdir DIR] [--config.KEY=VALUE ...]
   jaxquant eval  --workdir DIR
+  jaxquant export --workdir DIR --out model.vl [--basic-bits 2] [--recalibrate-batches N]
 
 Without ``--config`` the embedded default runs (Any-Precision on scikit-learn's digits, offline).
 A user error prints one line and exits with code 2; nothing in the workdir is overwritten.
@@ -49,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate = sub.add_parser("eval", help="evaluate the latest checkpoint of a workdir at every bit-width")
     evaluate.add_argument("--workdir", required=True)
+    export = sub.add_parser("export", help="write the vertical-layered artefact of a vertical run")
+    export.add_argument("--workdir", required=True)
+    export.add_argument("--out", required=True, help="artefact path, e.g. model.vl")
+    export.add_argument("--basic-bits", type=int, default=2, help="bits of the basic layer (the lowest bit-width)")
+    export.add_argument("--recalibrate-batches", type=int, default=0,
+                        help="re-estimate BatchNorm of untrained bit-widths from N training batches")
+    export.add_argument("--no-eval", action="store_true", help="do not evaluate the loaded models on the test set")
     return parser
 
 
@@ -106,36 +114,40 @@ def train(args, overrides: dict[str, str]) -> int:
 
 
 def evaluate_workdir(args) -> int:
-    import ml_collections
-
-    from jaxquant.checkpoint import Checkpointer
-    from jaxquant.errors import CheckpointError
-    from jaxquant.methods import build_trainer
+    from jaxquant.export import load_run
     from jaxquant.training import evaluate
-    workdir = pathlib.Path(args.workdir)
-    config_path = workdir / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{workdir} has no config.json; is it a `jaxquant train` workdir?")
-    try:
-        config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_path} is not valid JSON ({e}); restore it or retrain") from e
-    for key in ("bits", "widths", "loss_weights"):
-        config[key] = tuple(config[key])
-    config.optimizer.step_epochs = tuple(config.optimizer.step_epochs)
-    dataset = _load_dataset(config)
-    trainer = build_trainer(config, dataset, max(len(dataset.train_labels) // config.batch_size, 1))
-    import jax
-    template = trainer.init(jax.random.key(0), jax.numpy.asarray(dataset.train_images[:config.batch_size]))
-    checkpointer = Checkpointer(workdir)
-    try:
-        state = checkpointer.restore(template)
-        step = checkpointer.latest_step()
-    finally:
-        checkpointer.close()
-    print(f"jaxquant eval: {workdir} at step {step}")
+    config, dataset, trainer, state, step = load_run(args.workdir)
+    print(f"jaxquant eval: {args.workdir} at step {step}")
     accuracies = evaluate(trainer, state, dataset.test_images, dataset.test_labels, config.eval_batch_size)
-    _report(config, dataset, accuracies, workdir, None)
+    _report(config, dataset, accuracies, pathlib.Path(args.workdir), None)
+    return 0
+
+
+def export_workdir(args) -> int:
+    """Write the artefact, then load it at every bit-width: bytes read and test accuracy."""
+    import numpy as np
+
+    from jaxquant.data import load_dataset
+    from jaxquant.export import config_from_json, export_vertical, load_vertical
+    config = config_from_json(pathlib.Path(args.workdir) / "config.json")
+    dataset = load_dataset(config.dataset, config.data_dir or None)
+    summary = export_vertical(args.workdir, args.out, basic_bits=args.basic_bits,
+                              recalibrate_batches=args.recalibrate_batches, dataset=dataset)
+    print(f"jaxquant export: wrote {summary['path']} ({summary['file_bytes']:,} bytes, "
+          f"{summary['layers']} bit-plane layers, bits {summary['bits'][0]}..{summary['bits'][-1]})")
+    rows = ["| bits | bytes read | share of file | test accuracy |", "|---:|---:|---:|---:|"]
+    for k in summary["bits"]:
+        model = load_vertical(args.out, k)
+        accuracy = "-"
+        if not args.no_eval:
+            correct = 0
+            for start in range(0, len(dataset.test_labels), config.eval_batch_size):
+                logits = model(dataset.test_images[start:start + config.eval_batch_size])
+                correct += int(np.sum(np.argmax(np.asarray(logits), -1) ==
+                                      dataset.test_labels[start:start + config.eval_batch_size]))
+            accuracy = f"{100.0 * correct / len(dataset.test_labels):.2f}"
+        rows.append(f"| {k} | {model.bytes_read:,} | {model.bytes_read / model.file_bytes:.1%} | {accuracy} |")
+    print("\n".join(rows))
     return 0
 
 
@@ -149,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             return train(args, overrides)
         if overrides:
             raise JaxquantError("--config.KEY overrides only apply to `jaxquant train`")
+        if args.command == "export":
+            return export_workdir(args)
         return evaluate_workdir(args)
     except JaxquantError as e:
         print(f"jaxquant: error: {e}", file=sys.stderr)
