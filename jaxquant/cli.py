@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate = sub.add_parser("eval", help="evaluate the latest checkpoint of a workdir at every bit-width")
     evaluate.add_argument("--workdir", required=True)
+    evaluate.add_argument("--recalibrate-batches", type=int, default=0,
+                          help="vertical: re-estimate BatchNorm of untrained bit-widths from N training batches")
     export = sub.add_parser("export", help="write the vertical-layered artefact of a vertical run")
     export.add_argument("--workdir", required=True)
     export.add_argument("--out", required=True, help="artefact path, e.g. model.vl")
@@ -71,13 +73,25 @@ def _report(config, dataset, accuracies: dict, workdir: pathlib.Path, seconds: f
     title = f"{dataset.name}: test accuracy by bit-width ({len(dataset.test_labels)} test images)"
     print()
     print(format_table({run: accuracies}, title=title))
+    untrained = [b for b in accuracies if b not in tuple(config.bits)]
+    if untrained:
+        print(f"\nnot trained, run from the cascade with borrowed BatchNorm: {', '.join(map(str, untrained))}-bit")
     extra = {"method": config.method, "model": config.model, "dataset": dataset.name,
-             "test_examples": int(len(dataset.test_labels))}
+             "test_examples": int(len(dataset.test_labels)), "trained_bits": [int(b) for b in config.bits]}
     if seconds is not None:
         extra["train_seconds"] = round(seconds, 1)
     json_path = save_results(workdir, accuracies, extra)
     png_path = plot_accuracy({run: accuracies}, workdir / "accuracy_vs_bits.png", title=title)
     print(f"\nsaved {json_path} and {png_path}")
+
+
+def _accuracies(config, dataset, trainer, state, recalibrate_batches: int = 0) -> dict[int, float]:
+    """Test accuracy per trained bit-width; a vertical run, at every bit-width 2..B it can run at."""
+    if config.method == "vertical":
+        from jaxquant.export import evaluate_every_bit_width
+        return evaluate_every_bit_width(config, dataset, trainer, state, recalibrate_batches)
+    from jaxquant.training import evaluate
+    return evaluate(trainer, state, dataset.test_images, dataset.test_labels, config.eval_batch_size)
 
 
 def train(args, overrides: dict[str, str]) -> int:
@@ -91,7 +105,7 @@ def train(args, overrides: dict[str, str]) -> int:
     dataset = _load_dataset(config)
 
     from jaxquant.methods import build_trainer
-    from jaxquant.training import evaluate, fit
+    from jaxquant.training import fit
     steps_per_epoch = len(dataset.train_labels) // config.batch_size
     trainer = build_trainer(config, dataset, max(steps_per_epoch, 1))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -108,17 +122,15 @@ def train(args, overrides: dict[str, str]) -> int:
                 keep_checkpoints=config.keep_checkpoints, progress=not args.no_progress,
                 on_start=write_config)
     seconds = time.perf_counter() - start
-    accuracies = evaluate(trainer, state, dataset.test_images, dataset.test_labels, config.eval_batch_size)
-    _report(config, dataset, accuracies, workdir, seconds)
+    _report(config, dataset, _accuracies(config, dataset, trainer, state), workdir, seconds)
     return 0
 
 
 def evaluate_workdir(args) -> int:
     from jaxquant.export import load_run
-    from jaxquant.training import evaluate
     config, dataset, trainer, state, step = load_run(args.workdir)
     print(f"jaxquant eval: {args.workdir} at step {step}")
-    accuracies = evaluate(trainer, state, dataset.test_images, dataset.test_labels, config.eval_batch_size)
+    accuracies = _accuracies(config, dataset, trainer, state, args.recalibrate_batches)
     _report(config, dataset, accuracies, pathlib.Path(args.workdir), None)
     return 0
 

@@ -93,6 +93,48 @@ def expanded_variables(config, num_classes: int, variables, target_bits, image_s
                                       spec.signed_activations), per_precision
 
 
+def variables_for_bits(config, dataset, state, target_bits, recalibrate_batches: int = 0,
+                       log: Callable[[str], None] = print):
+    """``(variables, per_precision)`` of a vertical run's model built for ``target_bits``: trained
+    rows copied, untrained bit-widths given borrowed BatchNorm and a rescaled activation step,
+    whose BatchNorm statistics are then re-estimated from ``recalibrate_batches`` training
+    batches when asked (`methods.vertical.recalibrate_batch_norm`)."""
+    from jaxquant.methods import build_model, method_module, vertical
+    target_bits = tuple(target_bits)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables, per_precision = expanded_variables(config, dataset.num_classes, variables, target_bits,
+                                                  dataset.image_shape)
+    untrained = [i for i, b in enumerate(target_bits) if b not in config.bits]
+    if recalibrate_batches and untrained:
+        from jaxquant.data import batch_indices, make_preprocess
+        spec = method_module(config.method).quant_spec(config)
+        model = build_model(with_bits(config, target_bits), dataset.num_classes, spec)
+        n = len(dataset.train_labels)
+        batches = (dataset.train_images[batch_indices(config.seed + 1, i, n, config.batch_size)]
+                   for i in range(recalibrate_batches))
+        variables = vertical.recalibrate_batch_norm(model, variables, batches, untrained,
+                                                    make_preprocess(dataset.mean, dataset.std))
+        log(f"re-estimated BatchNorm of untrained bit-widths {[target_bits[i] for i in untrained]} "
+            f"from {recalibrate_batches} batches")
+    return variables, per_precision
+
+
+def evaluate_every_bit_width(config, dataset, trainer, state, recalibrate_batches: int = 0,
+                             log: Callable[[str], None] = print) -> dict[int, float]:
+    """Test accuracy of a vertical run at every bit-width 2..B (and FP when trained), including
+    bit-widths it was not trained on (see `variables_for_bits`)."""
+    from jaxquant.methods import build_model, method_module, vertical
+    from jaxquant.training import TrainState, evaluate
+    spec = method_module(config.method).quant_spec(config)
+    bits = vertical.evaluation_bits(tuple(config.bits), spec.source_bits)
+    variables, _ = variables_for_bits(config, dataset, state, bits, recalibrate_batches, log)
+    model = build_model(with_bits(config, bits), dataset.num_classes, spec)
+    every = dataclasses.replace(trainer, model=model, bits=bits, loss_weights=None)
+    state = TrainState(step=state.step, params=variables["params"], batch_stats=variables["batch_stats"],
+                       opt_state=None)
+    return evaluate(every, state, dataset.test_images, dataset.test_labels, config.eval_batch_size)
+
+
 # ----------------------------------------------------------------------------------------------
 # Export.
 
@@ -130,7 +172,7 @@ def export_vertical(workdir: str | pathlib.Path, out: str | pathlib.Path, basic_
     ``recalibrate_batches``: re-estimate the BatchNorm statistics of bit-widths that were not
     trained from that many training batches (`methods.vertical.recalibrate_batch_norm`).
     """
-    from jaxquant.methods import build_model, vertical
+    from jaxquant.methods import vertical
     config, dataset, trainer, state, step = load_run(workdir, dataset)
     if config.method != "vertical":
         raise ConfigError(f"{workdir} trained method {config.method!r}; only a vertical run has bit planes")
@@ -144,20 +186,7 @@ def export_vertical(workdir: str | pathlib.Path, out: str | pathlib.Path, basic_
     if not 1 <= basic_bits <= source_bits:
         raise BitWidthError(f"basic_bits must be in 1..{source_bits}, got {basic_bits}")
     bits = tuple(range(basic_bits, source_bits + 1))
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    variables, per_precision = expanded_variables(config, dataset.num_classes, variables, bits,
-                                                  dataset.image_shape)
-    untrained = [i for i, b in enumerate(bits) if b not in config.bits]
-    if recalibrate_batches and untrained:
-        from jaxquant.data import batch_indices, make_preprocess
-        model = build_model(with_bits(config, bits), dataset.num_classes, spec)
-        n = len(dataset.train_labels)
-        batches = (dataset.train_images[batch_indices(config.seed + 1, i, n, config.batch_size)]
-                   for i in range(recalibrate_batches))
-        variables = vertical.recalibrate_batch_norm(model, variables, batches, untrained,
-                                                    make_preprocess(dataset.mean, dataset.std))
-        log(f"re-estimated BatchNorm of untrained bit-widths {[bits[i] for i in untrained]} "
-            f"from {recalibrate_batches} batches")
+    variables, per_precision = variables_for_bits(config, dataset, state, bits, recalibrate_batches, log)
 
     layers = vertical.quantized_layers(variables["params"])
     layer_set = set(layers)
