@@ -27,3 +27,24 @@ def test_experiment_config_builds(path):
     variables = jax.eval_shape(lambda: trainer.init(jax.random.key(0), jnp.asarray(images)))
     assert jax.tree.leaves(variables.params)
     assert trainer.bits == tuple(config.bits)
+
+
+def test_cifar100_vertical_config_runs_on_mock_cifar100(tmp_path):
+    """The CIFAR-100 config with tfds's mock data (no CIFAR-100 here): loads through the same
+    `load_dataset` as a run, a 100-way classifier, and a traced (not compiled) training step."""
+    import tensorflow_datasets as tfds
+
+    from jaxquant.data import load_dataset
+    config = load_config(CONFIGS[0].parent / "cifar100_vertical_resnet20.py")
+    assert config.dataset == "cifar100" and config.method == "vertical"
+    with tfds.testing.mock_data(num_examples=8):
+        dataset = load_dataset(config.dataset, str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"))
+    assert dataset.image_shape == (32, 32, 3) and dataset.num_classes == 100
+    assert dataset.train_images.dtype == np.uint8 and dataset.train_labels.max() < 100
+    trainer = build_trainer(config, dataset, steps_per_epoch=2)
+    images, labels = jnp.asarray(dataset.train_images[:4]), jnp.asarray(dataset.train_labels[:4])
+    state = jax.eval_shape(lambda: trainer.init(jax.random.key(0), images))
+    new_state, _ = jax.eval_shape(trainer.train_step, state, images, labels, jax.random.key(1))
+    assert jax.tree.structure(new_state.params) == jax.tree.structure(state.params)
+    logits = jax.eval_shape(trainer.logits, state.params, state.batch_stats, images)
+    assert logits.shape == (len(config.bits), 4, 100)
