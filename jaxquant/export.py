@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import struct
 import zlib
@@ -276,6 +277,11 @@ def _read_header(f, path) -> tuple[dict, int]:
         raise CheckpointError(f"{path} is not a jaxquant vertical-layered file (bad magic); export one with `jaxquant export`")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {version}; this jaxquant reads {FORMAT_VERSION}; re-export it")
+    # Check the length against the file before reading: a corrupted length field would otherwise
+    # ask read() for up to 2^64 bytes (MemoryError / OverflowError instead of a CheckpointError).
+    if length + 4 > os.fstat(f.fileno()).st_size - _PREFIX.size:
+        raise CheckpointError(f"{path} is truncated inside its header (or its header length is corrupted); "
+                              "export it again")
     body = f.read(length + 4)
     if len(body) < length + 4:
         raise CheckpointError(f"{path} is truncated inside its header; export it again")
