@@ -526,6 +526,12 @@ def test_msb_sliced_weights_by_hand():
     # centred: half a k-bit step up, (q_k + 1/2) * 2^(8-k) * 0.5
     assert_array_equal(vertical.msb_sliced_weights(params, 4, centred=True)["conv"]["kernel"],
                        f32([4, -4, 60, -60, 4, -4]))
+    # rounded: clip(floor(q_B / 2^(8-k) + 1/2), -2^(k-1), 2^(k-1)-1) * 2^(8-k) * 0.5; k = 8 is the model itself
+    rounded = {4: [0, 0, 56, -64, 0, 0], 2: [0, 0, 32, -64, 0, 0], 8: [3.0, -3.0, 63.5, -64.0, 0.0, -0.5]}
+    for k, values in rounded.items():
+        assert_array_equal(vertical.msb_sliced_weights(params, k, rounded=True)["conv"]["kernel"], f32(values))
+    with pytest.raises(ConfigError):
+        vertical.msb_sliced_weights(params, 4, centred=True, rounded=True)
 
 
 def test_msb_sliced_weights_per_channel():

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxquant import nesting
 from jaxquant import quantizers as q
 from jaxquant.errors import BitWidthError, ConfigError
 from jaxquant.layers import QuantSpec
@@ -202,16 +203,23 @@ def vertical_weights_at(params, k: int, spec: QuantSpec):
     return params
 
 
-def msb_sliced_weights(params, k: int, source_bits: int = 8, centred: bool = False):
+def msb_sliced_weights(params, k: int, source_bits: int = 8, centred: bool = False, rounded: bool = False):
     """Params of a dedicated LSQ model (one precision, signed mid-tread codes ``q_B``) whose
     kernels keep only the top k bits: ``q_k = q_B >> (B-k)`` (arithmetic shift, i.e. floor),
     ``w_k = q_k 2^(B-k) s``; ``centred`` adds half a k-bit step (the mid-rise reading of the
-    same bits). The motivation experiment of Vertical Layering: slicing a model trained for B
+    same bits); ``rounded`` rounds instead of flooring, ``q_k = clip(round_half_up(q_B /
+    2^(B-k)))`` (keep k bits and add the next one, MatQuant's slicing; Double Rounding's direct
+    nesting). The motivation experiment of Vertical Layering: slicing a model trained for B
     bits collapses at low k."""
+    if centred and rounded:
+        raise ConfigError("msb_sliced_weights: choose centred or rounded, not both")
     for path in quantized_layers(params):
         layer = get_path(params, path)
         step = jnp.reshape(layer["weight_step"][0], (-1,)) if layer["weight_step"].ndim > 1 else layer["weight_step"][0]
         codes = q.lsq_codes(layer["kernel"], step, source_bits, signed=True)
-        sliced = jnp.right_shift(codes, source_bits - k).astype(jnp.float32) + (0.5 if centred else 0.0)
+        if rounded:
+            sliced = nesting.round_clip_direct(codes, source_bits, k, "half_up").astype(jnp.float32)
+        else:
+            sliced = jnp.right_shift(codes, source_bits - k).astype(jnp.float32) + (0.5 if centred else 0.0)
         params = replace_path(params, path, kernel=sliced * (step * 2.0 ** (source_bits - k)), weight_step=None)
     return params
