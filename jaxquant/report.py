@@ -35,10 +35,10 @@ def save_results(workdir: str | pathlib.Path, accuracies: Mapping[int, float], e
 
 def plot_accuracy(results: Mapping[str, Mapping[int, float]], path: str | pathlib.Path, title: str = "") -> pathlib.Path:
     """Accuracy (%) against bit-width, one line per run; FP (32 bits) drawn as a dashed level."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    # A bare Figure draws without pyplot, so a notebook's backend (inline, widget) is left alone.
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(5.5, 3.8), dpi=120)
+    ax = fig.subplots()
     for run, accuracies in results.items():
         accuracies = {int(b): 100 * a for b, a in accuracies.items()}
         low = sorted(b for b in accuracies if b < 32)
@@ -58,5 +58,4 @@ def plot_accuracy(results: Mapping[str, Mapping[int, float]], path: str | pathli
     fig.tight_layout()
     path = pathlib.Path(path)
     fig.savefig(path)
-    plt.close(fig)
     return path

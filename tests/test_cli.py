@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from jaxquant import cli
+from helpers import assert_user_error
 
 TINY = ["--config.epochs=1", "--config.widths=(8, 8, 8)", "--config.batch_size=64",
         "--config.checkpoint_every_steps=5"]
@@ -29,14 +30,6 @@ def run(capsys, *argv):
 def tree_digest(folder: pathlib.Path) -> dict:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def assert_user_error(code, err, match):
-    assert code == cli.EXIT_USER_ERROR
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("jaxquant: error:"), err
-    assert "Traceback" not in err
-    assert match in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

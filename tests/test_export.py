@@ -14,17 +14,10 @@ from numpy.testing import assert_allclose, assert_array_equal
 from jaxquant import cli, export
 from jaxquant import quantizers as q
 from jaxquant.errors import BitWidthError, CheckpointError, ConfigError
+from helpers import assert_user_error
 
 BITS = tuple(range(2, 9))  # what the artefact holds (basic layer 2 bits, source 8 bits)
 TINY = ["--config.epochs=1", "--config.widths=(8, 8, 8)", "--config.batch_size=64", "--no-progress"]
-
-
-def assert_user_error(code, err, match):
-    assert code == cli.EXIT_USER_ERROR
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("jaxquant: error:"), err
-    assert "Traceback" not in err
-    assert match in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +250,19 @@ def test_cli_export_of_a_missing_workdir_is_a_one_line_error(tmp_path, capsys):
     _, err = capsys.readouterr()
     assert_user_error(code, err, "config.json")
     assert not out.exists()
+
+
+def test_cli_eval_of_a_vertical_run_reports_every_bit_width_and_names_the_untrained(run, capsys):
+    """Trained on (2, 4, 8, FP), evaluated at 2..8 and FP; the untrained 3, 5, 6, 7 are named, and
+    each accuracy equals the model loaded from the artefact at that bit-width."""
+    assert cli.main(["eval", "--workdir", str(run["workdir"])]) == 0
+    out = capsys.readouterr().out
+    assert "not trained, run from the cascade with borrowed BatchNorm: 3, 5, 6, 7-bit" in out
+    results = json.loads((run["workdir"] / "results.json").read_text())
+    assert results["trained_bits"] == [2, 4, 8, 32]
+    assert sorted(int(b) for b in results["accuracy"]) == [*BITS, 32]
+    dataset = run["dataset"]
+    for k in BITS:
+        loaded = export.load_vertical(run["path"], k)
+        predictions = np.argmax(np.asarray(loaded(dataset.test_images)), -1)
+        assert results["accuracy"][str(k)] == pytest.approx(np.mean(predictions == dataset.test_labels), abs=1e-12)
