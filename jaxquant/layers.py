@@ -377,3 +377,133 @@ class PrecisionBatchNorm(nn.Module):
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, shape)[precision]
         return y
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-branch convolution (the layer MBQuant builds on; the selection tables live in the method).
+
+@dataclasses.dataclass(frozen=True)
+class BranchSelection:
+    """Which branches of a `MultiBranchConv` each precision uses: static rows, one per precision,
+    gathered with the traced precision index.
+
+    full: ``(P, G)`` booleans, branch g runs as a full branch at precision p.
+    partial: ``(P,)`` the branch whose top-left slice runs as the partial branch, or -1.
+    full_weight_slot: ``(P, G)`` the weight-interval slot that quantizes full branch g.
+    partial_weight_slot: ``(P,)`` the weight-interval slot of the partial branch (ignored at -1).
+    A branch is never both full and partial at one precision.
+    """
+    full: tuple[tuple[bool, ...], ...]
+    partial: tuple[int, ...]
+    full_weight_slot: tuple[tuple[int, ...], ...]
+    partial_weight_slot: tuple[int, ...]
+
+    def __post_init__(self):
+        p, g = len(self.full), len(self.full[0]) if self.full else 0
+        if p == 0 or g == 0:
+            raise ConfigError("a branch selection needs at least one precision and one branch")
+        if (len(self.partial) != p or len(self.full_weight_slot) != p or len(self.partial_weight_slot) != p
+                or any(len(row) != g for row in self.full) or any(len(row) != g for row in self.full_weight_slot)):
+            raise ConfigError(f"branch selection rows disagree: expected {p} precisions x {g} branches")
+        for row, pb in zip(self.full, self.partial):
+            if not -1 <= pb < g or (pb >= 0 and row[pb]):
+                raise ConfigError(f"partial branch {pb} is out of range or also a full branch in {row}")
+
+    @property
+    def num_branches(self) -> int:
+        return len(self.full[0])
+
+    @property
+    def num_precisions(self) -> int:
+        return len(self.full)
+
+    def gather(self, precision) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``(full_mask, partial_onehot, weight_slot)`` at a (traced) precision index, each ``(G,)``:
+        float masks, and the weight slot of each branch in the role it plays there."""
+        full = jnp.asarray(self.full, jnp.float32)[precision]
+        partial = jnp.asarray(self.partial, jnp.int32)[precision]
+        onehot = (jnp.arange(self.num_branches) == partial).astype(jnp.float32)
+        slot = jnp.where(onehot > 0, jnp.asarray(self.partial_weight_slot, jnp.int32)[precision],
+                         jnp.asarray(self.full_weight_slot, jnp.int32)[precision])
+        return full, onehot, slot
+
+
+_ARCSINE_HALF_NORMAL = 1.0 / (1.0 - 2.0 / 3.141592653589793) ** 0.5  # 1/sqrt(1 - 2/pi)
+
+
+class MultiBranchConv(nn.Module):
+    """G branches of latent FP weights quantized to fixed 2-bit levels ``{-1, -1/3, 1/3, 1}``
+    (`quantizers.interval_weight`, a learnable ``[l, u]`` per weight slot), inputs quantized at
+    ``bits[precision]`` (`quantizers.interval_activation`, one ``[l, u]`` per (precision, slot)).
+
+    Input ``(N, H, W, G, C_in)``, output ``(N, H, W, G, features)``: every branch keeps its own
+    slot, so shapes never depend on the precision. At a precision (`BranchSelection`), a full
+    branch g computes ``conv(q_b(x[..., g, :]), q_2(W_g))``; the partial branch pb computes the
+    top-left slice ``conv(q_b(x[..., pb, :p_in]), q_2(W_pb)[:, :, :p_in, :p_out])`` and writes
+    output channels ``[0, p_out)`` of its slot; every other output is exactly zero. Activation
+    slots: ``g`` for full branch g, ``G`` for the partial branch (each (slot, precision) has one
+    user, so this is the same parametrisation as the official code's per-position slots).
+
+    Selection is by masks on the quantized kernels, so one trace serves every precision and
+    ``jax.vmap`` over precision works; the price is that **all G branches are computed** at every
+    precision (deselected ones multiply zero kernels, and their weights get exactly zero gradient).
+    No bias, no rescaling: the following (per-precision) BatchNorm absorbs the scale.
+    The default initializer is PyTorch's ``kaiming_normal_(fan_out)`` on the grouped weight:
+    ``std = sqrt(2 / (G * k * k * C_out))`` (fan_out counts every branch).
+    """
+    features: int
+    selection: BranchSelection
+    bits: tuple[int, ...]
+    partial_in: int | None = None      # input channels of the partial slice (None: all)
+    partial_out: int | None = None     # output channels of the partial slice (None: all)
+    kernel_size: Sequence[int] = (3, 3)
+    strides: Sequence[int] = (1, 1)
+    padding: Any = "SAME"
+    conv_batching: str = "unroll"
+    weight_gradient: str = "auto"
+    kernel_init: Callable = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+    @nn.compact
+    def __call__(self, x: jax.Array, precision) -> jax.Array:
+        sel = self.selection
+        g = sel.num_branches
+        if sel.num_precisions != len(self.bits):
+            raise ConfigError(f"the branch selection has {sel.num_precisions} precisions but bits={self.bits}")
+        if x.ndim != 5 or x.shape[-2] != g:
+            raise ConfigError(f"MultiBranchConv expects inputs (N, H, W, {g}, C), got shape {x.shape}")
+        c_in = x.shape[-1]
+        p_in = c_in if self.partial_in is None else self.partial_in
+        p_out = self.features if self.partial_out is None else self.partial_out
+        if not (0 < p_in <= c_in and 0 < p_out <= self.features):
+            raise ConfigError(f"partial slice {p_in}x{p_out} does not fit a {c_in}->{self.features} conv")
+        kernel = self.param("kernel", self.kernel_init, (g, *self.kernel_size, c_in, self.features))
+        branch_std = lambda k: 3.0 * jnp.std(k.reshape(g, -1), axis=1)  # noqa: E731
+        w_upper = self.param("weight_upper", lambda _: branch_std(kernel))
+        w_lower = self.param("weight_lower", lambda _: -branch_std(kernel))
+
+        def act_init(stat):
+            def init(_):
+                per_branch = jnp.moveaxis(x, -2, 0).reshape(g, -1)
+                values = jnp.concatenate([stat(per_branch, axis=1), stat(x.reshape(1, -1), axis=1)])
+                return jnp.broadcast_to(values, (len(self.bits), g + 1))
+            return init
+        # 3 std / sqrt(1 - 2/pi) and the minimum, as the official init (kept apart by at least 1e-3).
+        a_lower = self.param("act_lower", act_init(jnp.min))
+        a_upper = self.param("act_upper", act_init(
+            lambda v, axis: jnp.maximum(3.0 * jnp.std(v, axis=axis, ddof=1) * _ARCSINE_HALF_NORMAL,
+                                        jnp.min(v, axis=axis) + 1e-3)))
+
+        bit_width = _bits_at(self.bits, precision)
+        full, partial, slot = sel.gather(precision)
+        shape5 = (g, 1, 1, 1, 1)
+        quantized = q.interval_weight(kernel, w_lower[slot].reshape(shape5), w_upper[slot].reshape(shape5))
+        slice_mask = ((jnp.arange(c_in) < p_in)[:, None] & (jnp.arange(self.features) < p_out)[None, :])
+        keep = full[:, None, None] + partial[:, None, None] * slice_mask.astype(jnp.float32)  # (G, C_in, C_out)
+        quantized = quantized * keep[:, None, None]
+        act_slot = jnp.where(partial > 0, g, jnp.arange(g))
+        lower = a_lower[precision][act_slot][:, None]
+        upper = a_upper[precision][act_slot][:, None]
+        xq = q.interval_activation(x, lower, upper, bit_width)
+        conv = lambda xb, kb: precision_conv(xb, kb.astype(xb.dtype), self.strides, self.padding,  # noqa: E731
+                                             self.conv_batching, self.weight_gradient)
+        return jax.vmap(conv, in_axes=(3, 0), out_axes=3)(xq, quantized)
