@@ -6,7 +6,9 @@ precision (LSQ step sizes, BatchNorm statistics and affine) carries a leading ax
 is gathered with the index, so ``jax.vmap`` over ``precision`` runs every sub-network at once.
 
 Swap ``nn.Conv`` for `QuantConv` and ``nn.Dense`` for `QuantDense` in your own model, and
-``nn.BatchNorm`` for `PrecisionBatchNorm` (switchable BN).
+``nn.BatchNorm`` for `PrecisionBatchNorm` (switchable BN). `MultiBranchConv` is a conv of G
+branches of fixed 2-bit weights selected per precision by a `BranchSelection` (the tables are the
+method's: `jaxquant.methods.mbquant`).
 """
 from __future__ import annotations
 
@@ -446,7 +448,9 @@ class MultiBranchConv(nn.Module):
 
     Selection is by masks on the quantized kernels, so one trace serves every precision and
     ``jax.vmap`` over precision works; the price is that **all G branches are computed** at every
-    precision (deselected ones multiply zero kernels, and their weights get exactly zero gradient).
+    precision (deselected ones multiply zero kernels, and their weights get exactly zero gradient,
+    as long as every activation interval keeps ``u > l``: a collapsed interval gives NaN, and
+    ``0 * NaN`` is NaN). The unrolled loop over static precisions can skip them (not here yet).
     No bias, no rescaling: the following (per-precision) BatchNorm absorbs the scale.
     The default initializer is PyTorch's ``kaiming_normal_(fan_out)`` on the grouped weight:
     ``std = sqrt(2 / (G * k * k * C_out))`` (fan_out counts every branch).

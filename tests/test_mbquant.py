@@ -117,6 +117,18 @@ def test_resnet18_official_widths_reproduce_the_digests_cost():
     assert [round(table[b][2], 3) for b in (3, 5, 7)] == [0.991, 0.994, 0.996]
 
 
+def test_branch_positions_put_the_partial_last():
+    assert mbquant.branch_positions(5) == {1: 0, 2: 1, 3: 2}
+    assert mbquant.branch_positions(4, "naive") == {0: 0, 1: 1}
+
+
+def test_the_printed_derivation(capsys):
+    mbquant.main()
+    printed = capsys.readouterr().out
+    assert f"derived partial widths {mbquant.CIFAR_RESNET20_PARTIAL_WIDTHS}" in printed
+    assert " 3       364,727,040       363,331,584  1.0038" in printed  # CIFAR ResNet-20, b = 3
+    assert printed.count("ratio") == 3
+
 # ----------------------------------------------------------------------------------------------
 # MultiBranchConv.
 
