@@ -4,7 +4,7 @@ import ml_collections
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.method = "anyprecision"        # anyprecision | lsq | vertical
+    c.method = "anyprecision"        # anyprecision | lsq | vertical | mbquant
     c.dataset = "digits"             # digits | mnist | fashion_mnist | cifar10 | cifar100
     c.data_dir = ""                  # tfds data_dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets)
     c.augment = "none"               # none | crop | crop_flip (on device, inside the step)
@@ -19,6 +19,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.per_channel = False            # LSQ / vertical: one weight step per output channel
     c.source_bits = 8                # vertical: the source bit-width B every precision nests in
     c.cascade = "floor"              # vertical: floor (bit planes) | round_clip | round_clip_direct
+    c.branches = 4                   # mbquant: branches per body conv (the selection tables are for 4)
+    c.selection = "amortised"        # mbquant: amortised (the paper's) | naive (branch 0 always, the ablation)
+    c.weight_slots = "branch"        # mbquant: weight intervals per physical branch | position (the official code)
+    c.partial_widths = ()            # mbquant: odd-b partial branch widths (() = the model's default, see models/multibranch.py)
     c.conv_batching = "unroll"       # unroll | native: how vmap over precision lowers convs
     c.conv_weight_gradient = "auto"  # auto | im2col | xla: conv weight gradients (im2col is faster on CPU)
     c.bits = (2, 4, 8, 32)           # the precisions trained together (32 = full precision)

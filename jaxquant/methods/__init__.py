@@ -5,11 +5,11 @@ from __future__ import annotations
 from jaxquant.data import ArrayDataset, make_preprocess
 from jaxquant.errors import ConfigError
 from jaxquant.layers import QuantSpec
-from jaxquant.methods import anyprecision, lsq, vertical
+from jaxquant.methods import anyprecision, lsq, mbquant, vertical
 from jaxquant.models import CifarResNet, ResNet, SmallCNN
 from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, make_optimizer
 
-METHODS = {anyprecision.NAME: anyprecision, lsq.NAME: lsq, vertical.NAME: vertical}
+METHODS = {anyprecision.NAME: anyprecision, lsq.NAME: lsq, mbquant.NAME: mbquant, vertical.NAME: vertical}
 MODELS = ("small_cnn", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34")
 
 
@@ -20,7 +20,10 @@ def method_module(name: str):
 
 
 def build_model(config, num_classes: int, spec: QuantSpec):
-    """The model named by ``config.model`` for ``config.bits`` with the method's quantizers."""
+    """The model named by ``config.model`` for ``config.bits`` with the method's quantizers
+    (MBQuant: the multi-branch variant, `mbquant.build_model`)."""
+    if config.method == mbquant.NAME:
+        return mbquant.build_model(config, num_classes)
     bits = tuple(config.bits)
     common = dict(num_classes=num_classes, bits=bits, spec=spec,
                   first_last_bits=config.first_last_bits or None, conv_batching=config.conv_batching,
@@ -46,7 +49,8 @@ def build_trainer(config, dataset: ArrayDataset, steps_per_epoch: int) -> MultiP
     """Model, optimizer and on-device preprocessing for ``config`` on ``dataset``."""
     method = method_module(config.method)
     spec = method.quant_spec(config)
-    bits = spec.validate(config.bits)
+    # A method with its own bit-width rule (MBQuant: 2..8) checks it; the others, their quantizers.
+    bits = method.validate_bits(config.bits) if hasattr(method, "validate_bits") else spec.validate(config.bits)
     if config.first_last_bits:
         spec.validate((config.first_last_bits,))
     model = build_model(config, dataset.num_classes, spec)

@@ -29,6 +29,19 @@ the clean version by default and the faithful one behind a flag:
   only; we extend it by its rule (start at branch 0 always: ``floor(b/2)`` full branches
   ``[0, k)``, partial of branch k for odd b) so the ablation covers 2..8.
 
+**Models and wiring** (`build_model`, `jaxquant.models.multibranch`): ``config.method='mbquant'``
+builds `MultiBranchCNN` (``model='small_cnn'``, digits/MNIST) or `MultiBranchCifarResNet`
+(``resnet20/32/44/56``) for ``config.bits`` in 2..8 with ``config.selection`` (``amortised`` |
+``naive``), ``config.weight_slots`` and ``config.partial_widths`` (``()``: (11, 23, 43) times
+``width`` for the ResNet, half of each width for the CNN); ``branches`` must be 4. The masks that
+keep deselected branches out are applied after BatchNorm and ReLU (BN turns zeros into beta);
+the selected chunks are averaged before the global pool. `quant_spec` is full precision (the
+shared stem and classifier); the intervals ``weight_/act_lower/upper`` are in the trainer's
+quantizer optimizer group. Use ``distillation='largest'`` (`DEFAULT_DISTILLATION`), the code's
+``0.5 softCE + 0.5 CE`` from the largest bit-width. Not yet: the ImageNet ResNet-18 variant (and
+its channel shuffle), per-bit-width interval initialisation from one batch each, the
+per-filter-std init quirk, and skipping deselected branches in the unrolled loop.
+
 **Selection tables** (`FULL_BRANCHES`, `PARTIAL_BRANCH`, rows indexed by the bit-width itself,
 0..8; rows 0 and 1 select nothing), amortised:
 
@@ -79,9 +92,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxquant.errors import BitWidthError, ConfigError
-from jaxquant.layers import BranchSelection
+from jaxquant.layers import FULL_PRECISION, BranchSelection, QuantSpec
 
 NAME = "mbquant"
+DEFAULT_DISTILLATION = "largest"
+"""The official code's in-place distillation: ``L_b = 0.5 softCE(z_b, z_max) + 0.5 CE_b``."""
 NUM_BRANCHES = 4
 MIN_BITS, MAX_BITS = 2, 8
 SELECTIONS = ("amortised", "naive")
@@ -177,6 +192,48 @@ def branch_selection(bits: Sequence[int], selection: str = "amortised",
         full=tuple(tuple(bool(v) for v in FULL_BRANCHES[selection][b]) for b in bits),
         partial=tuple(int(PARTIAL_BRANCH[selection][b]) for b in bits),
         full_weight_slot=tuple(full_slot), partial_weight_slot=tuple(partial_slot))
+
+
+# ----------------------------------------------------------------------------------------------
+# Wiring: the method's model and quantizers for a config (`jaxquant.methods.build_trainer`).
+
+MODELS = ("small_cnn", "resnet20", "resnet32", "resnet44", "resnet56")
+
+
+def quant_spec(config) -> QuantSpec:
+    """Full precision: the stem and classifier are FP and shared; the body's quantizers are the
+    `MultiBranchConv` intervals (2-bit weights, b-bit inputs), built by `build_model`."""
+    return FULL_PRECISION
+
+
+def build_model(config, num_classes: int):
+    """The multi-branch model named by ``config.model`` (``small_cnn`` -> `MultiBranchCNN`,
+    ``resnet20/32/44/56`` -> `MultiBranchCifarResNet`) for ``config.bits`` in 2..8, with the
+    ``config.selection`` table and ``config.weight_slots`` layout."""
+    from jaxquant.models.multibranch import MultiBranchCifarResNet, MultiBranchCNN
+    bits = validate_bits(config.bits)
+    if int(config.branches) != NUM_BRANCHES:
+        raise ConfigError(f"branches={config.branches}: MBQuant's selection tables are defined for "
+                          f"{NUM_BRANCHES} branches; set branches={NUM_BRANCHES}")
+    if config.first_last_bits:
+        raise ConfigError("MBQuant keeps the stem and classifier full precision; set first_last_bits=0")
+    selection = branch_selection(bits, str(config.selection), str(config.weight_slots))
+    common = dict(num_classes=num_classes, bits=bits, selection=selection,
+                  partial_widths=tuple(int(p) for p in config.partial_widths),
+                  conv_batching=config.conv_batching, weight_gradient=config.conv_weight_gradient)
+    if config.model == "small_cnn":
+        model = MultiBranchCNN(widths=tuple(config.widths), stem_pool=config.stem_pool, **common)
+    elif config.model in MODELS:
+        if config.preactivation or config.quantize_shortcut:
+            raise ConfigError("MBQuant's CIFAR ResNet is post-activation with multi-branch 2-bit shortcuts; "
+                              "set preactivation=False and quantize_shortcut=False")
+        model = MultiBranchCifarResNet(depth=int(config.model[6:]), width=int(config.width), **common)
+    else:
+        model = None
+    if model is not None:
+        model.resolved_partial_widths()  # a bad partial_widths fails here, not inside the first trace
+        return model
+    raise ConfigError(f"model {config.model!r} has no MBQuant multi-branch variant yet; choose one of {MODELS}")
 
 
 # ----------------------------------------------------------------------------------------------

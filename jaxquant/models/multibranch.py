@@ -1,0 +1,222 @@
+"""Multi-branch models (MBQuant's topology): G branches of fixed 2-bit weights in every body conv.
+
+Activations of the body are ``(N, H, W, G, C)``: every branch keeps its own slot, so shapes never
+depend on the precision and one trace (or one ``jax.vmap`` over the precision index) serves every
+bit-width. Which branches a precision uses is data: a `jaxquant.layers.BranchSelection` (the
+tables are the method's, `jaxquant.methods.mbquant.branch_selection`).
+
+The pieces, as in the official code (digest part A2) unless said otherwise:
+
+- **Stem** full precision and shared: conv -> BatchNorm -> ReLU, then *tiled* G times, so every
+  branch reads an identical copy (the ImageNet convention; the CIFAR code's stem of ``16 G``
+  channels read at a branch offset is a quirk we do not copy). Its BatchNorm is per precision, as
+  in the library's other models (the official code shares it; the stem's input is full precision
+  and the same at every b, so only the affine parameters differ).
+- **Body** convs are `MultiBranchConv` (2-bit weights, b-bit inputs). Each is followed by a
+  BatchNorm private to the precision over the ``G * C`` channels (`PrecisionBatchNorm` on the
+  flattened branch axis), then ReLU.
+- **Masking.** A deselected branch's conv output is exactly zero, but BatchNorm turns zeros into
+  ``beta`` (and a shortcut's BatchNorm adds its ``beta``), so the model multiplies by the
+  branch mask *after* BN and ReLU (after the residual add and ReLU in a block): deselected
+  branches, and the partial branch's channels beyond its width ``p_out``, are exactly zero
+  wherever a layer reads them (a projection shortcut is masked after its BatchNorm too, before
+  the add). Their parameters get exactly zero gradient and changing them
+  leaves the logits unchanged (tested). Deselected channels' BatchNorm running statistics do
+  move (towards mean 0, var 0 of their zero inputs) but are never read at that precision.
+- **Partial branch** (odd b): the top-left slice of the next branch. Per conv it reads
+  ``partial_in`` and writes ``partial_out`` channels of its slot: the first conv reads the full
+  stem copy, a stage-entry conv (and its 1x1 shortcut) reads the previous stage's partial width,
+  and the body's **last conv writes the full width**, so the partial branch joins the final
+  mean as a full member (its identity there is the zero-padded ``p``-channel input, the code's
+  ``addZeroS``).
+- **Merge**: the mean over the selected chunks after the last block's ReLU,
+  ``sum_g x_g / (#full + [partial])`` (the official code's mean over ``ceil(b/2)`` chunks; the
+  sum line there is commented out), then global average pooling and the FP classifier (shared).
+- **Shortcuts**: identity per branch (each branch adds its own input); at a stride-2 or
+  width-changing block, a multi-branch 1x1 conv + BatchNorm (quantized like the body, counted in
+  `methods.mbquant.cifar_resnet_convs`' BitOPs).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxquant.errors import ConfigError
+from jaxquant.layers import FULL_PRECISION, BranchSelection, MultiBranchConv, PrecisionBatchNorm, QuantConv, QuantDense
+from jaxquant.models.common import avg_pool_all, max_pool_2x2, relu
+
+
+def branch_channel_mask(selection: BranchSelection, precision, channels: int, partial_out: int) -> jax.Array:
+    """``(G, channels)`` float mask at a (traced) precision index: 1 on the full branches, on the
+    first ``partial_out`` channels of the partial branch, 0 elsewhere."""
+    full, partial, _ = selection.gather(precision)
+    in_slice = (jnp.arange(channels) < partial_out).astype(jnp.float32)
+    return full[:, None] + partial[:, None] * in_slice[None, :]
+
+
+def merge_branches(x: jax.Array, selection: BranchSelection, precision) -> jax.Array:
+    """``(..., G, C) -> (..., C)``: the mean over the selected chunks (full branches and the
+    partial one, which by then writes the full width); deselected chunks are zero already."""
+    full, partial, _ = selection.gather(precision)
+    return x.sum(axis=-2) / (full.sum() + partial.sum())
+
+
+def tile_branches(x: jax.Array, num_branches: int) -> jax.Array:
+    """``(N, H, W, C) -> (N, H, W, G, C)``: every branch gets a copy."""
+    return jnp.broadcast_to(x[..., None, :], x.shape[:-1] + (num_branches, x.shape[-1]))
+
+
+class BranchBatchNorm(nn.Module):
+    """`PrecisionBatchNorm` over the flattened ``G * C`` channels of ``(N, H, W, G, C)`` inputs
+    (private to each precision, as the official ``SwitchableBatchNorm2d``)."""
+    num_precisions: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, precision, train: bool) -> jax.Array:
+        flat = x.reshape(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))
+        y = PrecisionBatchNorm(num_precisions=self.num_precisions, name="bn")(flat, precision, train)
+        return y.reshape(x.shape)
+
+
+def _pool_branches(x: jax.Array) -> jax.Array:
+    n, h, w, g, c = x.shape
+    return max_pool_2x2(x.reshape(n, h, w, g * c)).reshape(n, h // 2, w // 2, g, c)
+
+
+def _check_selection(selection: BranchSelection | None, bits: Sequence[int]) -> BranchSelection:
+    if selection is None:
+        raise ConfigError("a multi-branch model needs a BranchSelection (jaxquant.methods.mbquant.branch_selection)")
+    if selection.num_precisions != len(bits):
+        raise ConfigError(f"the branch selection has {selection.num_precisions} precisions but bits={tuple(bits)}")
+    return selection
+
+
+class MultiBranchCNN(nn.Module):
+    """The multi-branch `SmallCNN` for 8x8 (digits) and 28x28 inputs: FP stem conv -> BN -> ReLU
+    (-> 2x2 max-pool if ``stem_pool``) -> tile G -> [MultiBranchConv 3x3 -> BN(G*C) -> ReLU ->
+    mask] per width, a 2x2 max-pool after each while the map is at least 4x4 -> mean of the
+    selected branches -> global average -> FP classifier.
+
+    ``partial_widths``: the partial branch's output width of every body conv but the last (which
+    writes the full width); the first conv reads the full stem copy. ``()``: half of each width,
+    which for the default ``widths=(32, 64, 64)`` makes the partial slice exactly half a
+    branch's MACs (both convs are ``1/2``); other width tuples, pass your own.
+    """
+    num_classes: int = 10
+    bits: tuple[int, ...] = (2, 4, 6, 8)
+    selection: BranchSelection | None = None
+    widths: Sequence[int] = (32, 64, 64)
+    partial_widths: Sequence[int] = ()
+    stem_pool: bool = False
+    conv_batching: str = "unroll"
+    weight_gradient: str = "auto"
+
+    def resolved_partial_widths(self) -> tuple[int, ...]:
+        body = tuple(self.widths[1:])
+        if not body:
+            raise ConfigError("MultiBranchCNN needs at least one body conv: widths=(stem, conv, ...)")
+        if not self.partial_widths:
+            return tuple(max(w // 2, 1) for w in body[:-1])
+        widths = tuple(int(p) for p in self.partial_widths)
+        if len(widths) != len(body) - 1 or not all(0 < p <= w for p, w in zip(widths, body)):
+            raise ConfigError(f"partial_widths {widths} must give one width in 1..w per body conv but the last "
+                              f"(body widths {body}); or () for half of each")
+        return widths
+
+    @nn.compact
+    def __call__(self, x: jax.Array, precision, train: bool = False) -> jax.Array:
+        sel = _check_selection(self.selection, self.bits)
+        partial = self.resolved_partial_widths()
+        bn = functools.partial(BranchBatchNorm, num_precisions=len(self.bits))
+        x = QuantConv(self.widths[0], (3, 3), use_bias=False, spec=FULL_PRECISION,
+                      weight_gradient=self.weight_gradient, name="stem")(x, 0)
+        x = relu(PrecisionBatchNorm(num_precisions=len(self.bits), name="stem_bn")(x, precision, train))
+        if self.stem_pool:
+            x = max_pool_2x2(x)
+        x = tile_branches(x, sel.num_branches)
+        body = tuple(self.widths[1:])
+        p_in = self.widths[0]
+        for i, width in enumerate(body):
+            p_out = width if i == len(body) - 1 else partial[i]
+            x = MultiBranchConv(width, sel, tuple(self.bits), partial_in=p_in, partial_out=p_out,
+                                conv_batching=self.conv_batching, weight_gradient=self.weight_gradient,
+                                name=f"conv{i}")(x, precision)
+            x = relu(bn(name=f"bn{i}")(x, precision, train))
+            x = x * branch_channel_mask(sel, precision, width, p_out)
+            if min(x.shape[1:3]) >= 4:
+                x = _pool_branches(x)
+            p_in = p_out
+        x = avg_pool_all(merge_branches(x, sel, precision))
+        return QuantDense(self.num_classes, spec=FULL_PRECISION, name="classifier")(x, 0)
+
+
+class MultiBranchCifarResNet(nn.Module):
+    """Multi-branch post-activation CIFAR ResNet (depth 6n+2; stages 16/32/64 times ``width``),
+    MBQuant's CIFAR model. ``partial_widths``: the partial branch's width per stage (``()``:
+    `methods.mbquant.CIFAR_RESNET20_PARTIAL_WIDTHS` (11, 23, 43) times ``width``, which keeps the
+    partial slice at half a branch's MACs, so odd-b BitOPs match b*b within 0.4%)."""
+    depth: int = 20
+    width: int = 1
+    num_classes: int = 10
+    bits: tuple[int, ...] = (2, 4, 6, 8)
+    selection: BranchSelection | None = None
+    partial_widths: Sequence[int] = ()
+    conv_batching: str = "unroll"
+    weight_gradient: str = "auto"
+
+    def resolved_partial_widths(self) -> tuple[int, ...]:
+        stages = tuple(16 * self.width * 2 ** s for s in range(3))
+        if not self.partial_widths:
+            return tuple(max(1, round(p * self.width)) for p in (11, 23, 43))
+        widths = tuple(int(p) for p in self.partial_widths)
+        if len(widths) != 3 or not all(0 < p <= c for p, c in zip(widths, stages)):
+            raise ConfigError(f"partial_widths {widths} must give one width per stage in 1..{stages}; "
+                              "or () for the derived (11, 23, 43) times width")
+        return widths
+
+    @nn.compact
+    def __call__(self, x: jax.Array, precision, train: bool = False) -> jax.Array:
+        if (self.depth - 2) % 6:
+            raise ConfigError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56), got {self.depth}")
+        sel = _check_selection(self.selection, self.bits)
+        partial = self.resolved_partial_widths()
+        blocks = (self.depth - 2) // 6
+        bits = tuple(self.bits)
+        bn = functools.partial(BranchBatchNorm, num_precisions=len(bits))
+        conv = functools.partial(MultiBranchConv, selection=sel, bits=bits, conv_batching=self.conv_batching,
+                                 weight_gradient=self.weight_gradient)
+        stem = 16 * self.width
+        x = QuantConv(stem, (3, 3), use_bias=False, spec=FULL_PRECISION, weight_gradient=self.weight_gradient,
+                      name="stem")(x, 0)
+        x = relu(PrecisionBatchNorm(num_precisions=len(bits), name="stem_bn")(x, precision, train))
+        x = tile_branches(x, sel.num_branches)
+        p_prev = stem  # the first conv's partial reads the full stem copy
+        for stage in range(3):
+            features, p = 16 * self.width * 2 ** stage, partial[stage]
+            for block in range(blocks):
+                strides = (2, 2) if stage > 0 and block == 0 else (1, 1)
+                name = f"stage{stage}_block{block}"
+                last = stage == 2 and block == blocks - 1
+                p_block_out = features if last else p
+                if strides != (1, 1) or x.shape[-1] != features:
+                    shortcut = conv(features, kernel_size=(1, 1), strides=strides, partial_in=p_prev, partial_out=p,
+                                    name=f"{name}_shortcut")(x, precision)
+                    shortcut = bn(name=f"{name}_shortcut_bn")(shortcut, precision, train)
+                    # BN(0) = beta: mask, so the partial's channels past p add nothing (the last
+                    # block's full-width partial output gets a zero-padded shortcut).
+                    shortcut = shortcut * branch_channel_mask(sel, precision, features, p)
+                else:
+                    shortcut = x  # identity per branch (masked already)
+                out = conv(features, strides=strides, partial_in=p_prev, partial_out=p, name=f"{name}_conv0")(x, precision)
+                out = relu(bn(name=f"{name}_bn0")(out, precision, train))
+                out = out * branch_channel_mask(sel, precision, features, p)
+                out = conv(features, partial_in=p, partial_out=p_block_out, name=f"{name}_conv1")(out, precision)
+                x = relu(bn(name=f"{name}_bn1")(out, precision, train) + shortcut)
+                x = x * branch_channel_mask(sel, precision, features, p_block_out)
+                p_prev = p
+        x = avg_pool_all(merge_branches(x, sel, precision))
+        return QuantDense(self.num_classes, spec=FULL_PRECISION, name="classifier")(x, 0)
