@@ -93,6 +93,7 @@ import numpy as np
 
 from jaxquant.errors import BitWidthError, ConfigError
 from jaxquant.layers import FULL_PRECISION, BranchSelection, QuantSpec
+from jaxquant.models.multibranch import CIFAR_RESNET20_PARTIAL_WIDTHS
 
 NAME = "mbquant"
 DEFAULT_DISTILLATION = "largest"
@@ -349,8 +350,8 @@ def derive_partial_widths(stages: Sequence[int] = (16, 32, 64), depth: int = 20,
     return best
 
 
-CIFAR_RESNET20_PARTIAL_WIDTHS = (11, 23, 43)
-"""Partial-branch widths of the 16/32/64 stages of CIFAR ResNet-20 (`derive_partial_widths`)."""
+# CIFAR_RESNET20_PARTIAL_WIDTHS (11, 23, 43), the partial-branch widths of the 16/32/64 stages
+# (`derive_partial_widths`), lives with the model that uses it; imported above.
 RESNET18_PARTIAL_WIDTHS = (40, 76, 184, 396)
 """The official code's ImageNet ResNet-18 partial widths (``oneBit_outchannel``)."""
 

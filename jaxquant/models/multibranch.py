@@ -50,6 +50,11 @@ from jaxquant.layers import FULL_PRECISION, BranchSelection, MultiBranchConv, Pr
 from jaxquant.models.common import avg_pool_all, max_pool_2x2, relu
 
 
+# The partial branch's width per stage of the CIFAR ResNet (16/32/64 channels): half a branch's
+# MACs, derived by `jaxquant.methods.mbquant.derive_partial_widths` (which the tests re-run).
+CIFAR_RESNET20_PARTIAL_WIDTHS = (11, 23, 43)
+
+
 def branch_channel_mask(selection: BranchSelection, precision, channels: int, partial_out: int) -> jax.Array:
     """``(G, channels)`` float mask at a (traced) precision index: 1 on the full branches, on the
     first ``partial_out`` channels of the partial branch, 0 elsewhere."""
@@ -171,11 +176,11 @@ class MultiBranchCifarResNet(nn.Module):
     def resolved_partial_widths(self) -> tuple[int, ...]:
         stages = tuple(16 * self.width * 2 ** s for s in range(3))
         if not self.partial_widths:
-            return tuple(max(1, round(p * self.width)) for p in (11, 23, 43))
+            return tuple(max(1, round(p * self.width)) for p in CIFAR_RESNET20_PARTIAL_WIDTHS)
         widths = tuple(int(p) for p in self.partial_widths)
         if len(widths) != 3 or not all(0 < p <= c for p, c in zip(widths, stages)):
             raise ConfigError(f"partial_widths {widths} must give one width per stage in 1..{stages}; "
-                              "or () for the derived (11, 23, 43) times width")
+                              f"or () for the derived {CIFAR_RESNET20_PARTIAL_WIDTHS} times width")
         return widths
 
     @nn.compact
