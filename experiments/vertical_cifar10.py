@@ -29,6 +29,7 @@ from jaxquant import quantizers as q
 from jaxquant.export import export_vertical, load_run, load_vertical, with_bits
 from jaxquant.methods import build_model, vertical
 from jaxquant.report import format_table, plot_accuracy
+from jaxquant.training import accuracy
 
 HERE = pathlib.Path(__file__).resolve().parent
 DEDICATED_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
@@ -52,15 +53,15 @@ def accuracies(workdir: pathlib.Path) -> dict[int, float]:
     return {int(b): a for b, a in json.loads((workdir / "results.json").read_text())["accuracy"].items()}
 
 
-def msb_sliced_accuracy(workdir: pathlib.Path, dataset, rounded: bool, slice_weights: bool = True) -> dict[int, float]:
+def msb_sliced_accuracy(run, dataset, rounded: bool, slice_weights: bool = True) -> dict[int, float]:
     """Test accuracy of the dedicated 8-bit LSQ model with its weight codes cut to their top k bits
     (`methods.vertical.msb_sliced_weights`: floor, or rounded by the next bit) and activations at k bits with the 8-bit step scaled
     by ``Qp_8 / Qp_k`` (the same clipping range); BatchNorm of the 8-bit model, untouched.
-    ``slice_weights=False`` keeps the 8-bit weights: only the activations go to k bits."""
-    config, _, trainer, state, _ = load_run(workdir, dataset)
+    ``slice_weights=False`` keeps the 8-bit weights: only the activations go to k bits.
+    ``run``: the dedicated model's `jaxquant.export.load_run`."""
+    config, _, trainer, state, _ = run
     source_bits = int(config.bits[0])
     spec = vertical.frozen_weight_spec(trainer.model.spec)
-    images, labels = dataset.test_images, dataset.test_labels
     result = {}
     for k in range(2, source_bits + 1):
         params = vertical.msb_sliced_weights(state.params, k if slice_weights else source_bits, source_bits, rounded=rounded)
@@ -72,18 +73,15 @@ def msb_sliced_accuracy(workdir: pathlib.Path, dataset, rounded: bool, slice_wei
         model = build_model(with_bits(config, (k,)), dataset.num_classes, spec)
         apply = jax.jit(lambda v, x: model.apply(v, trainer.preprocess(x, False, None), 0, train=False))
         variables = {"params": params, "batch_stats": state.batch_stats}
-        correct = 0
-        for start in range(0, len(labels), 1000):
-            logits = apply(variables, jnp.asarray(images[start:start + 1000]))
-            correct += int(np.sum(np.argmax(np.asarray(logits), -1) == labels[start:start + 1000]))
-        result[k] = correct / len(labels)
+        result[k] = accuracy(lambda x: apply(variables, jnp.asarray(x)), dataset.test_images, dataset.test_labels)
     return result
 
 
-def code_usage(workdir: pathlib.Path, dataset) -> str:
+def code_usage(run) -> str:
     """How much of its 8-bit range the dedicated model's weights use: mean |q_8| and the share of
-    codes that a floor slice to 4 bits sends to 0 or -1 (|q_8| < 16): why slicing collapses."""
-    config, _, trainer, state, _ = load_run(workdir, dataset)
+    codes that a floor slice to 4 bits sends to 0 or -1 (|q_8| < 16): why slicing collapses.
+    ``run``: the dedicated model's `jaxquant.export.load_run`."""
+    config, _, _, state, _ = run
     source_bits = int(config.bits[0])
     codes = []
     for path in vertical.quantized_layers(state.params):
@@ -115,12 +113,13 @@ def main(argv=None) -> int:
     from jaxquant.data import load_dataset
     config = json.loads((vl_dir / "config.json").read_text())
     dataset = load_dataset("cifar10", args.data_dir or None)
+    lsq_8 = load_run(root / "lsq_8", dataset)
     table = {
         "Vertical Layering (one model)": accuracies(vl_dir),
         "dedicated LSQ (one model per bit-width)": dedicated,
-        "dedicated 8-bit, MSB-sliced (floor)": msb_sliced_accuracy(root / "lsq_8", dataset, rounded=False),
-        "dedicated 8-bit, MSB-sliced (rounded)": msb_sliced_accuracy(root / "lsq_8", dataset, rounded=True),
-        "dedicated 8-bit, 8-bit weights, activations at k": msb_sliced_accuracy(root / "lsq_8", dataset, False, False),
+        "dedicated 8-bit, MSB-sliced (floor)": msb_sliced_accuracy(lsq_8, dataset, rounded=False),
+        "dedicated 8-bit, MSB-sliced (rounded)": msb_sliced_accuracy(lsq_8, dataset, rounded=True),
+        "dedicated 8-bit, 8-bit weights, activations at k": msb_sliced_accuracy(lsq_8, dataset, False, False),
     }
 
     # The artefact: one file, every bit-width a prefix of it; re-evaluate each from the file.
@@ -128,17 +127,14 @@ def main(argv=None) -> int:
     from_file, bytes_read = {}, {}
     for k in summary["bits"]:
         model = load_vertical(root / "vertical.vl", k)
-        correct = 0
-        for start in range(0, len(dataset.test_labels), 1000):
-            logits = model(dataset.test_images[start:start + 1000])
-            correct += int(np.sum(np.argmax(np.asarray(logits), -1) == dataset.test_labels[start:start + 1000]))
-        from_file[k], bytes_read[k] = correct / len(dataset.test_labels), model.bytes_read
+        from_file[k] = accuracy(model, dataset.test_images, dataset.test_labels)
+        bytes_read[k] = model.bytes_read
     table["VL read from the artefact (k-bit prefix)"] = from_file
 
     text = format_table(table, title=TITLE)
     text += "\n\nartefact bytes read per bit-width (of " + f"{summary['file_bytes']:,}): " + ", ".join(
         f"{k}-bit {b:,}" for k, b in bytes_read.items())
-    text += "\n\n" + code_usage(root / "lsq_8", dataset)
+    text += "\n\n" + code_usage(lsq_8)
     text += f"\n\nconfig: {config['epochs']} epochs, batch {config['batch_size']}, seed {config['seed']}"
     text += "\nwall-clock seconds per `jaxquant train` call (2-core CPU; a finished run resumes and only evaluates): " + ", ".join(f"{k}: {v:.0f}" for k, v in seconds.items())
     print("\n" + text)

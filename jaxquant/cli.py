@@ -137,10 +137,9 @@ def evaluate_workdir(args) -> int:
 
 def export_workdir(args) -> int:
     """Write the artefact, then load it at every bit-width: bytes read and test accuracy."""
-    import numpy as np
-
     from jaxquant.data import load_dataset
     from jaxquant.export import config_from_json, export_vertical, load_vertical
+    from jaxquant.training import accuracy as test_accuracy
     config = config_from_json(pathlib.Path(args.workdir) / "config.json")
     dataset = load_dataset(config.dataset, config.data_dir or None)
     summary = export_vertical(args.workdir, args.out, basic_bits=args.basic_bits,
@@ -152,12 +151,7 @@ def export_workdir(args) -> int:
         model = load_vertical(args.out, k)
         accuracy = "-"
         if not args.no_eval:
-            correct = 0
-            for start in range(0, len(dataset.test_labels), config.eval_batch_size):
-                logits = model(dataset.test_images[start:start + config.eval_batch_size])
-                correct += int(np.sum(np.argmax(np.asarray(logits), -1) ==
-                                      dataset.test_labels[start:start + config.eval_batch_size]))
-            accuracy = f"{100.0 * correct / len(dataset.test_labels):.2f}"
+            accuracy = f"{100.0 * test_accuracy(model, dataset.test_images, dataset.test_labels, config.eval_batch_size):.2f}"
         rows.append(f"| {k} | {model.bytes_read:,} | {model.bytes_read / model.file_bytes:.1%} | {accuracy} |")
     print("\n".join(rows))
     return 0

@@ -306,6 +306,17 @@ def evaluate(trainer: MultiPrecisionTrainer, state: TrainState, images: np.ndarr
     return {b: float(c) / n for b, c in zip(trainer.bits, total)}
 
 
+def accuracy(predict: Callable[[np.ndarray], jax.Array], images: np.ndarray, labels: np.ndarray,
+             batch_size: int = 1000) -> float:
+    """Share of ``labels`` that ``argmax(predict(images), -1)`` gets right, predicting batch by
+    batch (for one model outside a trainer, e.g. `jaxquant.load_vertical`'s)."""
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        logits = predict(images[start:start + batch_size])
+        correct += int(np.sum(np.argmax(np.asarray(logits), -1) == labels[start:start + batch_size]))
+    return correct / len(labels)
+
+
 # ----------------------------------------------------------------------------------------------
 # The fit loop: data-parallel over all devices, checkpointed, resumable, deterministic.
 

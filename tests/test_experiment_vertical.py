@@ -37,9 +37,10 @@ def lsq8(tmp_path_factory):
 def test_slicing_at_the_source_bit_width_is_the_model(experiment, lsq8):
     trained = json.loads((lsq8 / "results.json").read_text())["accuracy"]["8"]
     dataset = load_digits()
-    floor = experiment.msb_sliced_accuracy(lsq8, dataset, rounded=False)
-    rounded = experiment.msb_sliced_accuracy(lsq8, dataset, rounded=True)
-    activations = experiment.msb_sliced_accuracy(lsq8, dataset, rounded=False, slice_weights=False)
+    run = load_run(lsq8, dataset)
+    floor = experiment.msb_sliced_accuracy(run, dataset, rounded=False)
+    rounded = experiment.msb_sliced_accuracy(run, dataset, rounded=True)
+    activations = experiment.msb_sliced_accuracy(run, dataset, rounded=False, slice_weights=False)
     assert sorted(floor) == list(range(2, 9))
     assert floor[8] == rounded[8] == activations[8] == pytest.approx(trained, abs=1e-12)
     assert all(0.0 <= a <= 1.0 for a in (*floor.values(), *rounded.values()))
@@ -47,8 +48,9 @@ def test_slicing_at_the_source_bit_width_is_the_model(experiment, lsq8):
 
 def test_code_usage_counts_the_codes(experiment, lsq8):
     dataset = load_digits()
-    line = experiment.code_usage(lsq8, dataset)
-    _, _, _, state, _ = load_run(lsq8, dataset)
+    run = load_run(lsq8, dataset)
+    line = experiment.code_usage(run)
+    _, _, _, state, _ = run
     codes = np.concatenate([np.abs(np.asarray(q.lsq_codes(layer["kernel"], layer["weight_step"][0], 8, signed=True))).ravel()
                             for layer in (vertical.get_path(state.params, p) for p in vertical.quantized_layers(state.params))])
     mean, share = map(float, re.findall(r"= ([\d.]+) of 128, ([\d.]+)%", line)[0])
