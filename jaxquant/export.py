@@ -282,9 +282,7 @@ def _read_header(f, path) -> tuple[dict, int]:
     if length + 4 > os.fstat(f.fileno()).st_size - _PREFIX.size:
         raise CheckpointError(f"{path} is truncated inside its header (or its header length is corrupted); "
                               "export it again")
-    body = f.read(length + 4)
-    if len(body) < length + 4:
-        raise CheckpointError(f"{path} is truncated inside its header; export it again")
+    body = f.read(length + 4)  # the whole of it: the check above measured the file
     header_bytes, (crc,) = body[:length], struct.unpack("<I", body[length:])
     if _crc(header_bytes) != crc:
         raise CheckpointError(f"{path} has a corrupted header (CRC mismatch); export it again")
