@@ -170,3 +170,17 @@ def test_quantizer_group_follows_the_step_schedule_too():
         updates.append(float(u["conv"]["weight_step"]))
     np.testing.assert_allclose(updates[9], -1.0, rtol=1e-6)   # epoch 0
     np.testing.assert_allclose(updates[10], -0.1, rtol=1e-6)  # epoch 1: decayed
+
+
+def test_accuracy_counts_every_example_once_across_batches():
+    from jaxquant.training import accuracy
+    labels = np.asarray([0, 1, 2, 0, 1, 2, 0])
+    images = np.asarray([0, 1, 0, 0, 1, 2, 1])  # "images" are the predicted classes: 5 of 7 right
+    seen = []
+
+    def predict(batch):
+        seen.append(len(batch))
+        return np.eye(3)[batch]
+
+    assert accuracy(predict, images, labels, batch_size=3) == pytest.approx(5 / 7)
+    assert seen == [3, 3, 1]
