@@ -117,6 +117,45 @@ def test_resnet18_official_widths_reproduce_the_digests_cost():
     assert [round(table[b][2], 3) for b in (3, 5, 7)] == [0.991, 0.994, 0.996]
 
 
+@pytest.mark.parametrize("widths, partial_widths, image_size, stem_pool", [
+    ((32, 64, 64), (), 8, False),          # the digits default
+    ((6, 8, 6), (3,), 8, False),           # explicit partial widths
+    ((4, 6, 6, 6, 6), (), 28, True),       # stem pool, 14 -> 7 -> 3 (VALID pool) -> 3 (no pool below 4x4)
+])
+def test_multibranch_cnn_convs_match_the_model(widths, partial_widths, image_size, stem_pool):
+    import flax.linen as nn
+    from jaxquant.models.multibranch import MultiBranchCNN
+    bits = (2, 3)
+    model = MultiBranchCNN(num_classes=3, bits=bits, selection=mbquant.branch_selection(bits), widths=widths,
+                           partial_widths=partial_widths, stem_pool=stem_pool)
+    seen = {}  # what each MultiBranchConv was built with and what it output, recorded while tracing init
+
+    def record(call, args, kwargs, context):
+        out = call(*args, **kwargs)
+        if isinstance(context.module, MultiBranchConv) and context.method_name == "__call__":
+            m = context.module
+            seen[m.name] = (out.shape[1] * out.shape[2], tuple(m.kernel_size), m.partial_in, m.partial_out)
+        return out
+
+    with nn.intercept_methods(record):
+        params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 1)), 0)["params"]
+    convs = mbquant.multibranch_cnn_convs(widths, partial_widths, image_size, stem_pool)
+    assert [c.name for c in convs] == sorted(seen) == [f"conv{i}" for i in range(len(widths) - 1)]
+    for c in convs:
+        assert params[c.name]["kernel"].shape == (G, c.kernel, c.kernel, c.c_in, c.c_out), c.name
+        assert seen[c.name] == (c.positions, (c.kernel, c.kernel), c.partial_in, c.partial_out), c.name
+
+
+def test_multibranch_cnn_default_widths_cost_exactly_b_squared():
+    convs = mbquant.multibranch_cnn_convs((32, 64, 64))
+    assert mbquant.partial_fraction(convs) == 0.5
+    for selection in ("amortised", "naive"):
+        for b, (ours, plain, ratio) in mbquant.bitops_table(convs, ALL_BITS, selection).items():
+            assert ours == plain and ratio == 1.0, (selection, b)
+    with pytest.raises(ConfigError):
+        mbquant.multibranch_cnn_convs((32, 64, 64), partial_widths=(65,))
+
+
 def test_branch_positions_put_the_partial_last():
     assert mbquant.branch_positions(5) == {1: 0, 2: 1, 3: 2}
     assert mbquant.branch_positions(4, "naive") == {0: 0, 1: 1}

@@ -276,6 +276,28 @@ def resnet18_convs(partial_widths: Sequence[int] = (40, 76, 184, 396), image_siz
     return _resnet_convs((64, 128, 256, 512), partial_widths, 2, image_size // 4, stem=64)
 
 
+def multibranch_cnn_convs(widths: Sequence[int], partial_widths: Sequence[int] = (), image_size: int = 8,
+                          stem_pool: bool = False) -> list[BranchConvSpec]:
+    """The multi-branch 3x3 convs of `MultiBranchCNN` (``widths`` = FP stem width, then one body
+    conv per entry) on ``image_size`` squares, wired as the model: the first conv's partial reads
+    the full stem copy, the last conv's partial writes the full width, a 2x2 max-pool follows each
+    conv while the map is at least 4x4 (``stem_pool`` halves it first). ``partial_widths`` as the
+    model's (``()``: half of each body width but the last's)."""
+    from jaxquant.models.multibranch import MultiBranchCNN
+    widths = tuple(int(w) for w in widths)
+    partial = MultiBranchCNN(widths=widths, partial_widths=tuple(partial_widths)).resolved_partial_widths()
+    size = image_size // 2 if stem_pool else image_size
+    body = widths[1:]
+    convs, c_in, p_in = [], widths[0], widths[0]
+    for i, width in enumerate(body):
+        p_out = width if i == len(body) - 1 else partial[i]
+        convs.append(BranchConvSpec(f"conv{i}", size * size, 3, c_in, width, p_in, p_out))
+        if size >= 4:
+            size //= 2
+        c_in, p_in = width, p_out
+    return convs
+
+
 def _resnet_convs(stages, partial_widths, blocks, size, stem) -> list[BranchConvSpec]:
     if len(partial_widths) != len(stages):
         raise ConfigError(f"give one partial width per stage ({len(stages)}), got {tuple(partial_widths)}")
