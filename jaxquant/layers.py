@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import custom_batching
 
 from jaxquant import quantizers as q
@@ -275,6 +276,7 @@ class QuantConv(nn.Module):
     conv_batching: str = "unroll"
     weight_gradient: str = "auto"
     kernel_init: Callable = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+    skip_deselected: bool = True       # a static (Python int) precision computes only its branches
 
     @nn.compact
     def __call__(self, x: jax.Array, precision) -> jax.Array:
@@ -384,6 +386,12 @@ class PrecisionBatchNorm(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Multi-branch convolution (the layer MBQuant builds on; the selection tables live in the method).
 
+INTERVAL_INIT = "interval_init"
+"""The variable collection that, when mutable, puts `MultiBranchConv` in its data-dependent
+init mode (`MultiBranchConv._initial_intervals`)."""
+WEIGHT_INTERVAL_STDS = ("chunk", "filter")
+
+
 @dataclasses.dataclass(frozen=True)
 class BranchSelection:
     """Which branches of a `MultiBranchConv` each precision uses: static rows, one per precision,
@@ -393,12 +401,15 @@ class BranchSelection:
     partial: ``(P,)`` the branch whose top-left slice runs as the partial branch, or -1.
     full_weight_slot: ``(P, G)`` the weight-interval slot that quantizes full branch g.
     partial_weight_slot: ``(P,)`` the weight-interval slot of the partial branch (ignored at -1).
+    weight_interval_std: how MBQuant's data-dependent init sets a weight slot: ``chunk`` (3 std of
+    the chunk the slot quantizes) or ``filter`` (the official code: 3 std of output filter #slot).
     A branch is never both full and partial at one precision.
     """
     full: tuple[tuple[bool, ...], ...]
     partial: tuple[int, ...]
     full_weight_slot: tuple[tuple[int, ...], ...]
     partial_weight_slot: tuple[int, ...]
+    weight_interval_std: str = "chunk"   # data-dependent init of the weight slots: chunk | filter
 
     def __post_init__(self):
         p, g = len(self.full), len(self.full[0]) if self.full else 0
@@ -407,6 +418,9 @@ class BranchSelection:
         if (len(self.partial) != p or len(self.full_weight_slot) != p or len(self.partial_weight_slot) != p
                 or any(len(row) != g for row in self.full) or any(len(row) != g for row in self.full_weight_slot)):
             raise ConfigError(f"branch selection rows disagree: expected {p} precisions x {g} branches")
+        if self.weight_interval_std not in WEIGHT_INTERVAL_STDS:
+            raise ConfigError(f"unknown weight_interval_std {self.weight_interval_std!r}; "
+                              f"choose one of {WEIGHT_INTERVAL_STDS}")
         for row, pb in zip(self.full, self.partial):
             if not -1 <= pb < g or (pb >= 0 and row[pb]):
                 raise ConfigError(f"partial branch {pb} is out of range or also a full branch in {row}")
@@ -446,11 +460,19 @@ class MultiBranchConv(nn.Module):
     slots: ``g`` for full branch g, ``G`` for the partial branch (each (slot, precision) has one
     user, so this is the same parametrisation as the official code's per-position slots).
 
-    Selection is by masks on the quantized kernels, so one trace serves every precision and
-    ``jax.vmap`` over precision works; the price is that **all G branches are computed** at every
-    precision (deselected ones multiply zero kernels, and their weights get exactly zero gradient,
-    as long as every activation interval keeps ``u > l``: a collapsed interval gives NaN, and
-    ``0 * NaN`` is NaN). The unrolled loop over static precisions can skip them (not here yet).
+    Two ways to select, the same function:
+
+    - a **traced** precision (``jax.vmap`` over precision, the default step): masks on the
+      quantized kernels, so one trace serves every precision; the price is that **all G branches
+      are computed** (deselected ones multiply zero kernels, and their weights get exactly zero
+      gradient, as long as every activation interval keeps ``u > l``: a collapsed interval gives
+      NaN, and ``0 * NaN`` is NaN);
+    - a **static** Python-int precision (``precision_mode='unroll'``), with ``skip_deselected``:
+      only the selected branches' convs run, and the partial one at its ``p_in x p_out`` size, so
+      the b-bit network costs its ``floor(b/2) (+ 1/2)`` branches, not G.
+
+    Making the ``interval_init`` collection mutable runs MBQuant's data-dependent interval init
+    (`_initial_intervals`, driven by `jaxquant.methods.mbquant.initialize_intervals`).
     No bias, no rescaling: the following (per-precision) BatchNorm absorbs the scale.
     The default initializer is PyTorch's ``kaiming_normal_(fan_out)`` on the grouped weight:
     ``std = sqrt(2 / (G * k * k * C_out))`` (fan_out counts every branch).
@@ -466,6 +488,7 @@ class MultiBranchConv(nn.Module):
     conv_batching: str = "unroll"
     weight_gradient: str = "auto"
     kernel_init: Callable = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+    skip_deselected: bool = True       # a static (Python int) precision computes only its branches
 
     @nn.compact
     def __call__(self, x: jax.Array, precision) -> jax.Array:
@@ -497,7 +520,13 @@ class MultiBranchConv(nn.Module):
             lambda v, axis: jnp.maximum(3.0 * jnp.std(v, axis=axis, ddof=1) * _ARCSINE_HALF_NORMAL,
                                         jnp.min(v, axis=axis) + 1e-3)))
 
+        if self.is_mutable_collection(INTERVAL_INIT):
+            w_lower, w_upper, a_lower, a_upper = self._initial_intervals(
+                x, kernel, precision, p_in, p_out, (w_lower, w_upper, a_lower, a_upper))
         bit_width = _bits_at(self.bits, precision)
+        if self.skip_deselected and isinstance(precision, (int, np.integer)):
+            return self._selected_branches(x, kernel, int(precision), p_in, p_out,
+                                           (w_lower, w_upper, a_lower, a_upper), bit_width)
         full, partial, slot = sel.gather(precision)
         shape5 = (g, 1, 1, 1, 1)
         quantized = q.interval_weight(kernel, w_lower[slot].reshape(shape5), w_upper[slot].reshape(shape5))
@@ -508,6 +537,84 @@ class MultiBranchConv(nn.Module):
         lower = a_lower[precision][act_slot][:, None]
         upper = a_upper[precision][act_slot][:, None]
         xq = q.interval_activation(x, lower, upper, bit_width)
-        conv = lambda xb, kb: precision_conv(xb, kb.astype(xb.dtype), self.strides, self.padding,  # noqa: E731
-                                             self.conv_batching, self.weight_gradient)
-        return jax.vmap(conv, in_axes=(3, 0), out_axes=3)(xq, quantized)
+        return jax.vmap(self._conv, in_axes=(3, 0), out_axes=3)(xq, quantized)
+
+    def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        return precision_conv(x, kernel.astype(x.dtype), self.strides, self.padding, self.conv_batching,
+                              self.weight_gradient)
+
+    def _selected_branches(self, x, kernel, precision: int, p_in: int, p_out: int, intervals, bit_width):
+        """The same function as the masked path for a static precision, computing only the
+        selected branches (deselected slots are zeros that no conv produced)."""
+        w_lower, w_upper, a_lower, a_upper = intervals
+        sel, g = self.selection, self.selection.num_branches
+        pb = sel.partial[precision]
+        outputs = [None] * g
+        for branch in range(g):
+            if sel.full[precision][branch]:
+                wq = q.interval_weight(kernel[branch], w_lower[sel.full_weight_slot[precision][branch]],
+                                       w_upper[sel.full_weight_slot[precision][branch]])
+                xq = q.interval_activation(x[..., branch, :], a_lower[precision, branch],
+                                           a_upper[precision, branch], bit_width)
+                outputs[branch] = self._conv(xq, wq)
+        if pb >= 0:
+            slot = sel.partial_weight_slot[precision]
+            wq = q.interval_weight(kernel[pb, :, :, :p_in, :p_out], w_lower[slot], w_upper[slot])
+            xq = q.interval_activation(x[..., pb, :p_in], a_lower[precision, g], a_upper[precision, g], bit_width)
+            y = self._conv(xq, wq)
+            outputs[pb] = jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, self.features - p_out)])
+        shape = next(o for o in outputs if o is not None).shape
+        zeros = jnp.zeros(shape, x.dtype)
+        return jnp.stack([zeros if o is None else o for o in outputs], axis=3)
+
+    def _initial_intervals(self, x, kernel, precision, p_in: int, p_out: int, intervals):
+        """MBQuant's data-dependent init at one precision (`methods.mbquant.initialize_intervals`):
+        every slot the precision uses is set from this layer's own input ``x`` and the current
+        weights, then used at once, so later layers see inputs quantized with fresh intervals.
+
+        Activations (slot of full branch g, or the partial's slot G):
+        ``u = 3 std(x_chunk) / sqrt(1 - 2/pi)`` (unbiased std), ``l = min(x_chunk)``.
+        Weights ``u = 3 std(W_chunk)``, ``l = -u``, per the selection's ``weight_interval_std``:
+        ``'chunk'`` (clean)
+        the slot's own chunk (the branch; the partial slice for the partial's slot, except with
+        per-branch slots, where the slot belongs to the whole branch and is left to it);
+        ``'filter'`` (the official code's quirk) the slot-th *output filter* of the whole
+        ``(G*C_out, ...)`` weight, and the partial slice for the partial's slot.
+        The new values are stored in the ``interval_init`` collection for the caller to keep.
+        """
+        w_lower, w_upper, a_lower, a_upper = intervals
+        sel, g = self.selection, self.selection.num_branches
+        full, partial, slot = sel.gather(precision)
+        has_partial = partial.sum() > 0
+        pb = jnp.argmax(partial)
+
+        def act_stats(v):
+            lower = jnp.min(v)
+            upper = jnp.maximum(3.0 * jnp.std(v, ddof=1) * _ARCSINE_HALF_NORMAL, lower + 1e-3)
+            return lower, upper
+
+        chunks = [act_stats(x[..., branch, :]) for branch in range(g)]
+        chunks.append(act_stats(jnp.take(x[..., :p_in], pb, axis=-2)))
+        used = jnp.concatenate([full, has_partial[None].astype(jnp.float32)]) > 0
+        new_lower = jnp.where(used, jnp.stack([c[0] for c in chunks]), a_lower[precision])
+        new_upper = jnp.where(used, jnp.stack([c[1] for c in chunks]), a_upper[precision])
+        a_lower = a_lower.at[precision].set(new_lower)
+        a_upper = a_upper.at[precision].set(new_upper)
+
+        partial_std = 3.0 * jnp.std(jnp.take(kernel[..., :p_in, :p_out], pb, axis=0))
+        filters = jnp.moveaxis(kernel, -1, 1).reshape(g * self.features, -1)  # torch's (G*C_out, ...) rows
+        for branch in range(g):
+            is_partial = partial[branch] > 0
+            if sel.weight_interval_std == "filter":
+                value = jnp.where(is_partial, partial_std, 3.0 * jnp.std(filters[slot[branch]]))
+                write = (full[branch] > 0) | is_partial
+            else:
+                value = jnp.where(is_partial, partial_std, 3.0 * jnp.std(kernel[branch]))
+                per_branch_slots = all(s == tuple(range(g)) for s in sel.full_weight_slot)
+                write = (full[branch] > 0) | (is_partial & (not per_branch_slots))
+            w_upper = w_upper.at[slot[branch]].set(jnp.where(write, value, w_upper[slot[branch]]))
+        w_lower = -w_upper
+        for name, value in zip(("weight_lower", "weight_upper", "act_lower", "act_upper"),
+                               (w_lower, w_upper, a_lower, a_upper)):
+            self.put_variable(INTERVAL_INIT, name, value)
+        return w_lower, w_upper, a_lower, a_upper

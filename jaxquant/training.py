@@ -207,6 +207,9 @@ class MultiPrecisionTrainer:
     precision_mode: str = "vmap"
     loss_weights: tuple[float, ...] | None = None
     preprocess: Callable | None = None
+    init_from_batches: Callable | None = None
+    """``(trainer, state, batches, key) -> state``: a method's data-dependent init, run by `fit`
+    once on a fresh run with one training batch per precision (MBQuant's intervals)."""
 
     def __post_init__(self):
         self.bits = tuple(self.bits)
@@ -353,6 +356,10 @@ def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epo
     if start is not None:
         state = checkpointer.restore(state)
         log(f"resuming from step {start} in {checkpointer.directory}")
+    elif trainer.init_from_batches is not None:
+        batches = [dataset.train_images[batch_indices(seed + 1, i, n, batch_size)]
+                   for i in range(trainer.num_precisions)]
+        state = trainer.init_from_batches(trainer, state, batches, jax.random.fold_in(key, 10**6 + 1))
     if on_start is not None:
         on_start()
     state = jax.device_put(state, replicated)

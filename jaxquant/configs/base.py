@@ -22,11 +22,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.branches = 4                   # mbquant: branches per body conv (the selection tables are for 4)
     c.selection = "amortised"        # mbquant: amortised (the paper's) | naive (branch 0 always, the ablation)
     c.weight_slots = "branch"        # mbquant: weight intervals per physical branch | position (the official code)
+    c.interval_init = "batches"      # mbquant: batches (one training batch per bit-width, ascending, as the code) | none
+    c.weight_interval_std = "chunk"  # mbquant: weight-interval init from the chunk's std | filter (the code's per-filter quirk)
     c.partial_widths = ()            # mbquant: odd-b partial branch widths (() = the model's default, see models/multibranch.py)
     c.conv_batching = "unroll"       # unroll | native: how vmap over precision lowers convs
     c.conv_weight_gradient = "auto"  # auto | im2col | xla: conv weight gradients (im2col is faster on CPU)
     c.bits = (2, 4, 8, 32)           # the precisions trained together (32 = full precision)
-    c.distillation = "none"          # none | largest (MBQuant) | recursive (Any-Precision)
+    c.distillation = "auto"          # auto (the method's: mbquant largest, anyprecision recursive, else none) | none | largest | recursive
     c.loss_weights = ()              # lambda_b per bit-width; () = all ones
     c.precision_mode = "vmap"        # vmap | unroll
     c.epochs = 10

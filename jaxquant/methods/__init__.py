@@ -45,6 +45,14 @@ def optimizer_config(config) -> OptimizerConfig:
     return OptimizerConfig(**o)
 
 
+def resolve_distillation(config) -> str:
+    """``config.distillation``, with ``'auto'`` replaced by the method's own default
+    (MBQuant: ``largest``; Any-Precision: ``recursive``; LSQ and Vertical Layering: ``none``)."""
+    if config.distillation == "auto":
+        return method_module(config.method).DEFAULT_DISTILLATION
+    return str(config.distillation)
+
+
 def build_trainer(config, dataset: ArrayDataset, steps_per_epoch: int) -> MultiPrecisionTrainer:
     """Model, optimizer and on-device preprocessing for ``config`` on ``dataset``."""
     method = method_module(config.method)
@@ -56,7 +64,13 @@ def build_trainer(config, dataset: ArrayDataset, steps_per_epoch: int) -> MultiP
     model = build_model(config, dataset.num_classes, spec)
     total_steps = steps_per_epoch * config.epochs
     optimizer = make_optimizer(optimizer_config(config), total_steps, steps_per_epoch)
+    init_from_batches = None
+    if config.method == mbquant.NAME:
+        if config.interval_init not in mbquant.INTERVAL_INITS:
+            raise ConfigError(f"unknown interval_init {config.interval_init!r}; choose one of {mbquant.INTERVAL_INITS}")
+        init_from_batches = mbquant.initialize_intervals if config.interval_init == "batches" else None
     return MultiPrecisionTrainer(
-        model=model, bits=bits, optimizer=optimizer, distillation=config.distillation,
+        model=model, bits=bits, optimizer=optimizer, distillation=resolve_distillation(config),
         precision_mode=config.precision_mode, loss_weights=tuple(config.loss_weights) or None,
-        preprocess=make_preprocess(dataset.mean, dataset.std, config.augment, config.crop_padding))
+        preprocess=make_preprocess(dataset.mean, dataset.std, config.augment, config.crop_padding),
+        init_from_batches=init_from_batches)

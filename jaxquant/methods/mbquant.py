@@ -168,12 +168,14 @@ def branch_positions(b: int, selection: str = "amortised") -> dict[int, int]:
 
 
 def branch_selection(bits: Sequence[int], selection: str = "amortised",
-                     weight_slots: str = "branch") -> BranchSelection:
+                     weight_slots: str = "branch", weight_interval_std: str = "chunk") -> BranchSelection:
     """The `BranchSelection` of a model built for the bit-width tuple ``bits``.
 
     ``weight_slots='branch'`` (default, clean): branch g uses weight interval g, the partial slice
     its parent's; ``'position'`` (the official code): the slot is the branch's position among the
     selected ones, so physical branches share intervals across bit-widths.
+    ``weight_interval_std``: how `initialize_intervals` sets a weight slot, ``'chunk'`` (default,
+    clean: 3 std of the chunk it quantizes) or ``'filter'`` (the code: 3 std of output filter #slot).
     """
     _check_selection(selection)
     if weight_slots not in WEIGHT_SLOTS:
@@ -192,7 +194,8 @@ def branch_selection(bits: Sequence[int], selection: str = "amortised",
     return BranchSelection(
         full=tuple(tuple(bool(v) for v in FULL_BRANCHES[selection][b]) for b in bits),
         partial=tuple(int(PARTIAL_BRANCH[selection][b]) for b in bits),
-        full_weight_slot=tuple(full_slot), partial_weight_slot=tuple(partial_slot))
+        full_weight_slot=tuple(full_slot), partial_weight_slot=tuple(partial_slot),
+        weight_interval_std=weight_interval_std)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,7 +221,8 @@ def build_model(config, num_classes: int):
                           f"{NUM_BRANCHES} branches; set branches={NUM_BRANCHES}")
     if config.first_last_bits:
         raise ConfigError("MBQuant keeps the stem and classifier full precision; set first_last_bits=0")
-    selection = branch_selection(bits, str(config.selection), str(config.weight_slots))
+    selection = branch_selection(bits, str(config.selection), str(config.weight_slots),
+                                 str(config.weight_interval_std))
     common = dict(num_classes=num_classes, bits=bits, selection=selection,
                   partial_widths=tuple(int(p) for p in config.partial_widths),
                   conv_batching=config.conv_batching, weight_gradient=config.conv_weight_gradient)
@@ -235,6 +239,44 @@ def build_model(config, num_classes: int):
         model.resolved_partial_widths()  # a bad partial_widths fails here, not inside the first trace
         return model
     raise ConfigError(f"model {config.model!r} has no MBQuant multi-branch variant yet; choose one of {MODELS}")
+
+
+INTERVAL_INITS = ("batches", "none")
+
+
+def initialize_intervals(trainer, state, batches: Sequence[np.ndarray], key: jax.Array):
+    """MBQuant's quantizer init (the official ``init_quant_model``), before the first step.
+
+    For each bit-width in **ascending** order, one new training batch (training augmentation)
+    runs forward in training mode at that bit-width: every `MultiBranchConv` sets the
+    intervals of the slots that bit-width uses from its own input and the current weights and
+    quantizes with them at once, so downstream layers see quantized upstream activations
+    (`jaxquant.layers.MultiBranchConv._initial_intervals` has the formulas). BatchNorm running
+    statistics of that bit-width move, as in the code's train-mode pass. Weight slots shared by
+    several bit-widths end with the largest one's values, as in the code. Returns the state with
+    the new intervals (optimizer moments are zero at this point, so nothing else changes).
+    """
+    import flax
+
+    from jaxquant.layers import INTERVAL_INIT
+    if len(batches) < len(trainer.bits):
+        raise ConfigError(f"interval init needs one batch per bit-width ({len(trainer.bits)}), got {len(batches)}")
+
+    @jax.jit
+    def one(params, batch_stats, images, precision, key):
+        x = trainer.preprocess(images, True, key) if trainer.preprocess is not None else images
+        _, updates = trainer.model.apply({"params": params, "batch_stats": batch_stats}, x, precision,
+                                         train=True, mutable=["batch_stats", INTERVAL_INIT])
+        return updates.get("batch_stats", batch_stats), updates[INTERVAL_INIT]
+
+    params, batch_stats = state.params, state.batch_stats
+    for i, precision in enumerate(np.argsort(np.asarray(trainer.bits), kind="stable")):
+        batch_stats, fresh = one(params, batch_stats, jnp.asarray(batches[i]), jnp.int32(precision),
+                                 jax.random.fold_in(key, i))
+        flat = flax.traverse_util.flatten_dict(params)
+        flat.update(flax.traverse_util.flatten_dict(fresh))
+        params = flax.traverse_util.unflatten_dict(flat)
+    return state.replace(params=params, batch_stats=batch_stats)
 
 
 # ----------------------------------------------------------------------------------------------
