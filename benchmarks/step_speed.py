@@ -13,7 +13,15 @@ compilation and the compile seconds for:
   unroll      all P precisions in one step, an unrolled loop
   sequential  P separate single-precision steps, one after another
 
-and the ratios vmap/sequential, unroll/sequential, qat-1/fp and fp/fp-xla-dw. Usage:
+and the ratios vmap/sequential, unroll/sequential, qat-1/fp and fp/fp-xla-dw. MBQuant's
+multi-branch model (four 2-bit branches per body conv; `jaxquant.models.multibranch`), with
+``--only mbq-vmap,mbq-unroll,mbq-sequential``:
+
+  mbq-vmap        all P precisions vmapped: branch selection by masks, all G branches computed
+  mbq-unroll      an unrolled loop: each precision computes only its selected branches
+  mbq-sequential  P separate single-precision MBQuant steps (also only the selected branches)
+
+Usage:
 
   python benchmarks/step_speed.py [--steps 5] [--batch 128] [--bits 2,4,6,8] [--conv-batching unroll]
 """
@@ -28,7 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxquant.layers import FULL_PRECISION, QuantSpec
+from jaxquant.methods import mbquant
 from jaxquant.models import CifarResNet, SmallCNN
+from jaxquant.models.multibranch import MultiBranchCifarResNet, MultiBranchCNN
 from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, make_optimizer
 
 
@@ -36,9 +46,16 @@ INPUT_SHAPES = {"resnet20": (32, 32, 3), "small_cnn": (28, 28, 1)}
 
 
 def make_trainer(bits, spec, precision_mode="vmap", distillation="largest", conv_batching="unroll",
-                 width=1, weight_gradient="auto", model="resnet20"):
+                 width=1, weight_gradient="auto", model="resnet20", multibranch=False):
     common = dict(bits=tuple(bits), spec=spec, conv_batching=conv_batching, weight_gradient=weight_gradient)
-    if model == "small_cnn":  # the Fashion-MNIST experiments' model
+    if multibranch:  # MBQuant: the spec is implied (2-bit branches, b-bit inputs)
+        del common["spec"]
+        common["selection"] = mbquant.branch_selection(bits)
+        if model == "small_cnn":
+            model = MultiBranchCNN(widths=(16, 32, 64), stem_pool=True, **common)
+        else:
+            model = MultiBranchCifarResNet(depth=20, width=width, **common)
+    elif model == "small_cnn":  # the Fashion-MNIST experiments' model
         model = SmallCNN(widths=(16, 32, 64), stem_pool=True, **common)
     else:
         model = CifarResNet(depth=20, width=width, **common)
@@ -83,7 +100,7 @@ def main(argv=None):
     parser.add_argument("--conv-batching", default="unroll", choices=["unroll", "native"])
     parser.add_argument("--weight-gradient", default="auto", choices=["auto", "im2col", "xla"])
     parser.add_argument("--only", default="fp,fp-xla-dw,qat-1,vmap,unroll,sequential",
-                        help="comma-separated subset of the variants")
+                        help="comma-separated subset of the variants (also mbq-vmap, mbq-unroll, mbq-sequential)")
     args = parser.parse_args(argv)
     bits = tuple(int(b) for b in args.bits.split(","))
     rng = np.random.default_rng(0)
@@ -99,6 +116,9 @@ def main(argv=None):
         "vmap": lambda: [make_trainer(bits, lsq, "vmap", conv_batching=args.conv_batching, **common)],
         "unroll": lambda: [make_trainer(bits, lsq, "unroll", **common)],
         "sequential": lambda: [make_trainer((b,), lsq, **common) for b in bits],
+        "mbq-vmap": lambda: [make_trainer(bits, None, "vmap", multibranch=True, **common)],
+        "mbq-unroll": lambda: [make_trainer(bits, None, "unroll", multibranch=True, **common)],
+        "mbq-sequential": lambda: [make_trainer((b,), None, "unroll", multibranch=True, **common) for b in bits],
     }
     chosen = [v for v in args.only.split(",") if v]
     model_name = f"CIFAR ResNet-20 x{args.width}" if args.model == "resnet20" else "SmallCNN 16/32/64 (28x28x1)"
@@ -116,6 +136,9 @@ def main(argv=None):
         print(f"unroll/sequential {results['unroll'] / results['sequential']:.2f}")
     if "qat-1" in results and "fp" in results:
         print(f"qat-1/fp          {results['qat-1'] / results['fp']:.2f}")
+    for a, b in (("mbq-vmap", "mbq-sequential"), ("mbq-unroll", "mbq-sequential"), ("mbq-unroll", "mbq-vmap")):
+        if a in results and b in results:
+            print(f"{a}/{b} {results[a] / results[b]:.2f}")
     if "fp-xla-dw" in results and "fp" in results:
         print(f"fp/fp-xla-dw      {results['fp'] / results['fp-xla-dw']:.2f}")
 

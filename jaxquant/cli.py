@@ -111,7 +111,8 @@ def train(args, overrides: dict[str, str]) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"jaxquant train: {config.method} / {config.model} on {dataset.name} "
           f"({len(dataset.train_labels)} train images), bits {tuple(config.bits)}, "
-          f"{config.epochs} epochs, workdir {workdir}", flush=True)
+          f"{config.epochs} epochs, distillation {trainer.distillation}, precisions by {trainer.precision_mode}, "
+          f"workdir {workdir}", flush=True)
 
     def write_config():
         (workdir / "config.json").write_text(json.dumps(config_lib.to_dict(config), indent=2) + "\n")

@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.bits = (2, 4, 8, 32)           # the precisions trained together (32 = full precision)
     c.distillation = "auto"          # auto (the method's: mbquant largest, anyprecision recursive, else none) | none | largest | recursive
     c.loss_weights = ()              # lambda_b per bit-width; () = all ones
-    c.precision_mode = "vmap"        # vmap | unroll
+    c.precision_mode = "auto"        # auto (the method's: mbquant unroll, else vmap) | vmap | unroll
     c.epochs = 10
     c.batch_size = 128               # global batch, split over all devices
     c.eval_batch_size = 500

@@ -53,6 +53,15 @@ def resolve_distillation(config) -> str:
     return str(config.distillation)
 
 
+def resolve_precision_mode(config) -> str:
+    """``config.precision_mode``, with ``'auto'`` replaced by the method's own default: ``unroll``
+    for MBQuant (a static precision computes only its selected branches, vmap computes all G),
+    ``vmap`` for the others."""
+    if config.precision_mode == "auto":
+        return getattr(method_module(config.method), "DEFAULT_PRECISION_MODE", "vmap")
+    return str(config.precision_mode)
+
+
 def build_trainer(config, dataset: ArrayDataset, steps_per_epoch: int) -> MultiPrecisionTrainer:
     """Model, optimizer and on-device preprocessing for ``config`` on ``dataset``."""
     method = method_module(config.method)
@@ -71,6 +80,6 @@ def build_trainer(config, dataset: ArrayDataset, steps_per_epoch: int) -> MultiP
         init_from_batches = mbquant.initialize_intervals if config.interval_init == "batches" else None
     return MultiPrecisionTrainer(
         model=model, bits=bits, optimizer=optimizer, distillation=resolve_distillation(config),
-        precision_mode=config.precision_mode, loss_weights=tuple(config.loss_weights) or None,
+        precision_mode=resolve_precision_mode(config), loss_weights=tuple(config.loss_weights) or None,
         preprocess=make_preprocess(dataset.mean, dataset.std, config.augment, config.crop_padding),
         init_from_batches=init_from_batches)

@@ -98,6 +98,9 @@ from jaxquant.models.multibranch import CIFAR_RESNET20_PARTIAL_WIDTHS
 NAME = "mbquant"
 DEFAULT_DISTILLATION = "largest"
 """The official code's in-place distillation: ``L_b = 0.5 softCE(z_b, z_max) + 0.5 CE_b``."""
+DEFAULT_PRECISION_MODE = "unroll"
+"""An unrolled step runs each precision's selected branches only (``floor(b/2)`` and a half, not
+all G); ``benchmarks/step_speed.py --only mbq-vmap,mbq-unroll`` measures the difference."""
 NUM_BRANCHES = 4
 MIN_BITS, MAX_BITS = 2, 8
 SELECTIONS = ("amortised", "naive")
