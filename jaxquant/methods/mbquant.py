@@ -8,7 +8,7 @@ next branch, sized so that its cost is half a branch. The branches are concatena
 channels, normalised by a BatchNorm private to b, and averaged after the last block; stem and
 classifier are full precision and shared. *Amortised* selection does not always use branch 0, so
 the training load is spread over the branches. All bit-widths train on every step with in-place
-distillation from the largest (training: later parts of issue 4).
+distillation from the largest.
 
 **Paper vs code.** Only the abstract of the paper was reachable; everything here follows the
 official PyTorch code (``zysxmu/MBQuant`` @ 6148393c, read line by line and run; see
@@ -22,9 +22,13 @@ the clean version by default and the faithful one behind a flag:
   its quantized weights are literally the top-left of that branch's).
 - **activation intervals**: one per (b, slot); each has exactly one user in the code too, so the
   two layouts are the same parametrisation (no flag).
-- **interval init** from per-filter std, **channel shuffle** in ImageNet ResNet-18, the CIFAR
-  ``in_channels // G`` offset bug and the CIFAR identity offset: model/training concerns, later
-  parts of issue 4.
+- **weight-interval init** (``weight_interval_std``): the code sets slot s from the std of the
+  s-th *output filter* of the whole grouped weight (``'filter'``); ``'chunk'`` (default) from the
+  chunk the slot quantizes (the form of the code's unused ``QConv_Tra_Mulit``).
+- **channel shuffle** in ImageNet ResNet-18's downsample blocks (``channel_shuffle``, off by
+  default: it mixes the branches the paper calls independent).
+- the CIFAR code's ``in_channels // G`` branch offset at stride-2 convs (selections straddle
+  branches) and its identity read at offset 0: bugs we do not copy (no flag).
 - **naive selection** (the ``*_234.py`` ablation files) is defined by the code for b = 2, 3, 4
   only; we extend it by its rule (start at branch 0 always: ``floor(b/2)`` full branches
   ``[0, k)``, partial of branch k for odd b) so the ablation covers 2..8.
@@ -37,10 +41,20 @@ builds `MultiBranchCNN` (``model='small_cnn'``, digits/MNIST) or `MultiBranchCif
 keep deselected branches out are applied after BatchNorm and ReLU (BN turns zeros into beta);
 the selected chunks are averaged before the global pool. `quant_spec` is full precision (the
 shared stem and classifier); the intervals ``weight_/act_lower/upper`` are in the trainer's
-quantizer optimizer group. Use ``distillation='largest'`` (`DEFAULT_DISTILLATION`), the code's
-``0.5 softCE + 0.5 CE`` from the largest bit-width. Not yet: the ImageNet ResNet-18 variant (and
-its channel shuffle), per-bit-width interval initialisation from one batch each, the
-per-filter-std init quirk, and skipping deselected branches in the unrolled loop.
+quantizer optimizer group.
+
+**Training, as the code** (the defaults of a ``method='mbquant'`` config):
+
+- every bit-width on every step, the largest as the teacher: ``distillation='auto'`` resolves to
+  `DEFAULT_DISTILLATION` ``'largest'``, ``L_b = 0.5 softCE(z_b, z_max) + 0.5 CE_b``, summed;
+- ``precision_mode='auto'`` resolves to `DEFAULT_PRECISION_MODE` ``'unroll'``: with a static
+  precision, `MultiBranchConv` runs only the selected branches (vmap runs all G with masks);
+- intervals initialised by `initialize_intervals` (``interval_init='batches'``): one new training
+  batch per bit-width, ascending, each conv from its own input; ``weight_interval_std='filter'``
+  reproduces the code's per-output-filter std, ``'chunk'`` (default) uses the slot's own chunk;
+- the optimisers (SGD momentum 0.9 + weight decay 1e-4 on every model parameter, BN included;
+  Adam 1e-4 for the intervals; cosine stepped per epoch) are set by the experiment configs
+  (``experiments/configs/cifar100_mbquant_resnet20.py``, ``imagenet_mbquant_resnet18.py``).
 
 **Selection tables** (`FULL_BRANCHES`, `PARTIAL_BRANCH`, rows indexed by the bit-width itself,
 0..8; rows 0 and 1 select nothing), amortised:
