@@ -210,6 +210,13 @@ class MultiPrecisionTrainer:
     init_from_batches: Callable | None = None
     """``(trainer, state, batches, key) -> state``: a method's data-dependent init, run by `fit`
     once on a fresh run with one training batch per precision (MBQuant's intervals)."""
+    regularizer: Callable | None = None
+    """``(params, precision) -> scalar``: a weight regulariser of the sub-network at precision
+    index ``precision`` (traced under vmap), e.g. Bin Regularization (`jaxquant.methods.binreg`).
+    The loss adds ``regularizer_weight(step) * sum_p regularizer(params, p)``."""
+    regularizer_weight: Callable | None = None
+    """``step -> scalar``: the regulariser's weight at optimizer step ``step`` (traced), e.g. BR's
+    lambda times its schedule; None: 1."""
 
     def __post_init__(self):
         self.bits = tuple(self.bits)
@@ -263,15 +270,32 @@ class MultiPrecisionTrainer:
             logits, batch_stats = self._forward_all(params, state.batch_stats, x)
             loss, per_precision = multi_precision_loss(logits, labels, self.bits, self.distillation,
                                                        self.loss_weights)
-            return loss, (per_precision, batch_stats, logits)
+            regularization = {}
+            if self.regularizer is not None:
+                regularization = self.regularization(params, state.step)
+                weight, per_precision_br = regularization["regularizer_weight"], regularization["regularizer_per_precision"]
+                loss = loss + weight * jnp.sum(per_precision_br)
+            return loss, (per_precision, batch_stats, logits, regularization)
 
-        (loss, (per_precision, batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (per_precision, batch_stats, logits, regularization)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.params)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels[None], axis=1)
-        metrics = {"loss": loss, "loss_per_precision": per_precision, "accuracy_per_precision": accuracy}
+        metrics = {"loss": loss, "loss_per_precision": per_precision, "accuracy_per_precision": accuracy,
+                   **regularization}
         return TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                           opt_state=opt_state), metrics
+
+    def regularization(self, params, step) -> dict:
+        """``{'regularizer_per_precision': (P,), 'regularizer_weight': scalar}`` of `regularizer`
+        at optimizer step ``step`` (the loss adds their weighted sum; both go to the metrics)."""
+        if self.precision_mode == "vmap":
+            per_precision = jax.vmap(lambda p: self.regularizer(params, p))(jnp.arange(self.num_precisions))
+        else:
+            per_precision = jnp.stack([self.regularizer(params, p) for p in range(self.num_precisions)])
+        weight = 1.0 if self.regularizer_weight is None else self.regularizer_weight(step)
+        return {"regularizer_per_precision": per_precision, "regularizer_weight": jnp.asarray(weight, jnp.float32)}
 
     def logits(self, params, batch_stats, images: jax.Array, precision=None) -> jax.Array:
         """Inference logits: ``(P, N, classes)`` for every precision, or ``(N, classes)`` for one."""
