@@ -3,6 +3,7 @@
   jaxquant train [--config FILE] [--workdir DIR] [--config.KEY=VALUE ...]
   jaxquant eval  --workdir DIR
   jaxquant export --workdir DIR --out model.vl [--basic-bits 2] [--recalibrate-batches N]
+  jaxquant bins  --workdir DIR [--layer NAME] [--bits B] [--plot PNG [--compare DIR ...]]
 
 Without ``--config`` the embedded default runs (Any-Precision on scikit-learn's digits, offline).
 A user error prints one line and exits with code 2; nothing in the workdir is overwritten.
@@ -59,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--recalibrate-batches", type=int, default=0,
                         help="re-estimate BatchNorm of untrained bit-widths from N training batches")
     export.add_argument("--no-eval", action="store_true", help="do not evaluate the loaded models on the test set")
+    bins = sub.add_parser("bins", help="weight quantization MSE and bin statistics per layer (Bin Regularization)")
+    bins.add_argument("--workdir", required=True)
+    bins.add_argument("--layer", default=None, help="one layer (e.g. conv0); prints its bins")
+    bins.add_argument("--bits", type=int, default=None, help="one trained bit-width (default: every integer one)")
+    bins.add_argument("--out", default=None, help="JSON path (default: WORKDIR/bins.json)")
+    bins.add_argument("--plot", default=None, help="PNG of the layer's weights coloured by bin (--layer, else the largest)")
+    bins.add_argument("--compare", action="append", default=[], metavar="DIR",
+                      help="another workdir whose same layer is drawn beside it (repeatable)")
     return parser
 
 
@@ -113,6 +122,9 @@ def train(args, overrides: dict[str, str]) -> int:
           f"({len(dataset.train_labels)} train images), bits {tuple(config.bits)}, "
           f"{config.epochs} epochs, distillation {trainer.distillation}, precisions by {trainer.precision_mode}, "
           f"workdir {workdir}", flush=True)
+    from jaxquant.methods import binreg
+    if binreg.describe(config):
+        print(f"  {binreg.describe(config)}", flush=True)
 
     def write_config():
         (workdir / "config.json").write_text(json.dumps(config_lib.to_dict(config), indent=2) + "\n")
@@ -158,6 +170,51 @@ def export_workdir(args) -> int:
     return 0
 
 
+def bins_workdir(args) -> int:
+    """Print and write (JSON) the per-layer weight quantization MSE and bin statistics of a run's
+    latest checkpoint at each trained integer bit-width; optionally plot one layer's bins."""
+    from jaxquant.errors import BitWidthError, ConfigError
+    from jaxquant.export import load_run
+    from jaxquant.methods import binreg
+    runs = [load_run(args.workdir)]
+    config, dataset, trainer, state, step = runs[0]
+    integer_bits = [int(b) for b in config.bits if b < 32]
+    if args.bits is not None and args.bits not in integer_bits:
+        raise BitWidthError(f"{args.workdir} was trained at bits {tuple(config.bits)}; "
+                            f"pass --bits one of {integer_bits}")
+    if not integer_bits:
+        raise BitWidthError(f"{args.workdir} has no quantized bit-width (bits {tuple(config.bits)})")
+    layers = binreg.model_layers(trainer.model, dataset.train_images[:1].astype("float32"))
+    print(f"jaxquant bins: {args.workdir} at step {step} ({config.method}, bits {tuple(config.bits)})")
+    payload = {"workdir": str(args.workdir), "step": int(step or 0), "method": config.method, "bits": {}}
+    for b in ([args.bits] if args.bits is not None else integer_bits):
+        report = binreg.bin_report(state.params, layers, list(config.bits).index(b), only=args.layer)
+        print("\n" + binreg.format_report(report, title=f"{b}-bit weights"))
+        payload["bits"][str(b)] = report
+    out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "bins.json")
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nsaved {out}")
+    if args.plot:
+        b = args.bits if args.bits is not None else integer_bits[0]
+        name = args.layer or binreg.largest_layer(layers, state.params)
+        panels = []
+        for workdir in [args.workdir] + list(args.compare):
+            run = runs[0] if workdir == args.workdir else load_run(workdir, dataset)
+            run_config, _, run_trainer, run_state, _ = run
+            if b not in tuple(run_config.bits):
+                raise BitWidthError(f"{workdir} was not trained at {b} bits (bits {tuple(run_config.bits)})")
+            run_layers = binreg.model_layers(run_trainer.model, dataset.train_images[:1].astype("float32"))
+            path = next((p for p in run_layers if binreg.layer_name(p) == name), None)
+            if path is None:
+                raise ConfigError(f"{workdir} has no quantized layer {name!r}")
+            label = f"{run_config.method} ({pathlib.Path(workdir).name})"
+            panels.append((label, binreg.get_path(run_state.params, path), run_layers[path],
+                           list(run_config.bits).index(b)))
+        png = binreg.plot_bins(panels, args.plot, title=f"{name}: weights by bin, {b}-bit")
+        print(f"saved {png}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from jaxquant.errors import JaxquantError
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -170,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             raise JaxquantError("--config.KEY overrides only apply to `jaxquant train`")
         if args.command == "export":
             return export_workdir(args)
+        if args.command == "bins":
+            return bins_workdir(args)
         return evaluate_workdir(args)
     except JaxquantError as e:
         print(f"jaxquant: error: {e}", file=sys.stderr)

@@ -4,7 +4,7 @@ import ml_collections
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.method = "anyprecision"        # anyprecision | lsq | vertical | mbquant
+    c.method = "anyprecision"        # anyprecision | lsq | binreg | vertical | mbquant
     c.dataset = "digits"             # digits | mnist | fashion_mnist | cifar10 | cifar100
     c.data_dir = ""                  # tfds data_dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets)
     c.augment = "none"               # none | crop | crop_flip (on device, inside the step)
@@ -31,6 +31,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.distillation = "auto"          # auto (the method's: mbquant largest, anyprecision recursive, else none) | none | largest | recursive
     c.loss_weights = ()              # lambda_b per bit-width; () = all ones
     c.precision_mode = "auto"        # auto (the method's: mbquant unroll, else vmap) | vmap | unroll
+    # Bin Regularization (methods/binreg.py): L = CE + lambda * L_BR on the quantized weights.
+    c.binreg_lambda = -1.0           # lambda; -1 = the method's (binreg 0.5, the paper's Table 7; others 0 = off); > 0 adds BR to lsq, vertical, anyprecision
+    c.binreg_schedule = "two_stage"  # two_stage (CE only for binreg_start_epochs, then CE + BR) | joint (BR from the start) | alternating (CE-only and CE + BR blocks of binreg_alternate_epochs, CE-only first)
+    c.binreg_start_epochs = -1.0     # two_stage: CE-only epochs first; -1 = a third of epochs (the paper: 30 of 90)
+    c.binreg_alternate_epochs = 1.0  # alternating: length of each block in epochs (fractions allowed)
+    c.binreg_units = "weight"        # weight (w vs code*s, the re-implementation's) | code (w/s vs the integer code)
+    c.binreg_stop_step_gradient = False  # True: BR's gradient does not reach the step sizes
+    c.binreg_layer_reduction = "sum"  # sum (the re-implementation's reading of the paper) | mean over layers
     c.epochs = 10
     c.batch_size = 128               # global batch, split over all devices
     c.eval_batch_size = 500

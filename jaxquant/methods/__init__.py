@@ -5,11 +5,12 @@ from __future__ import annotations
 from jaxquant.data import ArrayDataset, make_preprocess
 from jaxquant.errors import ConfigError
 from jaxquant.layers import QuantSpec
-from jaxquant.methods import anyprecision, lsq, mbquant, vertical
+from jaxquant.methods import anyprecision, binreg, lsq, mbquant, vertical
 from jaxquant.models import CifarResNet, ResNet, SmallCNN
 from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, make_optimizer
 
-METHODS = {anyprecision.NAME: anyprecision, lsq.NAME: lsq, mbquant.NAME: mbquant, vertical.NAME: vertical}
+METHODS = {anyprecision.NAME: anyprecision, binreg.NAME: binreg, lsq.NAME: lsq, mbquant.NAME: mbquant,
+           vertical.NAME: vertical}
 MODELS = ("small_cnn", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34")
 
 
@@ -78,8 +79,10 @@ def build_trainer(config, dataset: ArrayDataset, steps_per_epoch: int) -> MultiP
         if config.interval_init not in mbquant.INTERVAL_INITS:
             raise ConfigError(f"unknown interval_init {config.interval_init!r}; choose one of {mbquant.INTERVAL_INITS}")
         init_from_batches = mbquant.initialize_intervals if config.interval_init == "batches" else None
+    # Bin Regularization: method 'binreg', or binreg_lambda > 0 on lsq / vertical / anyprecision.
+    regularizer, regularizer_weight = binreg.make_regularizer(config, model, dataset.image_shape, steps_per_epoch)
     return MultiPrecisionTrainer(
         model=model, bits=bits, optimizer=optimizer, distillation=resolve_distillation(config),
         precision_mode=resolve_precision_mode(config), loss_weights=tuple(config.loss_weights) or None,
         preprocess=make_preprocess(dataset.mean, dataset.std, config.augment, config.crop_padding),
-        init_from_batches=init_from_batches)
+        init_from_batches=init_from_batches, regularizer=regularizer, regularizer_weight=regularizer_weight)
