@@ -12,7 +12,7 @@ from jaxquant.methods import build_trainer
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.py"))
 SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3),
-          "cifar100": (32, 32, 3)}
+          "cifar100": (32, 32, 3), "imagenet2012": (224, 224, 3)}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
