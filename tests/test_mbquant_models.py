@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -21,8 +22,11 @@ from jaxquant import cli
 from jaxquant.configs.base import base_config
 from jaxquant.errors import BitWidthError, ConfigError
 from jaxquant.methods import build_model, mbquant
-from jaxquant.models.multibranch import MultiBranchCifarResNet, MultiBranchCNN, merge_branches
-from jaxquant.training import MultiPrecisionTrainer, _param_group, make_optimizer, OptimizerConfig
+from jaxquant.layers import MultiBranchConv
+from jaxquant.models.multibranch import (RESNET18_PARTIAL_WIDTHS, RESNET34_PARTIAL_WIDTHS, MultiBranchCifarResNet,
+                                         MultiBranchCNN, MultiBranchResNet, channel_shuffle_indices, merge_branches,
+                                         shuffle_branch_channels, shuffle_groups)
+from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, TrainState, _param_group, make_optimizer
 
 ALL_BITS = tuple(range(2, 9))
 G = mbquant.NUM_BRANCHES
@@ -41,10 +45,30 @@ def _resnet8(bits=ALL_BITS, selection="amortised"):
                                   conv_batching="native")  # XLA's grouped conv compiles faster
 
 
+def _imagenet_resnet(bits=ALL_BITS, selection="amortised", channel_shuffle=True):
+    # One block per stage at 4/8/16/32 channels: stride-2 projections with the shuffle, and the
+    # last block's full-width partial output. Partial widths the shuffle's groups divide at every b.
+    return MultiBranchResNet(stage_sizes=(1, 1, 1, 1), base_width=4, num_classes=5, bits=bits,
+                             selection=mbquant.branch_selection(bits, selection), partial_widths=(3, 4, 8, 17),
+                             channel_shuffle=channel_shuffle, conv_batching="native")
+
+
+_INITIALIZED = {}
+
+
 def _init(model, shape, seed=0):
-    x = jax.random.normal(jax.random.key(seed), shape)
-    variables = jax.jit(lambda x: model.init(jax.random.key(1), x, len(model.bits) - 1, train=True))(x)
-    return x, variables
+    """Inputs and variables (params, batch_stats), computed once per model and shape. An rbg key
+    and no ``interval_init`` collection: XLA on CPU compiles threefry's normal draws slowly
+    (seconds per kernel), and an init with every collection mutable also traces the data-dependent
+    interval init, doubling the compile time."""
+    cache_key = (repr(model), shape, seed)
+    if cache_key not in _INITIALIZED:
+        x = jax.random.normal(jax.random.key(seed), shape)
+        key = jax.random.key(1, impl="rbg")
+        variables = jax.jit(lambda x: model.init(key, x, len(model.bits) - 1, train=True,
+                                                 mutable=["params", "batch_stats"]))(x)
+        _INITIALIZED[cache_key] = (x, variables)
+    return _INITIALIZED[cache_key]
 
 
 def _unread_mask(path_names, leaf, sel, p, partial_in, partial_out):
@@ -87,6 +111,18 @@ def _partial_sizes(model):
     """``{layer name: (partial_in, partial_out, out channels)}`` of the model's multi-branch layers."""
     if isinstance(model, MultiBranchCNN):
         return {"conv0": (6, 3, 8), "conv1": (3, 6, 6)}
+    if isinstance(model, MultiBranchResNet):
+        sizes, p_prev, partial = {}, model.base_width, model.resolved_partial_widths()
+        for stage, blocks in enumerate(model.stage_sizes):
+            c, p = model.base_width * 2 ** stage, partial[stage]
+            for block in range(blocks):
+                name = f"stage{stage}_block{block}"
+                sizes[f"{name}_conv0"] = (p_prev, p, c)
+                sizes[f"{name}_conv1"] = (p, c if (stage == 3 and block == blocks - 1) else p, c)
+                if stage > 0 and block == 0:
+                    sizes[f"{name}_shortcut"] = (p_prev, p, c)
+                p_prev = p
+        return sizes
     sizes, p_prev = {}, 16
     for stage, (c, p) in enumerate(zip((16, 32, 64), (5, 9, 17))):
         name = f"stage{stage}_block0"
@@ -111,11 +147,10 @@ def _perturbed(params, model, p, unread: bool, seed: int):
     """``params`` with noise added where precision p does not read (``unread``), or on one
     selected full branch's kernels (``not unread``)."""
     sel, sizes = model.selection, _partial_sizes(model)
-    key = [jax.random.key(seed)]
+    rng = np.random.default_rng(seed)  # NumPy: eager jax.random.normal compiles a threefry kernel per shape
 
     def noise(shape):
-        key[0], k = jax.random.split(key[0])
-        return jax.random.normal(k, shape)
+        return rng.normal(size=shape)
 
     def visit(path, leaf):
         names = [getattr(k, "key", str(k)) for k in path]
@@ -139,7 +174,8 @@ def _perturbed(params, model, p, unread: bool, seed: int):
     return jax.tree_util.tree_map_with_path(visit, params)
 
 
-@pytest.mark.parametrize("build,shape", [(_cnn, (3, 8, 8, 1)), (_resnet8, (2, 8, 8, 3))], ids=["cnn", "resnet8"])
+@pytest.mark.parametrize("build,shape", [(_cnn, (3, 8, 8, 1)), (_resnet8, (2, 8, 8, 3)),
+                                         (_imagenet_resnet, (2, 32, 32, 3))], ids=["cnn", "resnet8", "imagenet"])
 def test_logits_read_only_the_selected_branches(build, shape):
     model = build()
     x, variables = _init(model, shape)
@@ -202,7 +238,7 @@ def test_build_model_wires_the_config():
     assert mbquant.DEFAULT_DISTILLATION == "largest" and mbquant.NAME == "mbquant"
     with pytest.raises(BitWidthError, match="2..8"):
         build_model(_config(bits=(2, 4, 32)), 10, None)
-    for bad in (dict(branches=3), dict(model="resnet18"), dict(first_last_bits=8), dict(selection="greedy"),
+    for bad in (dict(branches=3), dict(model="resnet50"), dict(first_last_bits=8), dict(selection="greedy"),
                 dict(partial_widths=(9,))):
         with pytest.raises(ConfigError):
             build_model(_config(**bad), 10, None)
@@ -248,3 +284,158 @@ def test_cli_rejects_full_precision_bits(tmp_path, capsys):
     code = cli.main(["train", "--config.method=mbquant", "--config.bits=(2, 32)", "--workdir", str(tmp_path / "r"),
                      "--no-progress"])
     assert_user_error(code, capsys.readouterr().err, "2..8")
+
+
+# ----------------------------------------------------------------------------------------------
+# The ImageNet ResNet-18/34 (`MultiBranchResNet`) and the official code's channel shuffle.
+
+def _branch_convs(model, image_size: int) -> dict[str, mbquant.BranchConvSpec]:
+    """Every `MultiBranchConv` the model calls, as the BitOPs counter's specs, from one trace
+    (``jax.eval_shape``: nothing is compiled or computed)."""
+    seen = {}
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        module = context.module
+        if isinstance(module, MultiBranchConv) and context.method_name == "__call__":
+            kh, kw = module.kernel_size
+            assert kh == kw and out.shape[1] == out.shape[2]
+            seen[module.name] = mbquant.BranchConvSpec(module.name, out.shape[1] * out.shape[2], kh, args[0].shape[-1],
+                                                       module.features, module.partial_in, module.partial_out)
+        return out
+
+    x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda x: model.init(jax.random.key(0), x, 0, train=True), x)
+    return seen
+
+
+def test_imagenet_resnet18_convs_are_the_bitops_counters():
+    model = build_model(_config(model="resnet18", partial_widths=(), bits=ALL_BITS), 1000, None)
+    assert isinstance(model, MultiBranchResNet) and tuple(model.stage_sizes) == (2, 2, 2, 2)
+    assert model.resolved_partial_widths() == RESNET18_PARTIAL_WIDTHS == mbquant.RESNET18_PARTIAL_WIDTHS
+    convs = _branch_convs(model, 224)
+    expected = {c.name: c for c in mbquant.resnet18_convs(RESNET18_PARTIAL_WIDTHS, image_size=224)}
+    assert convs == expected
+    # so the model's odd-b cost is the counter's: 0.991 / 0.994 / 0.996 of b*b at b = 3 / 5 / 7
+    ratios = {b: r for b, (_, _, r) in mbquant.bitops_table(list(convs.values())).items()}
+    assert_allclose([ratios[b] for b in (3, 5, 7)], [0.991, 0.994, 0.996], atol=1e-3)
+    assert all(ratios[b] == 1.0 for b in (2, 4, 6, 8))
+
+
+def test_imagenet_resnet34_has_the_codes_stage_sizes_and_partial_widths():
+    model = build_model(_config(model="resnet34", partial_widths=(), channel_shuffle=True), 1000, None)
+    assert tuple(model.stage_sizes) == (3, 4, 6, 3) and model.channel_shuffle
+    assert model.resolved_partial_widths() == RESNET34_PARTIAL_WIDTHS == (39, 78, 188, 400)
+    convs = _branch_convs(model, 64)
+    assert len(convs) == 2 * 16 + 3 and sum(name.endswith("_shortcut") for name in convs) == 3
+    assert convs["stage0_block0_conv0"].partial_in == 64 and convs["stage1_block0_conv0"].partial_in == 39
+    assert (convs["stage3_block2_conv1"].partial_in, convs["stage3_block2_conv1"].partial_out) == (400, 512)
+    ratios = mbquant.bitops_table(list(convs.values()), (3, 5, 7))
+    assert all(0.99 < r < 1.0 for _, _, r in ratios.values())
+
+
+def test_build_model_imagenet_resnet_errors():
+    with pytest.raises(ConfigError, match="channel_shuffle"):
+        build_model(_config(model="resnet20", partial_widths=(), channel_shuffle=True), 10, None)
+    with pytest.raises(ConfigError, match="quantize_shortcut"):
+        build_model(_config(model="resnet18", partial_widths=(), quantize_shortcut=True), 10, None)
+    with pytest.raises(ConfigError, match="one width per stage"):
+        build_model(_config(model="resnet18", partial_widths=(40, 76, 184)), 10, None)
+    # b = 5 shuffles 2 * 128 + 75 channels into 2 groups: the code's view() would fail too.
+    with pytest.raises(ConfigError, match="does not divide"):
+        build_model(_config(model="resnet18", partial_widths=(40, 75, 184, 396), bits=(4, 5), channel_shuffle=True),
+                    10, None)
+    assert build_model(_config(model="resnet18", partial_widths=(40, 75, 184, 396), bits=(4, 5)), 10, None)
+
+
+def _code_channel_shuffle(x, full, partial, partial_out, b):
+    """The official code on our layout, by hand: concatenate the selected chunks along channels
+    (NCHW, full branches in order then the partial's first ``partial_out``), ``view(N, g, C'/g,
+    H, W)``, ``transpose(1, 2)``, ``view(N, C', H, W)``, and write the chunks back."""
+    chunks = [x[..., g, :] for g in range(x.shape[-2]) if full[g]]
+    if partial >= 0:
+        chunks.append(x[..., partial, :partial_out])
+    cat = np.concatenate(chunks, axis=-1).transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    n, c, h, w = cat.shape
+    groups = b // 2
+    if b == 7:
+        groups = 4 if c % 4 == 0 else 3
+    shuffled = cat.reshape(n, groups, c // groups, h, w).transpose(0, 2, 1, 3, 4).reshape(n, c, h, w)
+    shuffled = shuffled.transpose(0, 2, 3, 1)
+    out, start = x.copy(), 0
+    for g in range(x.shape[-2]):
+        if full[g]:
+            out[..., g, :] = shuffled[..., start:start + x.shape[-1]]
+            start += x.shape[-1]
+    if partial >= 0:
+        out[..., partial, :partial_out] = shuffled[..., start:start + partial_out]
+    return out
+
+
+@pytest.mark.parametrize("partial_out", [2, 3], ids=["b7_four_groups", "b7_three_groups"])
+def test_channel_shuffle_is_the_codes_reshape_transpose(partial_out):
+    bits = (2, 3, 4, 7, 8)
+    sel = mbquant.branch_selection(bits)
+    channels = 6  # b=7: 3 * 6 + 2 = 20 channels -> 4 groups; 3 * 6 + 3 = 21 -> 3 groups
+    assert shuffle_groups(7, 3 * channels + partial_out) == (4 if partial_out == 2 else 3)
+    x = np.random.default_rng(0).normal(size=(2, 3, 2, G, channels)).astype(np.float32)
+    indices = channel_shuffle_indices(sel, bits, channels, partial_out)
+    shuffle = jax.jit(lambda x, p: shuffle_branch_channels(x, indices, p))
+    for p, b in enumerate(bits):
+        expected = _code_channel_shuffle(x, sel.full[p], sel.partial[p], partial_out, b)
+        assert_array_equal(shuffle(x, p), expected, err_msg=f"b={b}")  # traced precision
+        assert_array_equal(shuffle_branch_channels(x, indices, p), expected, err_msg=f"b={b}")  # static
+        if b in (2, 3):
+            assert_array_equal(expected, x)  # one group: a no-op
+        else:
+            assert not np.array_equal(expected, x)
+    vmapped = jax.vmap(lambda p: shuffle_branch_channels(x, indices, p))(jnp.arange(len(bits)))
+    assert_array_equal(vmapped[bits.index(4)], _code_channel_shuffle(x, sel.full[2], -1, partial_out, 4))
+
+
+def test_channel_shuffle_mixes_the_branches_only_when_on():
+    """The digest's perturbation test: at b=4 (branches 1 and 2), changing branch 2's stage-0
+    kernels leaves branch 1's features after stage 0 alone in both models; after stage 1 (the
+    first block with a downsample), only the shuffling model's branch 1 changes."""
+    shuffled = _imagenet_resnet()
+    plain = shuffled.clone(channel_shuffle=False)
+    x, variables = _init(shuffled, (2, 32, 32, 3))
+    p = ALL_BITS.index(4)
+    assert np.flatnonzero(shuffled.selection.full[p]).tolist() == [1, 2] and shuffled.selection.partial[p] == -1
+    params = variables["params"]
+    perturbed = dict(params)
+    noise = np.random.default_rng(3)
+    for name in ("stage0_block0_conv0", "stage0_block0_conv1"):
+        kernel = params[name]["kernel"]
+        perturbed[name] = {**params[name], "kernel": kernel.at[2].add(0.5 * noise.normal(size=kernel.shape[1:]))}
+
+    def features(model, params):
+        _, state = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, p, train=True,
+                               mutable=["batch_stats", "intermediates"])
+        return [state["intermediates"][f"stage{s}"][0] for s in (0, 1)]
+
+    for model, mixes in ((plain, False), (shuffled, True)):
+        run = jax.jit(lambda params, model=model: features(model, params))
+        (before0, before1), (after0, after1) = run(params), run(perturbed)
+        assert not np.allclose(before0[..., 2, :], after0[..., 2, :])
+        assert_array_equal(before0[..., 1, :], after0[..., 1, :])
+        assert not np.allclose(before1[..., 2, :], after1[..., 2, :])
+        assert np.array_equal(before1[..., 1, :], after1[..., 1, :]) != mixes, f"channel_shuffle={mixes}"
+
+
+def test_imagenet_resnet_one_train_step_is_finite():
+    """Stem, max-pool, projections with the shuffle, the last block's full-width partial, merge
+    and classifier: one vmapped step over every bit-width 2..8, in-place distillation."""
+    model = _imagenet_resnet()
+    x, variables = _init(model, (2, 32, 32, 3))
+    trainer = MultiPrecisionTrainer(model=model, bits=model.bits, distillation=mbquant.DEFAULT_DISTILLATION,
+                                    optimizer=make_optimizer(OptimizerConfig(), 10, 1))
+    params = variables["params"]
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
+                       opt_state=trainer.optimizer.init(params))
+    new_state, metrics = jax.jit(trainer.train_step)(state, x, jnp.array([1, 4]), jax.random.key(1))
+    assert np.isfinite(float(metrics["loss"])) and metrics["loss_per_precision"].shape == (len(ALL_BITS),)
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(new_state.params))
+    last = "stage3_block0_conv1"
+    assert not np.array_equal(new_state.params[last]["kernel"], params[last]["kernel"])

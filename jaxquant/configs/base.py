@@ -25,6 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.interval_init = "batches"      # mbquant: batches (one training batch per bit-width, ascending, as the code) | none
     c.weight_interval_std = "chunk"  # mbquant: weight-interval init from the chunk's std | filter (the code's per-filter quirk)
     c.partial_widths = ()            # mbquant: odd-b partial branch widths (() = the model's default, see models/multibranch.py)
+    c.channel_shuffle = False        # mbquant resnet18/34: the official code's channel shuffle in downsample blocks (mixes the branches; True for code parity)
     c.conv_batching = "unroll"       # unroll | native: how vmap over precision lowers convs
     c.conv_weight_gradient = "auto"  # auto | im2col | xla: conv weight gradients (im2col is faster on CPU)
     c.bits = (2, 4, 8, 32)           # the precisions trained together (32 = full precision)

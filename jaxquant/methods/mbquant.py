@@ -107,7 +107,7 @@ import numpy as np
 
 from jaxquant.errors import BitWidthError, ConfigError
 from jaxquant.layers import FULL_PRECISION, BranchSelection, QuantSpec
-from jaxquant.models.multibranch import CIFAR_RESNET20_PARTIAL_WIDTHS
+from jaxquant.models.multibranch import CIFAR_RESNET20_PARTIAL_WIDTHS, RESNET18_PARTIAL_WIDTHS
 
 NAME = "mbquant"
 DEFAULT_DISTILLATION = "largest"
@@ -218,7 +218,7 @@ def branch_selection(bits: Sequence[int], selection: str = "amortised",
 # ----------------------------------------------------------------------------------------------
 # Wiring: the method's model and quantizers for a config (`jaxquant.methods.build_trainer`).
 
-MODELS = ("small_cnn", "resnet20", "resnet32", "resnet44", "resnet56")
+MODELS = ("small_cnn", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34")
 
 
 def quant_spec(config) -> QuantSpec:
@@ -229,9 +229,10 @@ def quant_spec(config) -> QuantSpec:
 
 def build_model(config, num_classes: int):
     """The multi-branch model named by ``config.model`` (``small_cnn`` -> `MultiBranchCNN`,
-    ``resnet20/32/44/56`` -> `MultiBranchCifarResNet`) for ``config.bits`` in 2..8, with the
-    ``config.selection`` table and ``config.weight_slots`` layout."""
-    from jaxquant.models.multibranch import MultiBranchCifarResNet, MultiBranchCNN
+    ``resnet20/32/44/56`` -> `MultiBranchCifarResNet`, ``resnet18/34`` -> the ImageNet
+    `MultiBranchResNet`, with the code's channel shuffle if ``config.channel_shuffle``) for
+    ``config.bits`` in 2..8, with the ``config.selection`` table and ``config.weight_slots`` layout."""
+    from jaxquant.models.multibranch import MultiBranchCifarResNet, MultiBranchCNN, MultiBranchResNet
     bits = validate_bits(config.bits)
     if int(config.branches) != NUM_BRANCHES:
         raise ConfigError(f"branches={config.branches}: MBQuant's selection tables are defined for "
@@ -243,8 +244,17 @@ def build_model(config, num_classes: int):
     common = dict(num_classes=num_classes, bits=bits, selection=selection,
                   partial_widths=tuple(int(p) for p in config.partial_widths),
                   conv_batching=config.conv_batching, weight_gradient=config.conv_weight_gradient)
+    if config.channel_shuffle and config.model not in ("resnet18", "resnet34"):
+        raise ConfigError(f"channel_shuffle is the official ImageNet ResNet-18/34's (the CIFAR code has none); "
+                          f"set channel_shuffle=False for model {config.model!r}")
     if config.model == "small_cnn":
         model = MultiBranchCNN(widths=tuple(config.widths), stem_pool=config.stem_pool, **common)
+    elif config.model in ("resnet18", "resnet34"):
+        if config.quantize_shortcut:
+            raise ConfigError("MBQuant's ImageNet ResNet has multi-branch 2-bit shortcuts; set quantize_shortcut=False")
+        stages = (2, 2, 2, 2) if config.model == "resnet18" else (3, 4, 6, 3)
+        model = MultiBranchResNet(stage_sizes=stages, channel_shuffle=bool(config.channel_shuffle), **common)
+        model.shuffle_indices()  # partial widths the shuffle's groups cannot split fail here
     elif config.model in MODELS:
         if config.preactivation or config.quantize_shortcut:
             raise ConfigError("MBQuant's CIFAR ResNet is post-activation with multi-branch 2-bit shortcuts; "
@@ -432,9 +442,8 @@ def derive_partial_widths(stages: Sequence[int] = (16, 32, 64), depth: int = 20,
 
 
 # CIFAR_RESNET20_PARTIAL_WIDTHS (11, 23, 43), the partial-branch widths of the 16/32/64 stages
-# (`derive_partial_widths`), lives with the model that uses it; imported above.
-RESNET18_PARTIAL_WIDTHS = (40, 76, 184, 396)
-"""The official code's ImageNet ResNet-18 partial widths (``oneBit_outchannel``)."""
+# (`derive_partial_widths`), and RESNET18_PARTIAL_WIDTHS (40, 76, 184, 396), the official code's
+# ImageNet ResNet-18 widths (``oneBit_outchannel``), live with the models that use them; imported above.
 
 
 def format_bitops_table(convs: Sequence[BranchConvSpec], bits: Sequence[int] = tuple(range(2, 9)),

@@ -34,7 +34,11 @@ The pieces, as in the official code (digest part A2) unless said otherwise:
   sum line there is commented out), then global average pooling and the FP classifier (shared).
 - **Shortcuts**: identity per branch (each branch adds its own input); at a stride-2 or
   width-changing block, a multi-branch 1x1 conv + BatchNorm (quantized like the body, counted in
-  `methods.mbquant.cifar_resnet_convs`' BitOPs).
+  `methods.mbquant.cifar_resnet_convs`' and `resnet18_convs`' BitOPs).
+- **Channel shuffle** (`MultiBranchResNet`, ``channel_shuffle=True``, off by default): the
+  official ImageNet ResNet code shuffles the residual path's channels in every block with a
+  downsample, which mixes the branches (the paper calls them independent); see
+  `channel_shuffle_indices`. The CIFAR code has none.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxquant.errors import ConfigError
 from jaxquant.layers import FULL_PRECISION, BranchSelection, MultiBranchConv, PrecisionBatchNorm, QuantConv, QuantDense
@@ -53,6 +58,11 @@ from jaxquant.models.common import avg_pool_all, max_pool_2x2, relu
 # The partial branch's width per stage of the CIFAR ResNet (16/32/64 channels): half a branch's
 # MACs, derived by `jaxquant.methods.mbquant.derive_partial_widths` (which the tests re-run).
 CIFAR_RESNET20_PARTIAL_WIDTHS = (11, 23, 43)
+# The official code's partial widths (``oneBit_outchannel``) per stage of the ImageNet ResNets
+# (64/128/256/512 channels): partial MACs / branch MACs = 0.486 (ResNet-18) and 0.489 (ResNet-34),
+# so odd-b BitOPs are 0.991-0.997 of b*b (`methods.mbquant.resnet18_convs` counts ResNet-18).
+RESNET18_PARTIAL_WIDTHS = (40, 76, 184, 396)
+RESNET34_PARTIAL_WIDTHS = (39, 78, 188, 400)
 
 
 def branch_channel_mask(selection: BranchSelection, precision, channels: int, partial_out: int) -> jax.Array:
@@ -73,6 +83,59 @@ def merge_branches(x: jax.Array, selection: BranchSelection, precision) -> jax.A
 def tile_branches(x: jax.Array, num_branches: int) -> jax.Array:
     """``(N, H, W, C) -> (N, H, W, G, C)``: every branch gets a copy."""
     return jnp.broadcast_to(x[..., None, :], x.shape[:-1] + (num_branches, x.shape[-1]))
+
+
+def shuffle_groups(b: int, channels: int) -> int:
+    """The official ``channel_shuffle``'s group count at b bits over ``channels`` selected channels
+    (the partial ones included): ``b // 2``, except at b = 7: 4 if ``channels % 4 == 0`` else 3."""
+    if b == 7:
+        return 4 if channels % 4 == 0 else 3
+    return b // 2
+
+
+def channel_shuffle_indices(selection: BranchSelection, bits: Sequence[int], channels: int,
+                            partial_out: int) -> np.ndarray:
+    """``(P, G * channels)`` int32 gather indices of the official code's ShuffleNet-style
+    ``channel_shuffle`` in our ``(G, C)`` layout: row p maps each flattened output channel to the
+    input channel it takes at precision p (`shuffle_branch_channels` applies it).
+
+    The code works on the *selected* channels concatenated (the full branches in order, then the
+    partial branch's first ``partial_out``): ``C'`` of them, reshaped ``(g, C'/g)``, transposed and
+    flattened, ``g = shuffle_groups(b, C')`` (a no-op for b in {2, 3}). Here the same permutation
+    moves the selected positions among themselves; every deselected channel maps to itself (it is
+    masked later). Mixes the branches: channel ``j*g + i`` of the result is ``i*C'/g + j`` of the
+    input, so every chunk the next layer reads comes from all g groups.
+    """
+    g = selection.num_branches
+    rows = []
+    for p, b in enumerate(bits):
+        order = [branch * channels + c for branch in range(g) if selection.full[p][branch] for c in range(channels)]
+        if selection.partial[p] >= 0:
+            order += [selection.partial[p] * channels + c for c in range(partial_out)]
+        order = np.asarray(order, np.int64)
+        groups = shuffle_groups(int(b), order.size)
+        if order.size % groups:
+            raise ConfigError(f"channel_shuffle at b={b} splits {order.size} selected channels into {groups} "
+                              f"groups, which does not divide; choose partial widths that make it divide "
+                              f"(or channel_shuffle=False)")
+        permutation = np.arange(order.size).reshape(groups, order.size // groups).T.reshape(-1)
+        row = np.arange(g * channels)
+        row[order] = order[permutation]
+        rows.append(row)
+    return np.stack(rows).astype(np.int32)
+
+
+def shuffle_branch_channels(x: jax.Array, indices: np.ndarray, precision) -> jax.Array:
+    """``(..., G, C)`` channels gathered with row ``precision`` (traced works) of
+    `channel_shuffle_indices`; a static precision whose row is the identity returns ``x``."""
+    if isinstance(precision, (int, np.integer)):
+        row = np.asarray(indices)[precision]
+        if np.array_equal(row, np.arange(row.size)):
+            return x
+    else:
+        row = jnp.asarray(indices)[precision]
+    flat = x.reshape(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))
+    return jnp.take(flat, row, axis=-1).reshape(x.shape)
 
 
 class BranchBatchNorm(nn.Module):
@@ -223,5 +286,111 @@ class MultiBranchCifarResNet(nn.Module):
                 x = relu(bn(name=f"{name}_bn1")(out, precision, train) + shortcut)
                 x = x * branch_channel_mask(sel, precision, features, p_block_out)
                 p_prev = p
+        x = avg_pool_all(merge_branches(x, sel, precision))
+        return QuantDense(self.num_classes, spec=FULL_PRECISION, name="classifier")(x, 0)
+
+
+class MultiBranchResNet(nn.Module):
+    """Multi-branch ImageNet ResNet with basic blocks (``stage_sizes`` (2, 2, 2, 2): ResNet-18,
+    (3, 4, 6, 3): ResNet-34), MBQuant's ImageNet model: FP stem 7x7/2 conv -> BN -> ReLU -> 3x3/2
+    max-pool, tiled G times (PyTorch's paddings throughout, as the torchvision-based code); stages
+    of ``base_width * 2**s`` channels (64/128/256/512) of post-activation basic blocks of
+    `MultiBranchConv`s with 1x1 multi-branch projection shortcuts at the stride-2 blocks; mean of
+    the selected chunks, global average pool, FP classifier. Masks, partial-branch wiring and merge
+    as `MultiBranchCifarResNet` (module docstring); the convs are those of
+    `methods.mbquant.resnet18_convs` (tested).
+
+    ``partial_widths``: the partial branch's width per stage (``()``: the official code's
+    `RESNET18_PARTIAL_WIDTHS` (40, 76, 184, 396), or `RESNET34_PARTIAL_WIDTHS` (39, 78, 188, 400)
+    for ResNet-34's stage sizes, times ``base_width / 64``). ``base_width`` other than 64 is for
+    small tests. ``channel_shuffle``: the official code's shuffle of the residual path (after its
+    last BatchNorm, before the shortcut is added) in every block with a projection shortcut
+    (`channel_shuffle_indices`); it mixes the branches, which the paper calls independent, so it
+    is off by default (on for parity with the code's numbers). With it on, the selected channel
+    counts must divide into the code's group count (`shuffle_indices` raises `ConfigError`).
+    Each stage's output is sown as ``intermediates/stage{s}`` (``mutable=['intermediates']``).
+    """
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    num_classes: int = 1000
+    bits: tuple[int, ...] = (2, 4, 6, 8)
+    selection: BranchSelection | None = None
+    partial_widths: Sequence[int] = ()
+    base_width: int = 64
+    channel_shuffle: bool = False
+    conv_batching: str = "unroll"
+    weight_gradient: str = "auto"
+
+    def resolved_partial_widths(self) -> tuple[int, ...]:
+        if len(self.stage_sizes) != 4 or not all(int(n) >= 1 for n in self.stage_sizes):
+            raise ConfigError(f"an ImageNet ResNet has four stages of at least one block, got stage_sizes "
+                              f"{tuple(self.stage_sizes)}")
+        stages = tuple(self.base_width * 2 ** s for s in range(4))
+        default = RESNET34_PARTIAL_WIDTHS if tuple(self.stage_sizes) == (3, 4, 6, 3) else RESNET18_PARTIAL_WIDTHS
+        if not self.partial_widths:
+            return tuple(max(1, round(p * self.base_width / 64)) for p in default)
+        widths = tuple(int(p) for p in self.partial_widths)
+        if len(widths) != 4 or not all(0 < p <= c for p, c in zip(widths, stages)):
+            raise ConfigError(f"partial_widths {widths} must give one width per stage in 1..{stages}; "
+                              f"or () for the official {default}")
+        return widths
+
+    def shuffle_indices(self) -> dict[str, np.ndarray]:
+        """``{block name: channel_shuffle_indices}`` of the blocks that shuffle (those with a
+        projection shortcut), empty with ``channel_shuffle=False``; raises `ConfigError` if a
+        selected channel count does not divide into the code's groups."""
+        if not self.channel_shuffle:
+            return {}
+        sel, partial = _check_selection(self.selection, self.bits), self.resolved_partial_widths()
+        blocks = {}
+        for stage in range(1, 4):  # stage 0 keeps the stem's width at stride 1: no projection
+            features = self.base_width * 2 ** stage
+            last = stage == 3 and self.stage_sizes[3] == 1
+            blocks[f"stage{stage}_block0"] = channel_shuffle_indices(sel, tuple(self.bits), features,
+                                                                     features if last else partial[stage])
+        return blocks
+
+    @nn.compact
+    def __call__(self, x: jax.Array, precision, train: bool = False) -> jax.Array:
+        sel = _check_selection(self.selection, self.bits)
+        partial = self.resolved_partial_widths()
+        shuffles = self.shuffle_indices()
+        bits = tuple(self.bits)
+        bn = functools.partial(BranchBatchNorm, num_precisions=len(bits))
+        # PyTorch's symmetric paddings (3x3: 1, 7x7: 3, 1x1: 0); SAME would pad a stride-2 conv
+        # on an even map only at the bottom/right.
+        conv = functools.partial(MultiBranchConv, selection=sel, bits=bits, padding=((1, 1), (1, 1)),
+                                 conv_batching=self.conv_batching, weight_gradient=self.weight_gradient)
+        x = QuantConv(self.base_width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False, spec=FULL_PRECISION,
+                      weight_gradient=self.weight_gradient, name="stem")(x, 0)
+        x = relu(PrecisionBatchNorm(num_precisions=len(bits), name="stem_bn")(x, precision, train))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = tile_branches(x, sel.num_branches)
+        p_prev = self.base_width  # the first conv's partial reads the full stem copy
+        for stage, blocks in enumerate(self.stage_sizes):
+            features, p = self.base_width * 2 ** stage, partial[stage]
+            for block in range(blocks):
+                strides = (2, 2) if stage > 0 and block == 0 else (1, 1)
+                name = f"stage{stage}_block{block}"
+                last = stage == len(self.stage_sizes) - 1 and block == blocks - 1
+                p_block_out = features if last else p
+                projection = strides != (1, 1) or x.shape[-1] != features
+                if projection:
+                    shortcut = conv(features, kernel_size=(1, 1), strides=strides, padding="VALID", partial_in=p_prev,
+                                    partial_out=p, name=f"{name}_shortcut")(x, precision)
+                    shortcut = bn(name=f"{name}_shortcut_bn")(shortcut, precision, train)
+                    shortcut = shortcut * branch_channel_mask(sel, precision, features, p)  # BN(0) = beta
+                else:
+                    shortcut = x  # identity per branch (masked already)
+                out = conv(features, strides=strides, partial_in=p_prev, partial_out=p, name=f"{name}_conv0")(x, precision)
+                out = relu(bn(name=f"{name}_bn0")(out, precision, train))
+                out = out * branch_channel_mask(sel, precision, features, p)
+                out = conv(features, partial_in=p, partial_out=p_block_out, name=f"{name}_conv1")(out, precision)
+                out = bn(name=f"{name}_bn1")(out, precision, train)
+                if projection and self.channel_shuffle:
+                    out = shuffle_branch_channels(out, shuffles[name], precision)
+                x = relu(out + shortcut)
+                x = x * branch_channel_mask(sel, precision, features, p_block_out)
+                p_prev = p
+            self.sow("intermediates", f"stage{stage}", x)
         x = avg_pool_all(merge_branches(x, sel, precision))
         return QuantDense(self.num_classes, spec=FULL_PRECISION, name="classifier")(x, 0)
