@@ -391,3 +391,14 @@ def test_experiment_summary_on_tiny_digits_runs(experiment, runs):
     assert "| LSQ + BR (two-stage) | 2 |" in text and "Weight quantization error" in text
     assert "| conv0 |" in text and "wall-clock" in text
     assert (runs / "binreg_bins.png").stat().st_size > 10_000
+
+
+def test_gradient_scale_script_on_a_tiny_digits_run(runs):
+    spec = importlib.util.spec_from_file_location("binreg_gradient_scale", ROOT / "experiments" / "binreg_gradient_scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.gradient_scale(runs / "binreg", lam=0.5, batch_size=16)
+    assert [(row["units"], row["layer"]) for row in rows] == [("weight", "conv0"), ("code", "conv0")]
+    assert all(row[key] > 0 for row in rows for key in ("ce_kernel", "br_kernel", "ce_step", "br_step"))
+    # Code units are the weight units over s^2: larger gradients on the kernel.
+    assert rows[1]["br_kernel"] > rows[0]["br_kernel"]
