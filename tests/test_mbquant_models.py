@@ -439,3 +439,14 @@ def test_imagenet_resnet_one_train_step_is_finite():
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(new_state.params))
     last = "stage3_block0_conv1"
     assert not np.array_equal(new_state.params[last]["kernel"], params[last]["kernel"])
+
+
+def test_imagenet_resnet_static_precision_equals_traced():
+    """The unrolled step's static precision (only the selected branches' convs, the shuffle as a
+    constant permutation) computes what the masked, traced one does: b=7, partial and 4 groups."""
+    model = _imagenet_resnet()
+    x, variables = _init(model, (2, 32, 32, 3))
+    p = ALL_BITS.index(7)
+    traced = jax.jit(lambda p: model.apply(variables, x, p, train=True, mutable=["batch_stats"])[0])(p)
+    static = jax.jit(lambda: model.apply(variables, x, p, train=True, mutable=["batch_stats"])[0])()
+    assert_allclose(static, traced, rtol=1e-4, atol=1e-4)
