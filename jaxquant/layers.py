@@ -520,7 +520,7 @@ class MultiBranchConv(nn.Module):
             lambda v, axis: jnp.maximum(3.0 * jnp.std(v, axis=axis, ddof=1) * _ARCSINE_HALF_NORMAL,
                                         jnp.min(v, axis=axis) + 1e-3)))
 
-        if self.is_mutable_collection(INTERVAL_INIT):
+        if self.is_mutable_collection(INTERVAL_INIT) and not self.is_initializing():  # init makes every collection mutable
             w_lower, w_upper, a_lower, a_upper = self._initial_intervals(
                 x, kernel, precision, p_in, p_out, (w_lower, w_upper, a_lower, a_upper))
         bit_width = _bits_at(self.bits, precision)
