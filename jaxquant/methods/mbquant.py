@@ -34,10 +34,12 @@ the clean version by default and the faithful one behind a flag:
   ``[0, k)``, partial of branch k for odd b) so the ablation covers 2..8.
 
 **Models and wiring** (`build_model`, `jaxquant.models.multibranch`): ``config.method='mbquant'``
-builds `MultiBranchCNN` (``model='small_cnn'``, digits/MNIST) or `MultiBranchCifarResNet`
-(``resnet20/32/44/56``) for ``config.bits`` in 2..8 with ``config.selection`` (``amortised`` |
-``naive``), ``config.weight_slots`` and ``config.partial_widths`` (``()``: (11, 23, 43) times
-``width`` for the ResNet, half of each width for the CNN); ``branches`` must be 4. The masks that
+builds `MultiBranchCNN` (``model='small_cnn'``, digits/MNIST), `MultiBranchCifarResNet`
+(``resnet20/32/44/56``) or `MultiBranchResNet` (ImageNet ``resnet18/34``, with the code's channel
+shuffle behind ``config.channel_shuffle``) for ``config.bits`` in 2..8 with ``config.selection``
+(``amortised`` | ``naive``), ``config.weight_slots`` and ``config.partial_widths`` (``()``: (11,
+23, 43) times ``width`` for the CIFAR ResNet, the code's 40/76/184/396 and 39/78/188/400 for
+ResNet-18/34, half of each width for the CNN); ``branches`` must be 4. The masks that
 keep deselected branches out are applied after BatchNorm and ReLU (BN turns zeros into beta);
 the selected chunks are averaged before the global pool. `quant_spec` is full precision (the
 shared stem and classifier); the intervals ``weight_/act_lower/upper`` are in the trainer's
