@@ -287,7 +287,7 @@ def plot_bins(panels: Sequence[tuple[str, Mapping[str, Any], LayerQuantizer, int
     layer_params, layer, precision)`` each, e.g. the same layer of an LSQ and an LSQ+BR run."""
     from matplotlib.figure import Figure
     fig = Figure(figsize=(4.6 * len(panels), 3.4), dpi=120)
-    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharex=True))  # one x-range: panels compare
     for ax, (label, layer_params, layer, precision) in zip(axes, panels):
         (values, bins, levels, _), bit_width = regularizers.layer_bins(layer_params, layer, precision, units="code")
         values, bins, levels = np.ravel(np.asarray(values)), np.ravel(np.asarray(bins)), np.asarray(levels)
@@ -295,9 +295,8 @@ def plot_bins(panels: Sequence[tuple[str, Mapping[str, Any], LayerQuantizer, int
         code = bins % codes_per_grid
         used = np.unique(code)
         edges = np.linspace(values.min(), values.max(), histogram_bins + 1)
-        colours = [f"C{i % 10}" for i in range(len(used))]
-        for colour, j in zip(colours, used):
-            ax.hist(values[code == j], bins=edges, color=colour, alpha=0.85)
+        for j in used:  # the colour follows the level, so a level has one colour in every panel
+            ax.hist(values[code == j], bins=edges, color=f"C{j % 10}", alpha=0.85)
             ax.axvline(levels[j], color="k", linestyle="--", linewidth=0.8)
         stats = layer_statistics(layer_params, layer, precision)
         ax.set_title(f"{label}: {int(bit_width)}-bit, MSE/s$^2$ {stats['mse_code']:.3f}", fontsize=9)
