@@ -122,7 +122,9 @@ def main(argv=None):
     }
     chosen = [v for v in args.only.split(",") if v]
     model_name = f"CIFAR ResNet-20 x{args.width}" if args.model == "resnet20" else "SmallCNN 16/32/64 (28x28x1)"
-    print(f"# {model_name}, batch {args.batch}, bits {bits}, LSQ, {jax.devices()[0].platform} "
+    quantizers = "LSQ" if any(not v.startswith("mbq") for v in chosen) else "MBQuant multi-branch"
+    quantizers += " (mbq-*: MBQuant multi-branch)" if quantizers == "LSQ" and any(v.startswith("mbq") for v in chosen) else ""
+    print(f"# {model_name}, batch {args.batch}, bits {bits}, {quantizers}, {jax.devices()[0].platform} "
           f"({jax.device_count()} device(s)), jax {jax.__version__}, {args.steps} timed steps")
     print(f"{'variant':<12}{'ms/step':>10}{'compile s':>11}")
     results = {}
