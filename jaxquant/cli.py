@@ -4,6 +4,7 @@
   jaxquant eval  --workdir DIR
   jaxquant export --workdir DIR --out model.vl [--basic-bits 2] [--recalibrate-batches N]
   jaxquant bins  --workdir DIR [--layer NAME] [--bits B] [--plot PNG [--compare DIR ...]]
+  jaxquant ptq   --workdir FP_RUN [--config FILE] [--out DIR] [--config.KEY=VALUE ...]
 
 Without ``--config`` the embedded default runs (Any-Precision on scikit-learn's digits, offline).
 A user error prints one line and exits with code 2; nothing in the workdir is overwritten.
@@ -15,6 +16,7 @@ import json
 import pathlib
 import sys
 import time
+from typing import Sequence
 
 EXIT_USER_ERROR = 2
 
@@ -68,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     bins.add_argument("--plot", default=None, help="PNG of the layer's weights coloured by bin (--layer, else the largest)")
     bins.add_argument("--compare", action="append", default=[], metavar="DIR",
                       help="another workdir whose same layer is drawn beside it (repeatable)")
+    ptq = sub.add_parser("ptq", help="post-training quantization (BitSplit, round-to-nearest) of an FP run")
+    ptq.add_argument("--workdir", required=True, help="a full-precision training run (bits include 32)")
+    ptq.add_argument("--config", default=None, help="PTQ config file (default: the code's values, jaxquant/configs/ptq.py)")
+    ptq.add_argument("--out", default=None, help="output folder (default: WORKDIR/ptq)")
+    ptq.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -215,6 +222,36 @@ def bins_workdir(args) -> int:
     return 0
 
 
+def train_argv(config: str | pathlib.Path, workdir: str | pathlib.Path, overrides: Sequence[str] = (), *,
+               data_dir: str = "", epochs: int | None = None, progress: bool = True) -> list[str]:
+    """The argv of ``jaxquant train --config CONFIG --workdir WORKDIR [overrides]``, with
+    ``--config.data_dir`` and ``--config.epochs`` added when given (what experiment scripts run)."""
+    argv = ["train", "--config", str(config), "--workdir", str(workdir), *overrides]
+    argv += [f"--config.data_dir={data_dir}"] if data_dir else []
+    argv += [f"--config.epochs={epochs}"] if epochs else []
+    argv += [] if progress else ["--no-progress"]
+    return argv
+
+
+def run_train(argv: list[str], label: str = "") -> float:
+    """Print the command, run it (a finished run resumes and only evaluates) and return its
+    wall-clock seconds; exit with code 2 when it fails (its one-line error is already printed)."""
+    print(f"\n=== {label + ': ' if label else ''}jaxquant {' '.join(argv)}", flush=True)
+    start = time.perf_counter()
+    if main(argv) != 0:
+        raise SystemExit(EXIT_USER_ERROR)
+    return time.perf_counter() - start
+
+
+def ptq_workdir(args, overrides: dict[str, str]) -> int:
+    """BitSplit / round-to-nearest PTQ of an FP run: the accuracy table, the models, a plot."""
+    from jaxquant import config as config_lib, ptq
+    path = args.config or pathlib.Path(config_lib.__file__).parent / "configs" / "ptq.py"
+    config = config_lib.apply_overrides(config_lib.load_config(path), overrides)
+    ptq.run(args.workdir, config, args.out, progress=not args.no_progress)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from jaxquant.errors import JaxquantError
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -223,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(rest)
         if args.command == "train":
             return train(args, overrides)
+        if args.command == "ptq":
+            return ptq_workdir(args, overrides)
         if overrides:
-            raise JaxquantError("--config.KEY overrides only apply to `jaxquant train`")
+            raise JaxquantError("--config.KEY overrides only apply to `jaxquant train` and `jaxquant ptq`")
         if args.command == "export":
             return export_workdir(args)
         if args.command == "bins":
