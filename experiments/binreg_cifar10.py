@@ -21,7 +21,6 @@ import dataclasses
 import json
 import pathlib
 import sys
-import time
 
 import numpy as np
 
@@ -54,12 +53,9 @@ PLAN = tuple(
 
 
 def train_argv(run: Run, root: pathlib.Path, args) -> list[str]:
-    argv = ["train", "--config", str(CONFIG), "--workdir", str(root / run.name), f"--config.bits={run.bits}"]
-    argv += [f"--config.{key}={value}" for key, value in run.overrides]
-    argv += [f"--config.data_dir={args.data_dir}"] if args.data_dir else []
-    argv += [f"--config.epochs={args.epochs}"] if args.epochs else []
-    argv += ["--no-progress"] if args.no_progress else []
-    return argv
+    overrides = [f"--config.bits={run.bits}"] + [f"--config.{key}={value}" for key, value in run.overrides]
+    return cli.train_argv(CONFIG, root / run.name, overrides, data_dir=args.data_dir, epochs=args.epochs,
+                          progress=not args.no_progress)
 
 
 def accuracy(workdir: pathlib.Path, bits: int) -> float:
@@ -141,12 +137,7 @@ def main(argv=None) -> int:
     root = pathlib.Path(args.workdir)
     seconds = {}
     for run in PLAN:
-        argv = train_argv(run, root, args)
-        print(f"\n=== jaxquant {' '.join(argv)}", flush=True)
-        start = time.perf_counter()
-        if cli.main(argv) != 0:
-            raise SystemExit(2)
-        seconds[run.name] = time.perf_counter() - start
+        seconds[run.name] = cli.run_train(train_argv(run, root, args))
 
     from jaxquant.data import load_dataset
     dataset = load_dataset("cifar10", args.data_dir or None)

@@ -12,7 +12,6 @@ import argparse
 import json
 import pathlib
 import sys
-import time
 
 from jaxquant import cli
 from jaxquant.report import format_table, plot_accuracy
@@ -38,16 +37,9 @@ def main(argv=None) -> int:
     table, dedicated, seconds = {}, {}, {}
     for row, config_file, bits in RUNS:
         workdir = root / (config_file[:-3] + (f"_{bits}" if bits else ""))
-        argv = ["train", "--config", str(HERE / "configs" / config_file), "--workdir", str(workdir)]
-        argv += [f"--config.data_dir={args.data_dir}"] if args.data_dir else []
-        argv += [f"--config.bits={bits}"] if bits else []
-        argv += [f"--config.epochs={args.epochs}"] if args.epochs else []
-        argv += ["--no-progress"] if args.no_progress else []
-        print(f"\n=== {row}: jaxquant {' '.join(argv)}", flush=True)
-        start = time.perf_counter()
-        if cli.main(argv) != 0:
-            return 2
-        seconds[row] = time.perf_counter() - start
+        argv = cli.train_argv(HERE / "configs" / config_file, workdir, [f"--config.bits={bits}"] if bits else [],
+                              data_dir=args.data_dir, epochs=args.epochs, progress=not args.no_progress)
+        seconds[row] = cli.run_train(argv, label=row)
         accuracies = {int(b): a for b, a in json.loads((workdir / "results.json").read_text())["accuracy"].items()}
         if bits:
             dedicated.update(accuracies)

@@ -19,7 +19,6 @@ import argparse
 import json
 import pathlib
 import sys
-import time
 
 import jax
 import numpy as np
@@ -41,15 +40,8 @@ FOLDERS = dict(zip(RUNS, ("amortised", "naive", "no_distillation", "anyprecision
 
 
 def train(config_file: str, overrides: list[str], workdir: pathlib.Path, args) -> float:
-    argv = ["train", "--config", str(HERE / "configs" / config_file), "--workdir", str(workdir), *overrides]
-    argv += [f"--config.data_dir={args.data_dir}"] if args.data_dir else []
-    argv += [f"--config.epochs={args.epochs}"] if args.epochs else []
-    argv += ["--no-progress"] if args.no_progress else []
-    print(f"\n=== jaxquant {' '.join(argv)}", flush=True)
-    start = time.perf_counter()
-    if cli.main(argv) != 0:
-        raise SystemExit(2)
-    return time.perf_counter() - start
+    return cli.run_train(cli.train_argv(HERE / "configs" / config_file, workdir, overrides, data_dir=args.data_dir,
+                                        epochs=args.epochs, progress=not args.no_progress))
 
 
 def accuracies(workdir: pathlib.Path) -> dict[int, float]:

@@ -18,7 +18,6 @@ import argparse
 import json
 import pathlib
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -37,16 +36,9 @@ TITLE = "CIFAR-10 (JPEG-rebuilt) test accuracy (%), SmallCNN 16/32/64/64, 10,000
 
 
 def train(config_file: str, workdir: pathlib.Path, args, bits: int | None = None) -> float:
-    argv = ["train", "--config", str(HERE / "configs" / config_file), "--workdir", str(workdir)]
-    argv += [f"--config.data_dir={args.data_dir}"] if args.data_dir else []
-    argv += [f"--config.bits={bits}"] if bits else []
-    argv += [f"--config.epochs={args.epochs}"] if args.epochs else []
-    argv += ["--no-progress"] if args.no_progress else []
-    print(f"\n=== jaxquant {' '.join(argv)}", flush=True)
-    start = time.perf_counter()
-    if cli.main(argv) != 0:
-        raise SystemExit(2)
-    return time.perf_counter() - start
+    return cli.run_train(cli.train_argv(HERE / "configs" / config_file, workdir,
+                                        [f"--config.bits={bits}"] if bits else [], data_dir=args.data_dir,
+                                        epochs=args.epochs, progress=not args.no_progress))
 
 
 def accuracies(workdir: pathlib.Path) -> dict[int, float]:
