@@ -15,7 +15,6 @@ from jaxquant.data import load_dataset
 from jaxquant.errors import ConfigError
 from jaxquant.layers import INTERVAL_INIT, BranchSelection, MultiBranchConv
 from jaxquant.methods import build_trainer, mbquant, resolve_distillation, resolve_precision_mode
-from jaxquant.models.multibranch import MultiBranchCNN
 from jaxquant.training import fit
 
 ALL_BITS = tuple(range(2, 9))

@@ -42,7 +42,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxquant import quantizers as q
 from jaxquant import regularizers
 from jaxquant.errors import ConfigError
 from jaxquant.layers import QuantConv, QuantDense, QuantSpec

@@ -109,7 +109,7 @@ import numpy as np
 
 from jaxquant.errors import BitWidthError, ConfigError
 from jaxquant.layers import FULL_PRECISION, BranchSelection, QuantSpec
-from jaxquant.models.multibranch import CIFAR_RESNET20_PARTIAL_WIDTHS, RESNET18_PARTIAL_WIDTHS
+from jaxquant.models.multibranch import CIFAR_RESNET20_PARTIAL_WIDTHS, RESNET18_PARTIAL_WIDTHS  # noqa: F401  (re-exported)
 
 NAME = "mbquant"
 DEFAULT_DISTILLATION = "largest"
