@@ -83,6 +83,30 @@ def ptq_config() -> ml_collections.ConfigDict:
     return c
 
 
+def validate_config(config) -> list[tuple[int, int]]:
+    """Check a PTQ config (keys, settings, methods, sizes); return the parsed settings."""
+    known = set(ptq_config().keys())
+    unknown = sorted(set(config.keys()) - known)
+    if unknown:
+        raise ConfigError(f"unknown PTQ config key(s) {unknown}; known keys: {', '.join(sorted(known))}")
+    if not config.settings:
+        raise ConfigError("config.settings is empty; give at least one, e.g. ('W4A8',)")
+    for method in config.methods:
+        if method not in METHODS:
+            raise ConfigError(f"unknown PTQ method {method!r}; choose from {METHODS}")
+    for key in ("calibration_images", "calibration_rows", "activation_samples", "block", "bn_batch_size",
+                "eval_batch_size"):
+        if int(config[key]) < 1:
+            raise ConfigError(f"config.{key} must be at least 1, got {config[key]}")
+    for key in ("epochs", "ofwa_epochs", "bn_batches"):
+        if int(config[key]) < 0:
+            raise ConfigError(f"config.{key} must be 0 or more, got {config[key]}")
+    bitsplit.check_bits(int(config.first_last_weight_bits))
+    if not 2 <= int(config.last_activation_bits) <= 16:
+        raise BitWidthError(f"config.last_activation_bits must be 2..16, got {config.last_activation_bits}")
+    return [parse_setting(s) for s in config.settings]
+
+
 def parse_setting(setting: str) -> tuple[int, int]:
     """``'W4A8'`` -> ``(4, 8)``; ``A32`` means full-precision activations."""
     text = str(setting).strip().upper()
@@ -693,10 +717,7 @@ def run(workdir: str | pathlib.Path, config, out: str | pathlib.Path | None = No
     ``ptq_table.md`` and ``ptq_accuracy.png`` to ``out`` (default ``workdir/ptq``), and returns
     ``{'accuracy': {method: {setting: acc}}, 'seconds': {...}, ...}``."""
     settings = [str(s).upper() for s in config.settings]
-    parsed = {s: parse_setting(s) for s in settings}
-    for method in config.methods:
-        if method not in METHODS:
-            raise ConfigError(f"unknown PTQ method {method!r}; choose from {METHODS}")
+    parsed = dict(zip(settings, validate_config(config)))
     run_config, dataset, network, variables = fp_network(workdir, dataset)
     out = pathlib.Path(out or pathlib.Path(workdir) / "ptq")
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Every config in experiments/configs loads, validates and builds its model."""
+"""Every config in experiments/configs loads and validates: a training config builds its model,
+a PTQ config (`jaxquant ptq`) passes `ptq.validate_config`."""
 import pathlib
 
 import jax
@@ -11,11 +12,20 @@ from jaxquant.data import NORMALIZATION, NUM_CLASSES, ArrayDataset
 from jaxquant.methods import build_trainer
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.py"))
+PTQ_CONFIGS = [p for p in CONFIGS if "settings" in load_config(p)]
+TRAINING_CONFIGS = [p for p in CONFIGS if p not in PTQ_CONFIGS]
 SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3),
           "cifar100": (32, 32, 3), "imagenet2012": (224, 224, 3)}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", PTQ_CONFIGS, ids=lambda p: p.stem)
+def test_ptq_config_is_valid(path):
+    from jaxquant import ptq
+    config = load_config(path)
+    assert ptq.validate_config(config) and set(config.methods) <= set(ptq.METHODS)
+
+
+@pytest.mark.parametrize("path", TRAINING_CONFIGS, ids=lambda p: p.stem)
 def test_experiment_config_builds(path):
     config = load_config(path)
     shape = SHAPES[config.dataset]

@@ -113,6 +113,21 @@ def fp_run(tmp_path_factory):
     return workdir
 
 
+def test_validate_config_names_what_is_wrong():
+    assert ptq.validate_config(ptq.ptq_config())[0] == (4, 8)
+    for key, value, match in [("methods", ("gptq",), "unknown PTQ method"), ("settings", (), "empty"),
+                              ("calibration_rows", 0, "at least 1"), ("epochs", -1, "0 or more"),
+                              ("first_last_weight_bits", 1, "2..16")]:
+        config = ptq.ptq_config()
+        config[key] = value
+        with pytest.raises((ConfigError, BitWidthError), match=match):
+            ptq.validate_config(config)
+    config = ptq.ptq_config()
+    config.learning_rate = 0.1
+    with pytest.raises(ConfigError, match="unknown PTQ config key"):
+        ptq.validate_config(config)
+
+
 @pytest.fixture(scope="module")
 def digits_cnn(fp_run):
     """The FP SmallCNN of `fp_run`, as the pipeline sees it."""
