@@ -122,7 +122,7 @@ def load_tfds_in_memory(name: str, data_dir: str | None = None, cache_dir: str |
         for split in ("train", "test"):
             arrays[f"{split}_images"], arrays[f"{split}_labels"] = _read_split(source[split])
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")  # parallel writers (pytest -n) never share a file
         np.savez(tmp, **arrays)
         tmp.replace(cache)
     mean, std = NORMALIZATION[name]
