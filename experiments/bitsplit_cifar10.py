@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default="")
     parser.add_argument("--workdir", default="runs/bitsplit_cifar10")
-    parser.add_argument("--epochs", type=int, default=None, help="FP training epochs (default: the config's 4)")
+    parser.add_argument("--epochs", type=int, default=None, help="FP training epochs (default: the config's 3)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     fp_run = pathlib.Path(args.workdir) / "fp"
