@@ -90,9 +90,9 @@ FULL_PRECISION = QuantSpec(weight="none", activation="none")
 # ----------------------------------------------------------------------------------------------
 # Convolution that vmaps over precision without grouped convolutions.
 
-def _conv(x, kernel, strides, padding):
-    return jax.lax.conv_general_dilated(x, kernel, strides, padding,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+def _conv(x, kernel, strides, padding, groups: int = 1):
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=groups)
 
 
 def _unrolled_vmap(fn: Callable) -> Callable:
@@ -158,7 +158,7 @@ def conv_weight_gradient(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ..
 
 
 @functools.lru_cache(maxsize=None)
-def _make_precision_conv(strides: tuple[int, ...], padding, weight_gradient: str) -> Callable:
+def _make_precision_conv(strides: tuple[int, ...], padding, weight_gradient: str, groups: int = 1) -> Callable:
     """A conv whose vmap runs one plain conv per precision, forward and backward.
 
     XLA lowers a vmapped conv with batched input *and* kernel to a grouped conv, which on CPU
@@ -167,10 +167,12 @@ def _make_precision_conv(strides: tuple[int, ...], padding, weight_gradient: str
     gradient is a ``custom_vjp`` whose forward and backward are each unrolled under vmap.
     """
     def plain(x, kernel):
-        return _conv(x, kernel, strides, padding)
+        return _conv(x, kernel, strides, padding, groups)
 
     def gradients(x, kernel, g):
-        use_im2col = weight_gradient == "im2col" or (weight_gradient == "auto" and jax.default_backend() == "cpu")
+        # The im2col weight gradient is for dense convs; a grouped (depthwise) one uses XLA's.
+        use_im2col = groups == 1 and (weight_gradient == "im2col"
+                                      or (weight_gradient == "auto" and jax.default_backend() == "cpu"))
         if not use_im2col:
             return jax.vjp(plain, x, kernel)[1](g)
         dx = jax.vjp(lambda x: plain(x, kernel), x)[1](g)[0]
@@ -191,20 +193,21 @@ def _make_precision_conv(strides: tuple[int, ...], padding, weight_gradient: str
 
 
 def precision_conv(x, kernel, strides=(1, 1), padding="SAME", batching: str = "unroll",
-                   weight_gradient: str = "auto"):
-    """NHWC/HWIO convolution. ``batching='unroll'`` (default) makes ``jax.vmap`` over precision
-    run one plain conv per precision; ``'native'`` leaves XLA's grouped-conv lowering (try it on
-    GPU/TPU). ``weight_gradient``: ``im2col`` (`conv_weight_gradient`), ``xla``, or ``auto``
-    (im2col on CPU, XLA elsewhere); it applies with ``batching='unroll'``."""
+                   weight_gradient: str = "auto", groups: int = 1):
+    """NHWC/HWIO convolution (``groups`` > 1: grouped, e.g. depthwise with ``groups = C``).
+    ``batching='unroll'`` (default) makes ``jax.vmap`` over precision run one plain conv per
+    precision; ``'native'`` leaves XLA's grouped-conv lowering (try it on GPU/TPU).
+    ``weight_gradient``: ``im2col`` (`conv_weight_gradient`), ``xla``, or ``auto`` (im2col on
+    CPU, XLA elsewhere); it applies with ``batching='unroll'`` to ungrouped convs."""
     strides = tuple(strides)
     if weight_gradient not in WEIGHT_GRADIENTS:
         raise ConfigError(f"unknown weight_gradient {weight_gradient!r}; choose one of {WEIGHT_GRADIENTS}")
     if batching == "native":
-        return _conv(x, kernel, strides, padding)
+        return _conv(x, kernel, strides, padding, groups)
     if batching != "unroll":
         raise ConfigError(f"unknown conv batching {batching!r}; use 'unroll' or 'native'")
     padding = padding if isinstance(padding, str) else tuple(map(tuple, padding))
-    return _make_precision_conv(strides, padding, weight_gradient)(x, kernel)
+    return _make_precision_conv(strides, padding, weight_gradient, int(groups))(x, kernel)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,7 +268,8 @@ def _integer_conv(x, kernel, strides, padding):
 
 
 class QuantConv(nn.Module):
-    """2-D convolution (NHWC) with quantized weights and inputs at ``bits[precision]``."""
+    """2-D convolution (NHWC) with quantized weights and inputs at ``bits[precision]``;
+    ``feature_group_count`` > 1 makes it grouped (``= C_in``: depthwise, as MobileNetV2's)."""
     features: int
     kernel_size: Sequence[int] = (3, 3)
     strides: Sequence[int] = (1, 1)
@@ -276,12 +280,18 @@ class QuantConv(nn.Module):
     conv_batching: str = "unroll"
     weight_gradient: str = "auto"
     kernel_init: Callable = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-    skip_deselected: bool = True       # a static (Python int) precision computes only its branches
+    feature_group_count: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, precision) -> jax.Array:
-        shape = tuple(self.kernel_size) + (x.shape[-1], self.features)
+        groups = self.feature_group_count
+        if groups < 1 or x.shape[-1] % groups or self.features % groups:
+            raise ConfigError(f"QuantConv: {x.shape[-1]} input and {self.features} output channels do not "
+                              f"split into {groups} groups")
+        shape = tuple(self.kernel_size) + (x.shape[-1] // groups, self.features)
         if self.spec.weight == "codes":
+            if groups != 1:
+                raise ConfigError("weight='codes' (the vertical-layered artefact) supports ungrouped convs only")
             y = self._codes_conv(x, precision, shape)
         else:
             y = self._conv(x, precision, shape)
@@ -323,7 +333,7 @@ class QuantConv(nn.Module):
         x = _quantize_input(self, x, precision)
         kernel = _quantize_weight(self, kernel, precision)
         return precision_conv(x, kernel.astype(x.dtype), self.strides, self.padding, self.conv_batching,
-                              self.weight_gradient)
+                              self.weight_gradient, self.feature_group_count)
 
 
 class QuantDense(nn.Module):

@@ -163,6 +163,9 @@ def _describe(module: nn.Module, x: jax.Array, y: jax.Array) -> Layer:
     if isinstance(module, (QuantDense, nn.Dense)):
         return Layer(name, path, "dense", (x.shape[-1], module.features), has_bias=bool(module.use_bias),
                      input_shape=tuple(x.shape[1:]))
+    if isinstance(module, QuantConv) and module.feature_group_count != 1:
+        raise ConfigError(f"layer {name}: PTQ supports ungrouped convs only (the code's depthwise ofwa_rr_dw "
+                          "is not implemented)")
     if isinstance(module, nn.Conv):
         if module.feature_group_count != 1 or module.kernel_dilation not in (None, 1, (1, 1)) \
                 or module.input_dilation not in (None, 1, (1, 1)):

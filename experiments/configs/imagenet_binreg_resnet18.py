@@ -5,8 +5,8 @@ From the paper (as the digest records it): lambda 0.5, two-stage with 30 of 90 e
 weights only. The rest is LSQ's ImageNet recipe, not the BR paper's (its tables and training
 details were not reachable): SGD momentum 0.9, lr 0.01 with cosine decay (LSQ fine-tunes from an
 FP model; lr 0.1 from scratch), weight decay 1e-4 (LSQ lowers it at 2-3 bits), batch 256,
-RandomResizedCrop + flip. The paper's headline models are MobileNetV2 and MobileNetV3-Small at
-2 bits; jaxquant has no MobileNet, so this is the ResNet-18 row only.
+RandomResizedCrop + flip. The paper's headline models are MobileNetV2 (`imagenet_binreg_mobilenetv2.py`)
+and MobileNetV3-Small at 2 bits; jaxquant has no MobileNetV3.
 
 This config builds and validates, but `jaxquant train` holds datasets in memory and ImageNet
 streams (`jaxquant.data.imagenet_batches`): a streaming fit loop is needed to run it.

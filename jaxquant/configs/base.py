@@ -9,8 +9,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data_dir = ""                  # tfds data_dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets)
     c.augment = "none"               # none | crop | crop_flip (on device, inside the step)
     c.crop_padding = 4
-    c.model = "small_cnn"            # small_cnn | resnet20 | resnet32 | resnet18 | resnet34
-    c.width = 1                      # CIFAR ResNet width multiplier (Any-Precision uses 5)
+    c.model = "small_cnn"            # small_cnn | resnet20 | resnet32 | resnet18 | resnet34 | mobilenet_v2
+    c.width = 1                      # width multiplier: CIFAR ResNet (Any-Precision uses 5), MobileNetV2
     c.widths = (32, 64, 64)          # SmallCNN: stem width, then one quantized conv per entry
     c.stem_pool = False              # SmallCNN: 2x2 max-pool after the stem (28x28 inputs)
     c.preactivation = False          # CIFAR ResNet: Any-Precision's pre-activation blocks

@@ -6,12 +6,12 @@ from jaxquant.data import ArrayDataset, make_preprocess
 from jaxquant.errors import ConfigError
 from jaxquant.layers import QuantSpec
 from jaxquant.methods import anyprecision, binreg, lsq, mbquant, vertical
-from jaxquant.models import CifarResNet, ResNet, SmallCNN
+from jaxquant.models import CifarResNet, MobileNetV2, ResNet, SmallCNN
 from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, make_optimizer
 
 METHODS = {anyprecision.NAME: anyprecision, binreg.NAME: binreg, lsq.NAME: lsq, mbquant.NAME: mbquant,
            vertical.NAME: vertical}
-MODELS = ("small_cnn", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34")
+MODELS = ("small_cnn", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34", "mobilenet_v2")
 
 
 def method_module(name: str):
@@ -37,6 +37,8 @@ def build_model(config, num_classes: int, spec: QuantSpec):
     if config.model in ("resnet18", "resnet34"):
         stages = (2, 2, 2, 2) if config.model == "resnet18" else (3, 4, 6, 3)
         return ResNet(stage_sizes=stages, quantize_shortcut=config.quantize_shortcut, **common)
+    if config.model == "mobilenet_v2":
+        return MobileNetV2(width=float(config.width), **common)
     raise ConfigError(f"unknown model {config.model!r}; choose one of {MODELS}")
 
 

@@ -1,0 +1,26 @@
+"""LSQ + Bin Regularization on ImageNet, MobileNetV2 at 2 bits (weights and activations; FP stem
+and classifier): the paper's headline model (BR adds +3.9 top-1 over LSQ at 2 bits, from its
+abstract). ``--config.method=lsq`` trains the LSQ baseline. For GPU/TPU.
+
+From the paper: lambda 0.5, two-stage with CE only for the first third of training, weights
+only. The rest is the MobileNetV2 QAT recipe of the oscillations-QAT code (the digest, 2.5), as
+the BR paper's own was not reachable: SGD momentum 0.9, weight decay 2.5e-5, cosine, lr 0.01
+(that recipe's 3-bit value; it fine-tunes from an FP model), Adam for the quantizer steps, batch
+256, 90 epochs, RandomResizedCrop + flip. The model is `jaxquant.models.MobileNetV2`
+(torchvision's layout, depthwise convs quantized; the expansion convs' inputs signed).
+
+This config builds and validates, but `jaxquant train` holds datasets in memory and ImageNet
+streams (`jaxquant.data.imagenet_batches`): a streaming fit loop is needed to run it.
+"""
+from imagenet_binreg_resnet18 import get_config as resnet18_config  # a sibling config
+
+
+def get_config():
+    c = resnet18_config()
+    c.model = "mobilenet_v2"
+    c.width = 1
+    c.bits = (2,)
+    c.optimizer.learning_rate = 0.01
+    c.optimizer.weight_decay = 2.5e-5
+    c.optimizer.quantizer_learning_rate = 1e-5
+    return c

@@ -1,0 +1,79 @@
+"""ImageNet MobileNetV2 (Sandler et al., CVPR 2018) in torchvision's layout, with quantized convs.
+
+Stem: 3x3 stride-2 conv to 32 channels (FP by default, ``first_last_bits`` to quantize) -> BN ->
+ReLU6. Seventeen inverted-residual blocks, ``(expansion t, channels c, repeats n, first stride s)``:
+``(1, 16, 1, 1) (6, 24, 2, 2) (6, 32, 3, 2) (6, 64, 4, 2) (6, 96, 3, 1) (6, 160, 3, 2) (6, 320, 1, 1)``;
+a block is a 1x1 expansion conv -> BN -> ReLU6 (when t > 1), a 3x3 **depthwise** conv (stride s)
+-> BN -> ReLU6, and a 1x1 projection conv -> BN with no activation (the linear bottleneck), plus
+its input when the stride is 1 and the channels match. Then a 1x1 conv to 1280 -> BN -> ReLU6,
+global average pooling and the classifier (FP by default). Channels are ``width`` times these,
+rounded to multiples of 8 as torchvision does. At ``width=1`` and 1000 classes the FP model has
+torchvision's 3,504,872 parameters. torchvision's dropout (0.2) before the classifier is left out.
+
+Quantized inputs: the depthwise and projection convs read ReLU6 outputs (unsigned LSQ input
+quantizers); the expansion convs and the last 1x1 conv read a block's linear output, which is
+signed, so their LSQ input quantizers are signed.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+
+from jaxquant.layers import QuantSpec
+from jaxquant.models.common import avg_pool_all, first_conv, last_dense, layer_factories
+
+INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                             (6, 160, 3, 2), (6, 320, 1, 1))
+"""``(expansion t, output channels c, repeats n, first stride s)`` per stage, from the paper's Table 2."""
+
+relu6 = jax.nn.relu6
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """torchvision's channel rounding: the nearest multiple of ``divisor``, never below 90% of ``value``."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class MobileNetV2(nn.Module):
+    num_classes: int = 1000
+    width: float = 1.0
+    bits: tuple[int, ...] = (32,)
+    spec: QuantSpec = QuantSpec()
+    first_last_bits: int | None = None
+    conv_batching: str = "unroll"
+    weight_gradient: str = "auto"      # conv weight gradients: auto | im2col | xla (layers.precision_conv)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, precision, train: bool = False) -> jax.Array:
+        conv, bn = layer_factories(self.bits, self.spec, self.conv_batching, self.weight_gradient)
+        signed_spec = dataclasses.replace(self.spec, signed_activations=True) if self.spec.activation == "lsq" else self.spec
+        signed_conv, _ = layer_factories(self.bits, signed_spec, self.conv_batching, self.weight_gradient)
+        channels = make_divisible(32 * self.width)
+        x = first_conv(channels, (3, 3), (2, 2), self.first_last_bits, self.spec, self.conv_batching,
+                       self.weight_gradient)(x, 0)
+        x = relu6(bn(name="stem_bn")(x, precision, train))
+        index = 0
+        for expansion, out_channels, repeats, first_stride in INVERTED_RESIDUAL_SETTING:
+            out_channels = make_divisible(out_channels * self.width)
+            for repeat in range(repeats):
+                stride = first_stride if repeat == 0 else 1
+                name = f"block{index}"
+                hidden = x.shape[-1] * expansion
+                out = x
+                if expansion != 1:
+                    out = signed_conv(hidden, (1, 1), name=f"{name}_expand")(out, precision)
+                    out = relu6(bn(name=f"{name}_expand_bn")(out, precision, train))
+                out = conv(hidden, (3, 3), (stride, stride), feature_group_count=hidden,
+                           name=f"{name}_depthwise")(out, precision)
+                out = relu6(bn(name=f"{name}_depthwise_bn")(out, precision, train))
+                out = conv(out_channels, (1, 1), name=f"{name}_project")(out, precision)
+                out = bn(name=f"{name}_project_bn")(out, precision, train)
+                x = x + out if stride == 1 and x.shape[-1] == out_channels else out
+                index += 1
+        last_channels = make_divisible(1280 * max(1.0, self.width))
+        x = signed_conv(last_channels, (1, 1), name="last_conv")(x, precision)
+        x = relu6(bn(name="last_bn")(x, precision, train))
+        return last_dense(self.num_classes, self.first_last_bits, self.spec)(avg_pool_all(x), 0)
