@@ -382,6 +382,13 @@ def test_experiment_plan_and_train_arguments(experiment):
     assert argv[:3] == ["train", "--config", str(experiment.CONFIG)]
     assert {"--config.bits=2", "--config.method=lsq", "--config.data_dir=/data", "--config.epochs=1",
             "--no-progress"} <= set(argv)
+    # Each run is what its label says: the LSQ baseline without BR, every BR run with lambda 0.5.
+    from jaxquant.config import apply_overrides
+    for run in plan:
+        overrides = dict(arg[len("--config."):].split("=", 1) for arg in experiment.train_argv(run, pathlib.Path("/r"), args)
+                         if arg.startswith("--config."))
+        config = apply_overrides(load_config(experiment.CONFIG), overrides)
+        assert binreg.resolve_lambda(config) == (0.0 if run.label == "LSQ" else 0.5), run.label
 
 
 def test_experiment_summary_on_tiny_digits_runs(experiment, runs):

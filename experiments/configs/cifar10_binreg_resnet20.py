@@ -15,7 +15,7 @@ def get_config():
     c = lsq_config()
     c.method = "binreg"
     c.bits = (2,)
-    c.binreg_lambda = 0.5
+    c.binreg_lambda = -1.0          # the method's: 0.5 for binreg (the paper), 0 for the --config.method=lsq baseline
     c.binreg_schedule = "two_stage"
     c.binreg_start_epochs = -1.0     # a third of the 200 epochs
     c.binreg_units = "weight"

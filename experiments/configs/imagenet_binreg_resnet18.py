@@ -25,7 +25,7 @@ def get_config():
     c.epochs = 90
     c.batch_size = 256
     c.eval_batch_size = 250
-    c.binreg_lambda = 0.5
+    c.binreg_lambda = -1.0          # the method's: 0.5 for binreg (the paper), 0 for the --config.method=lsq baseline
     c.binreg_schedule = "two_stage"
     c.binreg_start_epochs = 30.0
     c.binreg_units = "weight"
