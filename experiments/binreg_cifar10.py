@@ -25,6 +25,7 @@ import sys
 import numpy as np
 
 from jaxquant import cli
+from jaxquant.config import apply_overrides, load_config
 from jaxquant.export import load_run
 from jaxquant.methods import binreg
 from jaxquant.report import format_table, plot_accuracy
@@ -143,8 +144,9 @@ def main(argv=None) -> int:
     dataset = load_dataset("cifar10", args.data_dir or None)
     text = summarize(root, PLAN, dataset, seconds)
     config = json.loads((root / PLAN[1].name / "config.json").read_text())
+    lam = binreg.resolve_lambda(apply_overrides(load_config(CONFIG), {"method": config["method"]}))
     text += (f"\n\nconfig: {config['epochs']} epochs, batch {config['batch_size']}, seed {config['seed']}, "
-             f"lambda {config['binreg_lambda']}, BR from epoch {config['binreg_start_epochs']:g} (two-stage), "
+             f"lambda {lam:g} (LSQ rows: 0), BR from epoch {config['binreg_start_epochs']:g} (two-stage), "
              f"{config['binreg_units']} units, {config['binreg_layer_reduction']} over layers")
     print("\n" + text)
     (root / "table.md").write_text(text + "\n")
