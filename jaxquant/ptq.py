@@ -216,11 +216,16 @@ def output_rows(y: jax.Array, layer: Layer, rows: jax.Array) -> jax.Array:
     return y[rows[:, 0], rows[:, 1], rows[:, 2]]
 
 
-def get_kernel(params, layer: Layer) -> jax.Array:
+def layer_params(params, layer: Layer) -> dict:
+    """The parameter dict (``kernel``, maybe ``bias``) of ``layer`` in a model's params."""
     node = params
     for part in layer.path:
         node = node[part]
-    return node["kernel"]
+    return node
+
+
+def get_kernel(params, layer: Layer) -> jax.Array:
+    return layer_params(params, layer)["kernel"]
 
 
 def set_kernels(variables: dict, kernels: dict[str, jax.Array], layers: Sequence[Layer]) -> dict:
@@ -228,9 +233,7 @@ def set_kernels(variables: dict, kernels: dict[str, jax.Array], layers: Sequence
     params = _thaw(variables["params"])  # fresh nested dicts; the arrays are shared
     for layer in layers:
         if layer.name in kernels:
-            node = params
-            for part in layer.path:
-                node = node[part]
+            node = layer_params(params, layer)
             node["kernel"] = jnp.asarray(kernels[layer.name], node["kernel"].dtype)
     return {**variables, "params": params}
 
@@ -467,14 +470,25 @@ class QuantizedModel:
     """layer -> (error at the start of ofwa_rr, error at its end), BitSplit only."""
 
 
+def classifier_name(layers: Sequence[Layer]) -> str | None:
+    """The classifier: the last dense layer (None if the model has none)."""
+    return next((layer.name for layer in reversed(layers) if layer.kind == "dense"), None)
+
+
+def reconstructs(layer: Layer, layers: Sequence[Layer], method: str, config) -> bool:
+    """Whether ``method`` fits ``layer`` by `ofwa_rr` (BitSplit: every layer but the classifier,
+    which the code fits by `ofwa` only, unless ``classifier_reconstruction``)."""
+    return method != "rtn" and (layer.name != classifier_name(layers) or config.classifier_reconstruction)
+
+
 def weight_placement(layers: Sequence[Layer], weight_bits: int, config) -> dict[str, int]:
     """Bits per layer: the first layer and the last dense (the classifier) at
     ``first_last_weight_bits``, every other layer at ``weight_bits``."""
     bits = {layer.name: weight_bits for layer in layers}
     bits[layers[0].name] = config.first_last_weight_bits
-    dense = [layer for layer in layers if layer.kind == "dense"]
-    if dense:
-        bits[dense[-1].name] = config.first_last_weight_bits
+    classifier = classifier_name(layers)
+    if classifier:
+        bits[classifier] = config.first_last_weight_bits
     return bits
 
 
@@ -487,9 +501,9 @@ def activation_placement(layers: Sequence[Layer], act_bits: int, config) -> dict
     bits = {layer.name: act_bits for layer in layers}
     if not config.quantize_image_input:
         bits.pop(layers[0].name)
-    dense = [layer for layer in layers if layer.kind == "dense"]
-    if dense and dense[-1].name in bits:
-        bits[dense[-1].name] = config.last_activation_bits
+    classifier = classifier_name(layers)
+    if classifier in bits:
+        bits[classifier] = config.last_activation_bits
     return bits
 
 
@@ -504,12 +518,7 @@ def _fit_weight(method: str, w: jax.Array, bits: int, rows: tuple | None, config
 
 
 def _bias_free_target(y: jax.Array, variables: dict, layer: Layer) -> jax.Array:
-    if not layer.has_bias:
-        return y
-    node = variables["params"]
-    for part in layer.path:
-        node = node[part]
-    return y - node["bias"]
+    return y - layer_params(variables["params"], layer)["bias"] if layer.has_bias else y
 
 
 def _input_quantizer(samples: jax.Array, bits: int) -> ActivationQuant:
@@ -529,50 +538,38 @@ def quantize_model(quantizer: Quantizer, variables: dict, data: CalibrationData,
     layers = quantizer.layers
     w_bits = weight_placement(layers, weight_bits, config)
     a_bits = activation_placement(layers, act_bits, config)
-    classifier = next((layer.name for layer in reversed(layers) if layer.kind == "dense"), None)
+    ecaq = method == "bitsplit_ecaq"
     kernels, weights, reconstruction, act = {}, {}, {}, {}
     say = progress or (lambda _: None)
-
-    def reconstruct(layer) -> bool:
-        return method != "rtn" and (layer.name != classifier or config.classifier_reconstruction)
-
-    if method == "bitsplit_ecaq":
+    if ecaq:
         # The FP targets from the same training-mode forward the quantized inputs come from, so
         # the two differ only by the quantization before the layer.
         fp_rows = quantizer.capture(variables, data.calibration, _act_arrays(layers, {}), rows, samples, train=True)
-        current = variables
-        for layer in layers:
-            x_rows = fp_rows[layer.name]["x"]
-            if layer.name in a_bits or layer is not layers[0]:
-                captured = quantizer.capture(current, data.calibration, _act_arrays(layers, act), rows, samples,
-                                             train=True)[layer.name]
-                x_rows = captured["x"]
-                if layer.name in a_bits:
-                    act[layer.name] = _input_quantizer(captured["samples"], a_bits[layer.name])
-                    lo, hi = act[layer.name].bounds
-                    x_rows = fake_quantize(x_rows, act[layer.name].step, lo, hi)
-            target = _bias_free_target(fp_rows[layer.name]["y"], variables, layer)
-            w = layer_matrix(get_kernel(variables["params"], layer), layer)
-            fitted, errors = _fit_weight(method, w, w_bits[layer.name],
-                                         (x_rows, target) if reconstruct(layer) else None, config)
-            weights[layer.name] = {"bits": w_bits[layer.name], **fitted}
-            kernels[layer.name] = matrix_kernel(fitted["alpha"][:, None] * fitted["codes"], layer)
+    current = variables  # ECAQ: the network with every layer before this one quantized
+    for layer in layers:
+        x_rows = fp_rows[layer.name]["x"]
+        if ecaq and (layer.name in a_bits or layer is not layers[0]):
+            captured = quantizer.capture(current, data.calibration, _act_arrays(layers, act), rows, samples,
+                                         train=True)[layer.name]
+            x_rows = captured["x"]
+            if layer.name in a_bits:
+                act[layer.name] = _input_quantizer(captured["samples"], a_bits[layer.name])
+                lo, hi = act[layer.name].bounds
+                x_rows = fake_quantize(x_rows, act[layer.name].step, lo, hi)
+        target = _bias_free_target(fp_rows[layer.name]["y"], variables, layer)
+        w = layer_matrix(get_kernel(variables["params"], layer), layer)
+        fitted, errors = _fit_weight(method, w, w_bits[layer.name],
+                                     (x_rows, target) if reconstructs(layer, layers, method, config) else None, config)
+        weights[layer.name] = {"bits": w_bits[layer.name], **fitted}
+        kernels[layer.name] = matrix_kernel(fitted["alpha"][:, None] * fitted["codes"], layer)
+        if ecaq:
             current = set_kernels(current, {layer.name: kernels[layer.name]}, layers)
-            if errors:
-                reconstruction[layer.name] = errors
-            say(layer.name)
+        if errors:
+            reconstruction[layer.name] = errors
+        say(layer.name)
+    if ecaq:
         quantized = reestimate_batchnorm(quantizer, current, data, _act_arrays(layers, act))
     else:
-        for layer in layers:
-            target = _bias_free_target(fp_rows[layer.name]["y"], variables, layer)
-            w = layer_matrix(get_kernel(variables["params"], layer), layer)
-            fitted, errors = _fit_weight(method, w, w_bits[layer.name],
-                                         (fp_rows[layer.name]["x"], target) if reconstruct(layer) else None, config)
-            weights[layer.name] = {"bits": w_bits[layer.name], **fitted}
-            kernels[layer.name] = matrix_kernel(fitted["alpha"][:, None] * fitted["codes"], layer)
-            if errors:
-                reconstruction[layer.name] = errors
-            say(layer.name)
         quantized = set_kernels(variables, kernels, layers)
         quantized = reestimate_batchnorm(quantizer, quantized, data, _act_arrays(layers, {}))
         if a_bits:
@@ -647,12 +644,8 @@ def format_ptq_table(accuracy_table: dict[str, dict[str, float]], settings: Sequ
     return "\n".join(lines)
 
 
-def plot_ptq(accuracy_table: dict[str, dict[str, float]], settings: Sequence[str], path: str | pathlib.Path,
-             title: str = "") -> pathlib.Path:
-    """Grouped bars: test accuracy per setting, one bar per method, FP as a dashed line."""
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(6.5, 3.8), dpi=120)
-    ax = fig.subplots()
+def draw_ptq_bars(ax, accuracy_table: dict[str, dict[str, float]], settings: Sequence[str]) -> None:
+    """Grouped bars on ``ax``: test accuracy per setting, one bar per method, FP as a dashed line."""
     methods = [m for m in accuracy_table if m != "fp"]
     width = 0.8 / max(len(methods), 1)
     for k, method in enumerate(methods):
@@ -669,6 +662,15 @@ def plot_ptq(accuracy_table: dict[str, dict[str, float]], settings: Sequence[str
     ax.set_ylim(max(0.0, min(values) - 5), min(100.0, max(values) + 3))
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
+
+
+def plot_ptq(accuracy_table: dict[str, dict[str, float]], settings: Sequence[str], path: str | pathlib.Path,
+             title: str = "") -> pathlib.Path:
+    """`draw_ptq_bars` in a figure of its own, saved to ``path``."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6.5, 3.8), dpi=120)
+    ax = fig.subplots()
+    draw_ptq_bars(ax, accuracy_table, settings)
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
@@ -700,15 +702,15 @@ def warm_up(quantizer: Quantizer, variables: dict, data: CalibrationData, rows: 
     jax.block_until_ready(quantizer.bn_update(variables, data.calibration[:2], no_act))
     if "bitsplit_ecaq" in config.methods:
         jax.block_until_ready(quantizer.capture(variables, data.calibration, no_act, rows, samples, train=True))
-    if any(m != "rtn" for m in config.methods):
-        classifier = next((layer.name for layer in reversed(layers) if layer.kind == "dense"), None)
+    if any(m != "rtn" for m in config.methods):  # every BitSplit method compiles the same functions
         for weight_bits, _ in settings:
+            placement = weight_placement(layers, weight_bits, config)
             for layer in layers:
-                bits = weight_placement(layers, weight_bits, config)[layer.name]
+                bits = placement[layer.name]
                 zeros = jnp.zeros((layer.features, layer.fan_in), jnp.float32)
                 codes, alpha = bitsplit.fwa(zeros, bits)
                 bitsplit.ofwa(zeros, bitsplit.split(codes, bits), alpha, epochs=config.ofwa_epochs)
-                if layer.name != classifier or config.classifier_reconstruction:
+                if reconstructs(layer, layers, "bitsplit", config):
                     bitsplit.compiled_ofwa_rr(bits - 1, layer.features, layer.fan_in, config.epochs, config.block)
     return time.perf_counter() - start
 
