@@ -45,6 +45,13 @@ def execute(path: pathlib.Path, kernel: str, overrides: str, timeout: int = 300)
     return nb
 
 
+def parameters(workdir, *settings: str) -> str:
+    """The injected cell: ``settings``, the run's ``WORKDIR``, and a check that the kernel runs
+    this interpreter."""
+    return "\n".join([*settings, f"WORKDIR = {str(workdir)!r}", "import sys",
+                      f"assert sys.executable == {sys.executable!r}, sys.executable"])
+
+
 def outputs(nb, output_type=None):
     return [out for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
             if output_type is None or out["output_type"] == output_type]
@@ -61,14 +68,12 @@ def test_committed_notebooks_have_no_outputs():
 
 def test_vertical_layering_notebook_runs(tmp_path, kernel_of_this_interpreter):
     workdir = tmp_path / "run"
-    overrides = "\n".join([
+    overrides = parameters(
+        workdir,
         "EPOCHS = 1",
         "WIDTHS = (8, 8, 8)",
         "BITS = (2, 4, 8, 32)",  # 3, 5, 6, 7 come from the cascade with borrowed, re-estimated BN
-        f"WORKDIR = {str(workdir)!r}",
-        "import sys",
-        f"assert sys.executable == {sys.executable!r}, sys.executable",
-    ])
+    )
     nb = execute(NOTEBOOKS / "vertical_layering.ipynb", kernel_of_this_interpreter, overrides)
     assert not outputs(nb, "error")
     text = "".join(out.get("text", "") for out in outputs(nb, "stream"))
@@ -86,13 +91,11 @@ def test_vertical_layering_notebook_runs(tmp_path, kernel_of_this_interpreter):
 
 def test_mbquant_notebook_runs(tmp_path, kernel_of_this_interpreter):
     workdir = tmp_path / "run"
-    overrides = "\n".join([
+    overrides = parameters(
+        workdir,
         "EPOCHS = 1",
         "WIDTHS = (8, 8, 8)",
-        f"WORKDIR = {str(workdir)!r}",
-        "import sys",
-        f"assert sys.executable == {sys.executable!r}, sys.executable",
-    ])
+    )
     nb = execute(NOTEBOOKS / "mbquant.ipynb", kernel_of_this_interpreter, overrides)
     assert not outputs(nb, "error")
     text = "".join(out.get("text", "") for out in outputs(nb, "stream"))
@@ -111,14 +114,12 @@ def test_mbquant_notebook_runs(tmp_path, kernel_of_this_interpreter):
 
 def test_bin_regularization_notebook_runs(tmp_path, kernel_of_this_interpreter):
     workdir = tmp_path / "run"
-    overrides = "\n".join([
+    overrides = parameters(
+        workdir,
         "EPOCHS = 1",  # two-stage: CE only for the first third of the epoch, then CE + BR
         "WIDTHS = (8, 8, 8)",
         "BITS = (2,)",
-        f"WORKDIR = {str(workdir)!r}",
-        "import sys",
-        f"assert sys.executable == {sys.executable!r}, sys.executable",
-    ])
+    )
     nb = execute(NOTEBOOKS / "bin_regularization.ipynb", kernel_of_this_interpreter, overrides)
     assert not outputs(nb, "error")
     text = "".join(out.get("text", "") for out in outputs(nb, "stream"))
@@ -142,17 +143,15 @@ def test_bin_regularization_notebook_runs(tmp_path, kernel_of_this_interpreter):
 
 def test_bitsplit_notebook_runs(tmp_path, kernel_of_this_interpreter):
     workdir = tmp_path / "run"
-    overrides = "\n".join([
+    overrides = parameters(
+        workdir,
         "EPOCHS = 2",
         "WIDTHS = (8, 8, 8)",
         "SETTINGS = ('W4A8', 'W2A8')",
         "PTQ_EPOCHS = 3",
         "CALIBRATION_IMAGES = 64",
         "BN_BATCHES = 3",
-        f"WORKDIR = {str(workdir)!r}",
-        "import sys",
-        f"assert sys.executable == {sys.executable!r}, sys.executable",
-    ])
+    )
     nb = execute(NOTEBOOKS / "bitsplit_ptq.ipynb", kernel_of_this_interpreter, overrides)
     assert not outputs(nb, "error")
     text = "".join(out.get("text", "") for out in outputs(nb, "stream"))
