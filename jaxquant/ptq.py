@@ -368,9 +368,24 @@ class Quantizer:
             with nn.intercept_methods(_quantizing(self.layers, act_arrays)):
                 return network.apply(variables, x, True)[1]
 
+        def bn_scan(variables, batches, act_arrays):
+            def body(stats, x):
+                return bn_update({**variables, "batch_stats": stats}, x, act_arrays), None
+            return jax.lax.scan(body, variables["batch_stats"], batches)[0]
+
         self.capture = jax.jit(capture, static_argnames="train")
         self.predict = jax.jit(predict)
         self.bn_update = jax.jit(bn_update)
+        self._bn_scan = jax.jit(bn_scan)
+        self._bn_scan_compiled: dict = {}
+
+    def compile_bn_scan(self, variables, batches: jax.Array, act_arrays: dict):
+        """The compiled `lax.scan` of `bn_update` over stacked ``batches`` ``[T, B, ...]``
+        (compiled once per shape, without running it)."""
+        key = (batches.shape, batches.dtype)
+        if key not in self._bn_scan_compiled:
+            self._bn_scan_compiled[key] = self._bn_scan.lower(variables, batches, act_arrays).compile()
+        return self._bn_scan_compiled[key]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,12 +433,19 @@ def sample_rows(rng: np.random.Generator, layers: Sequence[Layer], batch: int, r
     return to_jnp(row_indices), to_jnp(sample_indices)
 
 
+BN_STACK_BYTES = 2 ** 30
+"""BatchNorm batches up to this size are augmented once and kept on device, stacked."""
+
+
 @dataclasses.dataclass
 class CalibrationData:
     """Where PTQ draws images: ``calibration`` (model inputs, augmented once) and
-    ``bn_batches()`` (an iterable of model-input batches for BatchNorm re-estimation)."""
+    ``bn_batches()`` (an iterable of model-input batches for BatchNorm re-estimation), or
+    ``bn_stack`` (the same batches stacked ``[T, B, ...]`` on device: every re-estimation of a
+    run then is one jitted `lax.scan` over them, without re-drawing or re-augmenting)."""
     calibration: jax.Array
     bn_batches: Callable[[], Iterable[jax.Array]]
+    bn_stack: jax.Array | None = None
 
     @classmethod
     def from_arrays(cls, network: Network, images: np.ndarray, config, seed: int = 0) -> "CalibrationData":
@@ -439,7 +461,10 @@ class CalibrationData:
                 idx = batch_rng.choice(len(images), size=min(config.bn_batch_size, len(images)), replace=False)
                 yield network.inputs(images[idx], True, jax.random.fold_in(key, i + 1))
 
-        return cls(calibration, bn_batches)
+        batch = min(config.bn_batch_size, len(images))
+        stack_bytes = config.bn_batches * batch * calibration[0].size * calibration.dtype.itemsize
+        stack = jnp.stack(list(bn_batches())) if 0 < config.bn_batches and stack_bytes <= BN_STACK_BYTES else None
+        return cls(calibration, bn_batches, stack)
 
 
 def reestimate_batchnorm(quantizer: Quantizer, variables: dict, data: CalibrationData, act_arrays: dict) -> dict:
@@ -447,6 +472,9 @@ def reestimate_batchnorm(quantizer: Quantizer, variables: dict, data: Calibratio
     and return the variables with the moved ``batch_stats``: the code's BN "update"."""
     if not variables.get("batch_stats"):
         return variables
+    if data.bn_stack is not None:
+        scan = quantizer.compile_bn_scan(variables, data.bn_stack, act_arrays)
+        return {**variables, "batch_stats": scan(variables, data.bn_stack, act_arrays)}
     for x in data.bn_batches():
         variables = {**variables, "batch_stats": quantizer.bn_update(variables, x, act_arrays)}
     return variables
@@ -700,6 +728,8 @@ def warm_up(quantizer: Quantizer, variables: dict, data: CalibrationData, rows: 
     layers = quantizer.layers
     no_act = _act_arrays(layers, {})
     jax.block_until_ready(quantizer.bn_update(variables, data.calibration[:2], no_act))
+    if data.bn_stack is not None:
+        quantizer.compile_bn_scan(variables, data.bn_stack, no_act)
     if "bitsplit_ecaq" in config.methods:
         jax.block_until_ready(quantizer.capture(variables, data.calibration, no_act, rows, samples, train=True))
     if any(m != "rtn" for m in config.methods):  # every BitSplit method compiles the same functions

@@ -80,6 +80,31 @@ def test_placement_keeps_first_and_last_layers_at_eight_bits(resnet):
     assert ptq.activation_placement(layers, 32, config) == {}
 
 
+def test_batchnorm_reestimation_scan_over_stacked_batches_equals_the_loop(resnet):
+    """The stacked batches are the generator's, and one `lax.scan` over them moves the running
+    statistics as the Python loop of `bn_update` calls does; the stats actually move."""
+    network, variables, images, layers = resnet
+    data = ptq.CalibrationData.from_arrays(network, images, tiny_config(bn_batches=4, bn_batch_size=8))
+    assert data.bn_stack is not None and data.bn_stack.shape == (4, 8, 8, 8, 3)
+    np.testing.assert_array_equal(np.asarray(data.bn_stack), np.stack([np.asarray(x) for x in data.bn_batches()]))
+    quantizer = ptq.Quantizer(network, layers)
+    act = ptq._act_arrays(layers, {})
+    scanned = ptq.reestimate_batchnorm(quantizer, variables, data, act)["batch_stats"]
+    looped = ptq.reestimate_batchnorm(quantizer, variables, ptq.CalibrationData(data.calibration, data.bn_batches),
+                                      act)["batch_stats"]
+    chex_close = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)  # noqa: E731
+    jax.tree_util.tree_map(chex_close, scanned, looped)
+    moved = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), scanned, variables["batch_stats"])
+    assert max(jax.tree_util.tree_leaves(moved)) > 1e-3
+
+
+def test_batchnorm_batches_too_large_to_stack_stream(resnet, monkeypatch):
+    network, _, images, _ = resnet
+    monkeypatch.setattr(ptq, "BN_STACK_BYTES", 1000)
+    data = ptq.CalibrationData.from_arrays(network, images, tiny_config(bn_batches=4, bn_batch_size=8))
+    assert data.bn_stack is None and len(list(data.bn_batches())) == 4
+
+
 def test_mse_step_is_the_fixed_point_and_beats_the_max_scale():
     values = np.random.default_rng(2).exponential(size=20000)
     step = ptq.mse_step(values, 4, signed=False)
