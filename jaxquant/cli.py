@@ -80,20 +80,21 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load_dataset(config):
     from jaxquant.data import load_dataset
-    return load_dataset(config.dataset, config.data_dir or None)
+    return load_dataset(config.dataset, config.data_dir or None, image_size=config.image_size,
+                        workers=config.data_workers)
 
 
 def _report(config, dataset, accuracies: dict, workdir: pathlib.Path, seconds: float | None) -> None:
     from jaxquant.report import format_table, plot_accuracy, save_results
     run = f"{config.method} {config.model}"
-    title = f"{dataset.name}: test accuracy by bit-width ({len(dataset.test_labels)} test images)"
+    title = f"{dataset.name}: test accuracy by bit-width ({dataset.test_size} test images)"
     print()
     print(format_table({run: accuracies}, title=title))
     untrained = [b for b in accuracies if b not in tuple(config.bits)]
     if untrained:
         print(f"\nnot trained, run from the cascade with borrowed BatchNorm: {', '.join(map(str, untrained))}-bit")
     extra = {"method": config.method, "model": config.model, "dataset": dataset.name,
-             "test_examples": int(len(dataset.test_labels)), "trained_bits": [int(b) for b in config.bits]}
+             "test_examples": int(dataset.test_size), "trained_bits": [int(b) for b in config.bits]}
     if seconds is not None:
         extra["train_seconds"] = round(seconds, 1)
     json_path = save_results(workdir, accuracies, extra)
@@ -106,8 +107,8 @@ def _accuracies(config, dataset, trainer, state, recalibrate_batches: int = 0) -
     if config.method == "vertical":
         from jaxquant.export import evaluate_every_bit_width
         return evaluate_every_bit_width(config, dataset, trainer, state, recalibrate_batches)
-    from jaxquant.training import evaluate
-    return evaluate(trainer, state, dataset.test_images, dataset.test_labels, config.eval_batch_size)
+    from jaxquant.training import evaluate_dataset
+    return evaluate_dataset(trainer, state, dataset, config.eval_batch_size)
 
 
 def train(args, overrides: dict[str, str]) -> int:
@@ -122,11 +123,11 @@ def train(args, overrides: dict[str, str]) -> int:
 
     from jaxquant.methods import build_trainer
     from jaxquant.training import fit
-    steps_per_epoch = len(dataset.train_labels) // config.batch_size
+    steps_per_epoch = dataset.train_size // config.batch_size
     trainer = build_trainer(config, dataset, max(steps_per_epoch, 1))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"jaxquant train: {config.method} / {config.model} on {dataset.name} "
-          f"({len(dataset.train_labels)} train images), bits {tuple(config.bits)}, "
+          f"({dataset.train_size} train images{', streamed' if hasattr(dataset, 'train_source') else ''}), bits {tuple(config.bits)}, "
           f"{config.epochs} epochs, distillation {trainer.distillation}, precisions by {trainer.precision_mode}, "
           f"workdir {workdir}", flush=True)
     from jaxquant.methods import binreg
@@ -157,11 +158,10 @@ def evaluate_workdir(args) -> int:
 
 def export_workdir(args) -> int:
     """Write the artefact, then load it at every bit-width: bytes read and test accuracy."""
-    from jaxquant.data import load_dataset
     from jaxquant.export import config_from_json, export_vertical, load_vertical
-    from jaxquant.training import accuracy as test_accuracy
+    from jaxquant.training import batches_accuracy
     config = config_from_json(pathlib.Path(args.workdir) / "config.json")
-    dataset = load_dataset(config.dataset, config.data_dir or None)
+    dataset = _load_dataset(config)
     summary = export_vertical(args.workdir, args.out, basic_bits=args.basic_bits,
                               recalibrate_batches=args.recalibrate_batches, dataset=dataset)
     print(f"jaxquant export: wrote {summary['path']} ({summary['file_bytes']:,} bytes, "
@@ -171,7 +171,7 @@ def export_workdir(args) -> int:
         model = load_vertical(args.out, k)
         accuracy = "-"
         if not args.no_eval:
-            accuracy = f"{100.0 * test_accuracy(model, dataset.test_images, dataset.test_labels, config.eval_batch_size):.2f}"
+            accuracy = f"{100.0 * batches_accuracy(model, dataset.test_batches(config.eval_batch_size)):.2f}"
         rows.append(f"| {k} | {model.bytes_read:,} | {model.bytes_read / model.file_bytes:.1%} | {accuracy} |")
     print("\n".join(rows))
     return 0
@@ -180,6 +180,8 @@ def export_workdir(args) -> int:
 def bins_workdir(args) -> int:
     """Print and write (JSON) the per-layer weight quantization MSE and bin statistics of a run's
     latest checkpoint at each trained integer bit-width; optionally plot one layer's bins."""
+    import numpy as np
+
     from jaxquant.errors import BitWidthError, ConfigError
     from jaxquant.export import load_run
     from jaxquant.methods import binreg
@@ -191,7 +193,7 @@ def bins_workdir(args) -> int:
                             f"pass --bits one of {integer_bits}")
     if not integer_bits:
         raise BitWidthError(f"{args.workdir} has no quantized bit-width (bits {tuple(config.bits)})")
-    layers = binreg.model_layers(trainer.model, dataset.train_images[:1].astype("float32"))
+    layers = binreg.model_layers(trainer.model, dataset.train_examples(np.arange(1))[0].astype("float32"))
     print(f"jaxquant bins: {args.workdir} at step {step} ({config.method}, bits {tuple(config.bits)})")
     payload = {"workdir": str(args.workdir), "step": int(step or 0), "method": config.method, "bits": {}}
     for b in ([args.bits] if args.bits is not None else integer_bits):
@@ -210,7 +212,7 @@ def bins_workdir(args) -> int:
             run_config, _, run_trainer, run_state, _ = run
             if b not in tuple(run_config.bits):
                 raise BitWidthError(f"{workdir} was not trained at {b} bits (bits {tuple(run_config.bits)})")
-            run_layers = binreg.model_layers(run_trainer.model, dataset.train_images[:1].astype("float32"))
+            run_layers = binreg.model_layers(run_trainer.model, dataset.train_examples(np.arange(1))[0].astype("float32"))
             path = next((p for p in run_layers if binreg.layer_name(p) == name), None)
             if path is None:
                 raise ConfigError(f"{workdir} has no quantized layer {name!r}")

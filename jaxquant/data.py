@@ -3,18 +3,26 @@
 Small image sets (digits, MNIST, Fashion-MNIST, CIFAR-10/100) are held in memory as NumPy
 arrays and gathered per step; random crop + flip and normalisation run on device inside the
 jitted step (`make_preprocess`). scikit-learn's bundled ``digits`` is the embedded default that
-needs no download. ImageNet streams through ``tf.data`` (`imagenet_batches`, needs the ``tf`` extra).
+needs no download. ImageNet streams (`StreamingDataset`): examples are read by index from the
+prepared array_record files, decoded and augmented on the host in a thread pool
+(RandomResizedCrop + flip for training, resize + centre crop for evaluation), so a batch is a
+function of (seed, step) as for the in-memory sets and a resumed run sees the same batches. Both
+kinds answer `train_examples(indices, seed, step)` and `test_batches(batch_size)`, which is all the
+fit loop, evaluation and PTQ use. `imagenet_batches` is the same pipeline in ``tf.data`` (the ``tf``
+extra) for users who feed their own loop.
 
 The project's machines are offline: a tfds dataset must be prepared beforehand in ``data_dir``
 (``TFDS_DATA_DIR``); otherwise `DatasetNotFoundError` says how.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import math
 import os
 import pathlib
 import zlib
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +32,7 @@ from jaxquant.errors import ConfigError, DatasetNotFoundError
 
 IN_MEMORY = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
 STREAMING = ("imagenet2012",)
+STREAM_SPLITS = {"imagenet2012": ("train", "validation")}  # (training, evaluation) split
 
 # Per-channel mean and std of the training images, in [0, 1] units.
 NORMALIZATION = {
@@ -37,6 +46,8 @@ NORMALIZATION = {
 NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
                "imagenet2012": 1000}
 BUILD_HINT = {name: f"python ../shared/data/prepare_tfds.py DATA_DIR {name}" for name in ("mnist", "fashion_mnist", "cifar10")}
+BUILD_HINT["imagenet2012"] = ("tfds build imagenet2012 --data_dir DATA_DIR --manual_dir <folder with ILSVRC2012_img_*.tar> "
+                              "--file_format array_record")
 
 
 @dataclasses.dataclass
@@ -54,6 +65,25 @@ class ArrayDataset:
     @property
     def image_shape(self) -> tuple[int, ...]:
         return tuple(self.train_images.shape[1:])
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train_labels)
+
+    @property
+    def test_size(self) -> int:
+        return len(self.test_labels)
+
+    def train_examples(self, indices: np.ndarray, seed: int = 0, step: int = 0, offset: int = 0
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """The training examples at ``indices``, unaugmented (augmentation runs on device, in
+        the step); ``seed``, ``step`` and ``offset`` are for the streaming datasets' host-side one."""
+        return self.train_images[indices], self.train_labels[indices]
+
+    def test_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The test set in order, ``batch_size`` at a time (the last batch may be shorter)."""
+        for start in range(0, self.test_size, batch_size):
+            yield self.test_images[start:start + batch_size], self.test_labels[start:start + batch_size]
 
 
 def default_data_dir(data_dir: str | None = None) -> str:
@@ -90,9 +120,10 @@ def _open_source(name: str, data_dir: str, split: str):
     except Exception as e:  # tfds raises several types here
         if not tfds.builder(name, data_dir=data_dir).is_prepared():
             raise _not_prepared(name, data_dir) from e
+        hint = BUILD_HINT.get(name, "prepare_tfds.py builds it so").replace("DATA_DIR", data_dir)
         raise DatasetNotFoundError(
-            f"dataset {name!r} in {data_dir} cannot be read without TensorFlow ({str(e).splitlines()[0]}); "
-            "rebuild it in the array_record format (the default of prepare_tfds.py)") from e
+            f"dataset {name!r} in {data_dir} cannot be read by index ({str(e).splitlines()[0]}); "
+            f"rebuild it in the array_record format ({hint})") from e
 
 
 def _read_split(source) -> tuple[np.ndarray, np.ndarray]:
@@ -130,12 +161,14 @@ def load_tfds_in_memory(name: str, data_dir: str | None = None, cache_dir: str |
                         arrays["test_labels"], NUM_CLASSES[name], mean, std)
 
 
-def load_dataset(name: str, data_dir: str | None = None, cache_dir: str | None = None) -> ArrayDataset:
-    """An in-memory dataset by tfds name (``digits`` is scikit-learn's, always available)."""
+def load_dataset(name: str, data_dir: str | None = None, cache_dir: str | None = None, image_size: int = 224,
+                 workers: int = 8) -> "ArrayDataset | StreamingDataset":
+    """A dataset by tfds name: in memory (``digits`` is scikit-learn's, always available), or
+    streamed from disk for ``imagenet2012`` (at ``image_size`` squares, ``workers`` host threads)."""
     if name == "digits":
         return load_digits()
     if name in STREAMING:
-        raise ConfigError(f"{name!r} is too large to hold in memory; it streams through imagenet_batches()")
+        return load_streaming(name, data_dir, image_size, workers)
     if name not in IN_MEMORY:
         raise ConfigError(f"unknown dataset {name!r}; choose one of {IN_MEMORY + STREAMING}")
     return load_tfds_in_memory(name, data_dir, cache_dir)
@@ -200,7 +233,146 @@ def make_preprocess(mean, std, augment: str = "none", crop_padding: int = 4) -> 
 
 
 # ----------------------------------------------------------------------------------------------
-# ImageNet: streamed with tf.data (the `tf` extra).
+# Streaming: read by index from array_record, decoded and augmented on the host.
+
+def random_resized_crop_box(rng: np.random.Generator, height: int, width: int, scale=(0.08, 1.0),
+                            ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """``(top, left, h, w)`` of torchvision's ``RandomResizedCrop``: up to ten draws of an area
+    fraction uniform in ``scale`` and an aspect ratio log-uniform in ``ratio``, the first that fits
+    the image; otherwise the central crop at the aspect ratio clamped to ``ratio``."""
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    return np.repeat(image, 3, -1) if image.shape[-1] == 1 else image
+
+
+def train_transform(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """RandomResizedCrop(``size``, scale 0.08-1, ratio 3/4-4/3, bilinear) + horizontal flip with
+    probability 1/2: ImageNet training augmentation, on uint8 HWC."""
+    from PIL import Image
+    image = _rgb(image)
+    top, left, h, w = random_resized_crop_box(rng, image.shape[0], image.shape[1])
+    out = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h)))
+    return out[:, ::-1] if rng.random() < 0.5 else out
+
+
+def eval_transform(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize the short side to ``size * 256 / 224`` (bilinear) and centre-crop ``size``: the
+    standard ImageNet evaluation (256 -> 224), on uint8 HWC."""
+    from PIL import Image
+    image = _rgb(image)
+    height, width = image.shape[:2]
+    short = int(round(size * 256 / 224))
+    scale = short / min(height, width)
+    new_h, new_w = (short, int(width * scale)) if height <= width else (int(height * scale), short)
+    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    top, left = int(round((new_h - size) / 2)), int(round((new_w - size) / 2))
+    return resized[top:top + size, left:left + size]
+
+
+@dataclasses.dataclass
+class StreamingDataset:
+    """A tfds image dataset too large for memory, read by index from its array_record files
+    (``tfds.data_source``, no TensorFlow needed) and transformed on the host by ``workers``
+    threads (PIL releases the GIL while it resizes). The augmentation of the example at position
+    ``p`` of step ``t``'s global batch draws from ``(seed, t, p)``, so batches are a pure function
+    of (seed, step), as `batch_indices` makes the order: a resumed run sees what it would have."""
+    name: str
+    train_source: Any
+    test_source: Any
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int = 224
+    workers: int = 8
+    _pool: Any = dataclasses.field(default=None, init=False, repr=False)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return (self.image_size, self.image_size, 3)
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train_source)
+
+    @property
+    def test_size(self) -> int:
+        return len(self.test_source)
+
+    def _map(self, fn, *iterables) -> list:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix=f"{self.name}-decode")
+        return list(self._pool.map(fn, *iterables))
+
+    def train_examples(self, indices: np.ndarray, seed: int = 0, step: int = 0, offset: int = 0
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Training examples at ``indices``, augmented; ``offset`` is the position of the first
+        one in the global batch (a host's share of a multi-host batch)."""
+        def one(position, index):
+            item = self.train_source[int(index)]
+            rng = np.random.default_rng([seed, step, offset + position])
+            return train_transform(item["image"], rng, self.image_size), int(item["label"])
+        examples = self._map(one, range(len(indices)), indices)
+        return np.stack([e[0] for e in examples]), np.asarray([e[1] for e in examples], np.int32)
+
+    def _test_batch(self, start: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        def one(index):
+            item = self.test_source[index]
+            return eval_transform(item["image"], self.image_size), int(item["label"])
+        examples = self._map(one, range(start, min(start + batch_size, self.test_size)))
+        return np.stack([e[0] for e in examples]), np.asarray([e[1] for e in examples], np.int32)
+
+    def test_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The evaluation split in order, resized and centre-cropped; the next batch is decoded
+        while the caller works on this one."""
+        starts = list(range(0, self.test_size, batch_size))
+        with concurrent.futures.ThreadPoolExecutor(1) as ahead:
+            pending = ahead.submit(self._test_batch, starts[0], batch_size) if starts else None
+            for i in range(len(starts)):
+                batch = pending.result()
+                if i + 1 < len(starts):
+                    pending = ahead.submit(self._test_batch, starts[i + 1], batch_size)
+                yield batch
+
+
+def load_streaming(name: str, data_dir: str | None = None, image_size: int = 224, workers: int = 8
+                   ) -> StreamingDataset:
+    """A `StreamingDataset` over a prepared tfds dataset's training and evaluation splits."""
+    if name not in STREAM_SPLITS:
+        raise ConfigError(f"{name!r} does not stream; streaming datasets: {STREAMING}")
+    if int(image_size) < 8:
+        raise ConfigError(f"image_size must be at least 8, got {image_size}")
+    if int(workers) < 1:
+        raise ConfigError(f"data_workers must be at least 1, got {workers}")
+    data_dir = default_data_dir(data_dir)
+    train_split, test_split = STREAM_SPLITS[name]
+    mean, std = NORMALIZATION[name]
+    return StreamingDataset(name, _open_source(name, data_dir, train_split), _open_source(name, data_dir, test_split),
+                            NUM_CLASSES[name], mean, std, int(image_size), int(workers))
+
+
+# ----------------------------------------------------------------------------------------------
+# ImageNet in tf.data (the `tf` extra), for users who feed their own loop.
 
 def imagenet_batches(split: str, batch_size: int, data_dir: str | None = None, image_size: int = 224,
                      train: bool = True, seed: int = 0, name: str = "imagenet2012"

@@ -48,6 +48,11 @@ def config_from_json(path: pathlib.Path) -> ml_collections.ConfigDict:
         config = ml_collections.ConfigDict(json.loads(path.read_text()))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); restore it or retrain") from e
+    # Keys added to jaxquant after the run was written take their defaults.
+    from jaxquant.configs.base import base_config
+    for key, value in base_config().items():
+        if key not in config:
+            config[key] = value
     for key in ("bits", "widths", "loss_weights"):
         config[key] = tuple(config[key])
     config.optimizer.step_epochs = tuple(config.optimizer.step_epochs)
@@ -60,9 +65,11 @@ def load_run(workdir: str | pathlib.Path, dataset=None):
     from jaxquant.methods import build_trainer
     workdir = pathlib.Path(workdir)
     config = config_from_json(workdir / "config.json")
-    dataset = dataset or load_dataset(config.dataset, config.data_dir or None)
-    trainer = build_trainer(config, dataset, max(len(dataset.train_labels) // config.batch_size, 1))
-    template = trainer.init(jax.random.key(0), jnp.asarray(dataset.train_images[:config.batch_size]))
+    dataset = dataset or load_dataset(config.dataset, config.data_dir or None, image_size=config.image_size,
+                                      workers=config.data_workers)
+    trainer = build_trainer(config, dataset, max(dataset.train_size // config.batch_size, 1))
+    # Shapes only: one example stands in for the batch (init traces the model, nothing is trained).
+    template = trainer.init(jax.random.key(0), jnp.asarray(dataset.train_examples(np.arange(1))[0]))
     checkpointer = Checkpointer(workdir)
     try:
         state = checkpointer.restore(template)
@@ -110,8 +117,8 @@ def variables_for_bits(config, dataset, state, target_bits, recalibrate_batches:
         from jaxquant.data import batch_indices, make_preprocess
         spec = method_module(config.method).quant_spec(config)
         model = build_model(with_bits(config, target_bits), dataset.num_classes, spec)
-        n = len(dataset.train_labels)
-        batches = (dataset.train_images[batch_indices(config.seed + 1, i, n, config.batch_size)]
+        n = dataset.train_size
+        batches = (dataset.train_examples(batch_indices(config.seed + 1, i, n, config.batch_size), config.seed + 1, i)[0]
                    for i in range(recalibrate_batches))
         variables = vertical.recalibrate_batch_norm(model, variables, batches, untrained,
                                                     make_preprocess(dataset.mean, dataset.std))
@@ -125,7 +132,7 @@ def evaluate_every_bit_width(config, dataset, trainer, state, recalibrate_batche
     """Test accuracy of a vertical run at every bit-width 2..B (and FP when trained), including
     bit-widths it was not trained on (see `variables_for_bits`)."""
     from jaxquant.methods import build_model, method_module, vertical
-    from jaxquant.training import TrainState, evaluate
+    from jaxquant.training import TrainState, evaluate_dataset
     spec = method_module(config.method).quant_spec(config)
     bits = vertical.evaluation_bits(tuple(config.bits), spec.source_bits)
     variables, _ = variables_for_bits(config, dataset, state, bits, recalibrate_batches, log)
@@ -133,7 +140,7 @@ def evaluate_every_bit_width(config, dataset, trainer, state, recalibrate_batche
     every = dataclasses.replace(trainer, model=model, bits=bits, loss_weights=None)
     state = TrainState(step=state.step, params=variables["params"], batch_stats=variables["batch_stats"],
                        opt_state=None)
-    return evaluate(every, state, dataset.test_images, dataset.test_labels, config.eval_batch_size)
+    return evaluate_dataset(every, state, dataset, config.eval_batch_size)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -450,18 +450,32 @@ class CalibrationData:
     @classmethod
     def from_arrays(cls, network: Network, images: np.ndarray, config, seed: int = 0) -> "CalibrationData":
         """Draw from in-memory training ``images`` with the network's training augmentation."""
+        return cls.from_examples(network, len(images), lambda idx, step: images[idx], config, seed)
+
+    @classmethod
+    def from_dataset(cls, network: Network, dataset, config, seed: int = 0) -> "CalibrationData":
+        """Draw from a `jaxquant.data` dataset's training split, in memory or streamed (a streamed
+        one arrives augmented from the host; the network's preprocess then only normalises)."""
+        return cls.from_examples(network, dataset.train_size,
+                                 lambda idx, step: dataset.train_examples(idx, seed, step)[0], config, seed)
+
+    @classmethod
+    def from_examples(cls, network: Network, size: int, examples: Callable[[np.ndarray, int], np.ndarray],
+                      config, seed: int = 0) -> "CalibrationData":
+        """``examples(indices, draw)`` gives the training images at ``indices`` (draw 0: the
+        calibration set, draw i: BN batch i); they go through the network's training preprocess."""
         rng = np.random.default_rng(seed)
         key = jax.random.key(seed)
-        chosen = rng.choice(len(images), size=min(config.calibration_images, len(images)), replace=False)
-        calibration = network.inputs(images[np.sort(chosen)], True, jax.random.fold_in(key, 0))
+        chosen = rng.choice(size, size=min(config.calibration_images, size), replace=False)
+        calibration = network.inputs(examples(np.sort(chosen), 0), True, jax.random.fold_in(key, 0))
 
         def bn_batches():
             batch_rng = np.random.default_rng(seed + 1)
             for i in range(config.bn_batches):
-                idx = batch_rng.choice(len(images), size=min(config.bn_batch_size, len(images)), replace=False)
-                yield network.inputs(images[idx], True, jax.random.fold_in(key, i + 1))
+                idx = batch_rng.choice(size, size=min(config.bn_batch_size, size), replace=False)
+                yield network.inputs(examples(idx, i + 1), True, jax.random.fold_in(key, i + 1))
 
-        batch = min(config.bn_batch_size, len(images))
+        batch = min(config.bn_batch_size, size)
         stack_bytes = config.bn_batches * batch * calibration[0].size * calibration.dtype.itemsize
         stack = jnp.stack(list(bn_batches())) if 0 < config.bn_batches and stack_bytes <= BN_STACK_BYTES else None
         return cls(calibration, bn_batches, stack)
@@ -615,13 +629,17 @@ def quantize_model(quantizer: Quantizer, variables: dict, data: CalibrationData,
 def accuracy(quantizer: Quantizer, variables: dict, act: dict[str, ActivationQuant], images: np.ndarray,
              labels: np.ndarray, batch_size: int = 500) -> float:
     """Test accuracy of the network with ``variables`` and input quantizers ``act``."""
+    batches = ((images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(labels), batch_size))
+    return batches_accuracy(quantizer, variables, act, batches)
+
+
+def batches_accuracy(quantizer: Quantizer, variables: dict, act: dict[str, ActivationQuant],
+                     batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
+    """`accuracy` over ``(images, labels)`` batches (a dataset's ``test_batches``)."""
+    from jaxquant.training import batches_accuracy as predict_accuracy
     arrays = _act_arrays(quantizer.layers, act)
-    correct = 0
-    for start in range(0, len(labels), batch_size):
-        x = quantizer.network.inputs(images[start:start + batch_size], False)
-        logits = quantizer.predict(variables, x, arrays)
-        correct += int(np.sum(np.argmax(np.asarray(logits), -1) == labels[start:start + batch_size]))
-    return correct / len(labels)
+    return predict_accuracy(lambda images: quantizer.predict(variables, quantizer.network.inputs(images, False), arrays),
+                            batches)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -756,7 +774,7 @@ def run(workdir: str | pathlib.Path, config, out: str | pathlib.Path | None = No
     run_config, dataset, network, variables = fp_network(workdir, dataset)
     out = pathlib.Path(out or pathlib.Path(workdir) / "ptq")
     out.mkdir(parents=True, exist_ok=True)
-    data = CalibrationData.from_arrays(network, dataset.train_images, config, config.seed)
+    data = CalibrationData.from_dataset(network, dataset, config, config.seed)
     layers = find_layers(network, variables, data.calibration[:2])
     quantizer = Quantizer(network, layers)
     rows, samples = sample_rows(np.random.default_rng(config.seed), layers, int(data.calibration.shape[0]),
@@ -768,8 +786,10 @@ def run(workdir: str | pathlib.Path, config, out: str | pathlib.Path | None = No
     compile_seconds = warm_up(quantizer, variables, data, rows, samples, parsed.values(), config)
     print(f"  compiled the forwards and {len(bitsplit._COMPILED)} ofwa_rr layer shapes in {compile_seconds:.1f} s "
           "(kept out of the calibration times)", flush=True)
-    test = (dataset.test_images, dataset.test_labels)
-    fp_accuracy = accuracy(quantizer, variables, {}, *test, config.eval_batch_size)
+    def test_accuracy(variables, act):
+        return batches_accuracy(quantizer, variables, act, dataset.test_batches(config.eval_batch_size))
+
+    fp_accuracy = test_accuracy(variables, {})
     table = {"fp": {s: fp_accuracy for s in settings}}
     seconds: dict[str, dict[str, float]] = {}
     reconstruction: dict[str, dict[str, dict]] = {}
@@ -785,7 +805,7 @@ def run(workdir: str | pathlib.Path, config, out: str | pathlib.Path | None = No
                                    rows, samples, progress=(lambda _: bar.update()) if bar else None)
             if bar:
                 bar.close()
-            acc = accuracy(quantizer, model.variables, model.activations, *test, config.eval_batch_size)
+            acc = test_accuracy(model.variables, model.activations)
             table.setdefault(method, {})[setting] = acc
             seconds.setdefault(method, {})[setting] = round(model.seconds, 1)
             if model.reconstruction:
@@ -794,13 +814,13 @@ def run(workdir: str | pathlib.Path, config, out: str | pathlib.Path | None = No
                   flush=True)
             if save_models:
                 save_quantized(model, out / f"{method}_{setting}.msgpack", {"test_accuracy": acc, "fp_run": str(workdir)})
-    title = f"{dataset.name}: test accuracy (%) after PTQ of {run_config.model} ({len(dataset.test_labels)} test images)"
+    title = f"{dataset.name}: test accuracy (%) after PTQ of {run_config.model} ({dataset.test_size} test images)"
     text = (format_ptq_table(table, settings, title) + "\n\n"
             + format_ptq_table({m: v for m, v in seconds.items()}, settings, "calibration seconds", 1, 1.0))
     print("\n" + text)
     (out / "ptq_table.md").write_text(text + "\n")
     payload = {"fp_run": str(workdir), "model": run_config.model, "dataset": dataset.name,
-               "test_examples": int(len(dataset.test_labels)), "settings": settings, "accuracy": table,
+               "test_examples": int(dataset.test_size), "settings": settings, "accuracy": table,
                "seconds": seconds, "compile_seconds": round(compile_seconds, 1), "reconstruction_error": reconstruction, "config": config.to_dict()}
     (out / "ptq_results.json").write_text(json.dumps(payload, indent=2) + "\n")
     png = plot_ptq(table, settings, out / "ptq_accuracy.png", title=f"{dataset.name}, {run_config.model}: PTQ")

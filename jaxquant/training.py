@@ -8,8 +8,9 @@ optimizer update follows.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import flax
 import flax.linen as nn
@@ -321,28 +322,57 @@ def evaluate(trainer: MultiPrecisionTrainer, state: TrainState, images: np.ndarr
              batch_size: int = 500, counts_fn: Callable | None = None) -> dict[int, float]:
     """Test accuracy per bit-width, ``{bits: accuracy}``, over the whole set (the last batch is
     padded and masked, so every example counts once)."""
+    batches = ((images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(labels), batch_size))
+    return evaluate_batches(trainer, state, batches, batch_size, counts_fn)
+
+
+def evaluate_batches(trainer: MultiPrecisionTrainer, state: TrainState,
+                     batches: Iterable[tuple[np.ndarray, np.ndarray]], batch_size: int = 500,
+                     counts_fn: Callable | None = None) -> dict[int, float]:
+    """`evaluate` over ``(images, labels)`` batches of at most ``batch_size`` (a dataset's
+    ``test_batches``): each is padded to ``batch_size`` and masked, so one compiled function
+    serves all and every example counts once."""
     counts_fn = counts_fn or jax.jit(trainer.correct_counts)
     total = np.zeros(trainer.num_precisions, np.int64)
-    n = len(labels)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        pad = batch_size - (stop - start)
-        batch_images = np.concatenate([images[start:stop], np.repeat(images[stop - 1:stop], pad, 0)]) if pad else images[start:stop]
-        batch_labels = np.concatenate([labels[start:stop], np.repeat(labels[stop - 1:stop], pad, 0)]) if pad else labels[start:stop]
-        mask = np.arange(batch_size) < (stop - start)
+    n = 0
+    for batch_images, batch_labels in batches:
+        size = len(batch_labels)
+        pad = batch_size - size
+        if pad:
+            batch_images = np.concatenate([batch_images, np.repeat(batch_images[-1:], pad, 0)])
+            batch_labels = np.concatenate([batch_labels, np.repeat(batch_labels[-1:], pad, 0)])
+        mask = np.arange(batch_size) < size
         total += np.asarray(counts_fn(state.params, state.batch_stats, batch_images, batch_labels, mask))
+        n += size
+    if n == 0:
+        raise ConfigError("the test set is empty")
     return {b: float(c) / n for b, c in zip(trainer.bits, total)}
+
+
+def evaluate_dataset(trainer: MultiPrecisionTrainer, state: TrainState, dataset, batch_size: int = 500,
+                     counts_fn: Callable | None = None) -> dict[int, float]:
+    """`evaluate` on ``dataset``'s test split, in memory or streamed."""
+    return evaluate_batches(trainer, state, dataset.test_batches(batch_size), batch_size, counts_fn)
 
 
 def accuracy(predict: Callable[[np.ndarray], jax.Array], images: np.ndarray, labels: np.ndarray,
              batch_size: int = 1000) -> float:
     """Share of ``labels`` that ``argmax(predict(images), -1)`` gets right, predicting batch by
     batch (for one model outside a trainer, e.g. `jaxquant.load_vertical`'s)."""
-    correct = 0
-    for start in range(0, len(labels), batch_size):
-        logits = predict(images[start:start + batch_size])
-        correct += int(np.sum(np.argmax(np.asarray(logits), -1) == labels[start:start + batch_size]))
-    return correct / len(labels)
+    return batches_accuracy(predict, ((images[i:i + batch_size], labels[i:i + batch_size])
+                                      for i in range(0, len(labels), batch_size)))
+
+
+def batches_accuracy(predict: Callable[[np.ndarray], jax.Array], batches: Iterable[tuple[np.ndarray, np.ndarray]]
+                     ) -> float:
+    """`accuracy` over ``(images, labels)`` batches (a dataset's ``test_batches``)."""
+    correct = total = 0
+    for images, labels in batches:
+        correct += int(np.sum(np.argmax(np.asarray(predict(images)), -1) == labels))
+        total += len(labels)
+    if total == 0:
+        raise ConfigError("the test set is empty")
+    return correct / total
 
 
 # ----------------------------------------------------------------------------------------------
@@ -356,10 +386,12 @@ def data_parallel_mesh() -> jax.sharding.Mesh:
 def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epochs: int, batch_size: int,
         checkpoint_every_steps: int = 500, keep_checkpoints: int = 3, progress: bool = True,
         log: Callable[[str], None] = print, on_start: Callable[[], None] | None = None) -> TrainState:
-    """Train ``trainer`` on an in-memory ``dataset`` for ``epochs``; resume from ``workdir``.
+    """Train ``trainer`` on ``dataset`` (in memory or streamed, `jaxquant.data`) for ``epochs``;
+    resume from ``workdir``.
 
     The batch order is a function of (seed, step) and the augmentation key of (seed, step), so a
     run killed at any point and resumed ends with exactly the parameters of an uninterrupted run.
+    The next batch is read (a streamed one decoded) in a background thread while the step runs.
     The batch is sharded over all devices along ``data``; the state is replicated. ``on_start``
     runs once any existing checkpoint has been restored (or found absent), before the first step.
     """
@@ -369,12 +401,12 @@ def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epo
                           f"use a multiple of {mesh.size}")
     data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    n = len(dataset.train_labels)
+    n = dataset.train_size
     steps_per_epoch = n // batch_size
     total_steps = steps_per_epoch * epochs
     key = jax.random.key(seed)
 
-    sample = dataset.train_images[batch_indices(seed, 0, n, batch_size)]
+    sample = dataset.train_examples(batch_indices(seed, 0, n, batch_size), seed, 0)[0]
     state = trainer.init(jax.random.fold_in(key, 10**6), jnp.asarray(sample))
     checkpointer = Checkpointer(workdir, keep=keep_checkpoints)
     start = checkpointer.latest_step()
@@ -382,7 +414,7 @@ def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epo
         state = checkpointer.restore(state)
         log(f"resuming from step {start} in {checkpointer.directory}")
     elif trainer.init_from_batches is not None:
-        batches = [dataset.train_images[batch_indices(seed + 1, i, n, batch_size)]
+        batches = [dataset.train_examples(batch_indices(seed + 1, i, n, batch_size), seed + 1, i)[0]
                    for i in range(trainer.num_precisions)]
         state = trainer.init_from_batches(trainer, state, batches, jax.random.fold_in(key, 10**6 + 1))
     if on_start is not None:
@@ -394,18 +426,22 @@ def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epo
     per_process = batch_size // jax.process_count()
     local = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
 
-    def global_batch(step):
-        idx = batch_indices(seed, step, n, batch_size)[local]
-        return (jax.make_array_from_process_local_data(data_sharding, dataset.train_images[idx]),
-                jax.make_array_from_process_local_data(data_sharding, dataset.train_labels[idx]))
+    def local_batch(step):
+        return dataset.train_examples(batch_indices(seed, step, n, batch_size)[local], seed, step, local.start)
 
     first = int(state.step)
     bar = tqdm(total=total_steps, initial=first, disable=not progress, unit="step", mininterval=1.0,
                dynamic_ncols=True, desc="train")
     last_saved = start
+    loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batches")
+    pending = loader.submit(local_batch, first) if first < total_steps else None
     try:
         for step in range(first, total_steps):
-            images, labels = global_batch(step)
+            host_images, host_labels = pending.result()
+            if step + 1 < total_steps:
+                pending = loader.submit(local_batch, step + 1)
+            images = jax.make_array_from_process_local_data(data_sharding, host_images)
+            labels = jax.make_array_from_process_local_data(data_sharding, host_labels)
             state, metrics = step_fn(state, images, labels, key)
             loss = float(metrics["loss"])
             if not np.isfinite(loss):
@@ -422,6 +458,7 @@ def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epo
             bar.update(1)
     finally:
         bar.close()
+        loader.shutdown(wait=True, cancel_futures=True)
         checkpointer.close()
     return state
 

@@ -9,8 +9,8 @@ the BR paper's own was not reachable: SGD momentum 0.9, weight decay 2.5e-5, cos
 256, 90 epochs, RandomResizedCrop + flip. The model is `jaxquant.models.MobileNetV2`
 (torchvision's layout, depthwise convs quantized; the expansion convs' inputs signed).
 
-This config builds and validates, but `jaxquant train` holds datasets in memory and ImageNet
-streams (`jaxquant.data.imagenet_batches`): a streaming fit loop is needed to run it.
+ImageNet streams from ``imagenet2012`` prepared as array_record in DATA_DIR (`jaxquant.data.StreamingDataset`):
+  jaxquant train --config experiments/configs/imagenet_binreg_mobilenetv2.py --config.data_dir=DATA_DIR --workdir runs/imagenet_br_mobilenetv2
 """
 from imagenet_binreg_resnet18 import get_config as resnet18_config  # a sibling config
 

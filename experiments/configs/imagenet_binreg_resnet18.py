@@ -8,8 +8,8 @@ FP model; lr 0.1 from scratch), weight decay 1e-4 (LSQ lowers it at 2-3 bits), b
 RandomResizedCrop + flip. The paper's headline models are MobileNetV2 (`imagenet_binreg_mobilenetv2.py`)
 and MobileNetV3-Small at 2 bits; jaxquant has no MobileNetV3.
 
-This config builds and validates, but `jaxquant train` holds datasets in memory and ImageNet
-streams (`jaxquant.data.imagenet_batches`): a streaming fit loop is needed to run it.
+ImageNet streams from ``imagenet2012`` prepared as array_record in DATA_DIR (`jaxquant.data.StreamingDataset`):
+  jaxquant train --config experiments/configs/imagenet_binreg_resnet18.py --config.data_dir=DATA_DIR --workdir runs/imagenet_br_resnet18
 """
 from jaxquant.configs.base import base_config
 
@@ -21,7 +21,7 @@ def get_config():
     c.model = "resnet18"
     c.bits = (2,)
     c.distillation = "none"
-    c.augment = "none"               # RandomResizedCrop + flip happen in imagenet_batches
+    c.augment = "none"               # RandomResizedCrop + flip happen on the host as the data streams
     c.epochs = 90
     c.batch_size = 256
     c.eval_batch_size = 250

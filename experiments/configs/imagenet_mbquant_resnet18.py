@@ -6,8 +6,9 @@ amortised branch selection, from scratch; SGD momentum 0.9, lr 0.1, weight decay
 model parameter (BatchNorm included), Adam 1e-4 for the intervals, both on a cosine stepped once
 per epoch; 90 epochs, global batch 256 (the code: 4 GPUs x 64 with SyncBN; here BatchNorm sees
 the global batch of a sharded step); RandomResizedCrop(224, scale 0.08-1) + flip for training,
-resize 256 / centre-crop 224 for evaluation (`jaxquant.data.imagenet_batches`, so no on-device
-augmentation). Intervals initialised from one training batch per bit-width (``init_quant_model``).
+resize 256 / centre-crop 224 for evaluation (on the host as the data streams,
+`jaxquant.data.StreamingDataset`, so no on-device augmentation). Intervals initialised from one
+training batch per bit-width (``init_quant_model``).
 
 ``channel_shuffle=True`` for parity with the code, whose downsample blocks shuffle the residual
 path's channels across the selected branches (`jaxquant.models.multibranch.channel_shuffle_indices`);
@@ -17,9 +18,7 @@ Ours, not the code's: per-bit-width stem BN (the code shares one), ``weight_slot
 ``weight_interval_std='chunk'`` (set ``'position'`` and ``'filter'`` for the code's interval
 slots and init quirk).
   jaxquant train --config experiments/configs/imagenet_mbquant_resnet18.py --config.data_dir=DATA_DIR --workdir runs/imagenet_mbquant_resnet18
-ImageNet streams (`imagenet_batches`, the ``tf`` extra; ``imagenet2012`` prepared in DATA_DIR);
-the in-memory ``jaxquant train`` loop does not stream yet and refuses ``imagenet2012`` with a
-one-line error, so this config is the recipe for a streaming runner. ResNet-34: ``--config.model=resnet34``
+ImageNet streams from ``imagenet2012`` prepared as array_record in DATA_DIR. ResNet-34: ``--config.model=resnet34``
 (the code's partial widths 39/78/188/400 follow from the stage sizes).
 """
 from jaxquant.configs.base import base_config

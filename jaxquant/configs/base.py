@@ -5,10 +5,12 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.method = "anyprecision"        # anyprecision | lsq | binreg | vertical | mbquant
-    c.dataset = "digits"             # digits | mnist | fashion_mnist | cifar10 | cifar100
+    c.dataset = "digits"             # digits | mnist | fashion_mnist | cifar10 | cifar100 (in memory) | imagenet2012 (streamed)
     c.data_dir = ""                  # tfds data_dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets)
     c.augment = "none"               # none | crop | crop_flip (on device, inside the step)
     c.crop_padding = 4
+    c.image_size = 224               # streamed datasets (imagenet2012): RandomResizedCrop side; evaluation resizes to size*256/224 and centre-crops
+    c.data_workers = 8               # streamed datasets: host threads that decode and augment
     c.model = "small_cnn"            # small_cnn | resnet20 | resnet32 | resnet18 | resnet34 | mobilenet_v2
     c.width = 1                      # width multiplier: CIFAR ResNet (Any-Precision uses 5), MobileNetV2
     c.widths = (32, 64, 64)          # SmallCNN: stem width, then one quantized conv per entry

@@ -2,7 +2,7 @@
 into a model and a `MultiPrecisionTrainer` (the step itself is shared)."""
 from __future__ import annotations
 
-from jaxquant.data import ArrayDataset, make_preprocess
+from jaxquant.data import ArrayDataset, StreamingDataset, make_preprocess
 from jaxquant.errors import ConfigError
 from jaxquant.layers import QuantSpec
 from jaxquant.methods import anyprecision, binreg, lsq, mbquant, vertical
@@ -65,8 +65,11 @@ def resolve_precision_mode(config) -> str:
     return str(config.precision_mode)
 
 
-def build_trainer(config, dataset: ArrayDataset, steps_per_epoch: int) -> MultiPrecisionTrainer:
+def build_trainer(config, dataset: ArrayDataset | StreamingDataset, steps_per_epoch: int) -> MultiPrecisionTrainer:
     """Model, optimizer and on-device preprocessing for ``config`` on ``dataset``."""
+    if isinstance(dataset, StreamingDataset) and config.augment != "none":
+        raise ConfigError(f"{dataset.name} is augmented on the host as it streams (RandomResizedCrop + flip); "
+                          f"set --config.augment=none (now {config.augment!r})")
     method = method_module(config.method)
     spec = method.quant_spec(config)
     # A method with its own bit-width rule (MBQuant: 2..8) checks it; the others, their quantizers.
