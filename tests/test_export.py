@@ -266,3 +266,13 @@ def test_cli_eval_of_a_vertical_run_reports_every_bit_width_and_names_the_untrai
         loaded = export.load_vertical(run["path"], k)
         predictions = np.argmax(np.asarray(loaded(dataset.test_images)), -1)
         assert results["accuracy"][str(k)] == pytest.approx(np.mean(predictions == dataset.test_labels), abs=1e-12)
+
+
+def test_a_run_config_written_before_a_key_existed_gets_its_default(tmp_path):
+    from jaxquant.configs.base import base_config
+    old = base_config().to_dict()
+    del old["image_size"], old["data_workers"]  # keys added with ImageNet streaming
+    old["bits"] = [2, 32]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    config = export.config_from_json(tmp_path / "config.json")
+    assert config.image_size == 224 and config.data_workers == 8 and config.bits == (2, 32)
