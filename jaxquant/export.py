@@ -41,22 +41,28 @@ _PREFIX = struct.Struct("<4sIQ")  # magic, version, header length
 # Restoring a training run.
 
 def config_from_json(path: pathlib.Path) -> ml_collections.ConfigDict:
-    """A run's ``config.json`` as a ConfigDict with its tuples restored."""
+    """A run's ``config.json`` as a ConfigDict: the tuples JSON turned into lists are tuples
+    again, and keys added to jaxquant after the run was written take their defaults."""
     if not path.is_file():
         raise CheckpointError(f"{path.parent} has no config.json; is it a `jaxquant train` workdir?")
     try:
-        config = ml_collections.ConfigDict(json.loads(path.read_text()))
+        raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); restore it or retrain") from e
-    # Keys added to jaxquant after the run was written take their defaults.
     from jaxquant.configs.base import base_config
-    for key, value in base_config().items():
-        if key not in config:
-            config[key] = value
-    for key in ("bits", "widths", "loss_weights"):
-        config[key] = tuple(config[key])
-    config.optimizer.step_epochs = tuple(config.optimizer.step_epochs)
-    return config
+    return ml_collections.ConfigDict(_with_defaults(raw, base_config()))
+
+
+def _with_defaults(raw: dict, defaults: ml_collections.ConfigDict) -> dict:
+    out = dict(raw)
+    for key, default in defaults.items():
+        if isinstance(default, ml_collections.ConfigDict):
+            out[key] = _with_defaults(raw.get(key, {}), default)
+        elif key not in raw:
+            out[key] = default
+        elif isinstance(default, tuple) and isinstance(raw[key], list):
+            out[key] = tuple(raw[key])
+    return out
 
 
 def load_run(workdir: str | pathlib.Path, dataset=None):
