@@ -58,3 +58,21 @@ def test_cifar100_vertical_config_runs_on_mock_cifar100(tmp_path):
     assert jax.tree.structure(new_state.params) == jax.tree.structure(state.params)
     logits = jax.eval_shape(trainer.logits, state.params, state.batch_stats, images)
     assert logits.shape == (len(config.bits), 4, 100)
+
+
+def test_width_takes_fractions_for_mobilenet_and_whole_numbers_for_cifar_resnets():
+    from jaxquant.config import apply_overrides
+    from jaxquant.errors import ConfigError
+    from jaxquant.methods import build_model
+    from jaxquant.layers import FULL_PRECISION
+    config = apply_overrides(load_config(CONFIGS[0].parent / "imagenet_binreg_mobilenetv2.py"), {"width": "0.75"})
+    assert config.width == 0.75
+    x = jnp.zeros((1, 32, 32, 3))
+    params = jax.eval_shape(build_model(config, 10, FULL_PRECISION).init, jax.random.key(0), x, 0)["params"]
+    assert params["stem"]["kernel"].shape[-1] == 24  # make_divisible(32 * 0.75)
+    config = apply_overrides(load_config(CONFIGS[0].parent / "cifar10_anyprecision_resnet20.py"), {})
+    assert config.width == 5
+    params = jax.eval_shape(build_model(config, 10, FULL_PRECISION).init, jax.random.key(0), x, 0)["params"]
+    assert max(leaf.shape[-1] for leaf in jax.tree.leaves(params) if leaf.ndim == 4) == 320  # 16 * 5 * 4
+    with pytest.raises(ConfigError, match="whole width"):
+        build_model(apply_overrides(config, {"width": "1.5"}), 10, FULL_PRECISION)

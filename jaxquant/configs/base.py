@@ -12,7 +12,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.image_size = 224               # streamed datasets (imagenet2012): RandomResizedCrop side; evaluation resizes to size*256/224 and centre-crops
     c.data_workers = 8               # streamed datasets: host threads that decode and augment
     c.model = "small_cnn"            # small_cnn | resnet20 | resnet32 | resnet18 | resnet34 | mobilenet_v2
-    c.width = 1                      # width multiplier: CIFAR ResNet (Any-Precision uses 5), MobileNetV2
+    c.width = 1.0                    # width multiplier: CIFAR ResNet (a whole number; Any-Precision uses 5), MobileNetV2 (any, e.g. 0.75)
     c.widths = (32, 64, 64)          # SmallCNN: stem width, then one quantized conv per entry
     c.stem_pool = False              # SmallCNN: 2x2 max-pool after the stem (28x28 inputs)
     c.preactivation = False          # CIFAR ResNet: Any-Precision's pre-activation blocks

@@ -20,6 +20,14 @@ def method_module(name: str):
     return METHODS[name]
 
 
+def whole_width(config) -> int:
+    """``config.width`` for the CIFAR ResNets, whose channel counts are ``16 * width``."""
+    if float(config.width) != int(config.width) or int(config.width) < 1:
+        raise ConfigError(f"{config.model} needs a whole width multiplier (1, 2, 5, ...), got {config.width}; "
+                          "fractional widths are for mobilenet_v2")
+    return int(config.width)
+
+
 def build_model(config, num_classes: int, spec: QuantSpec):
     """The model named by ``config.model`` for ``config.bits`` with the method's quantizers
     (MBQuant: the multi-branch variant, `mbquant.build_model`)."""
@@ -32,7 +40,7 @@ def build_model(config, num_classes: int, spec: QuantSpec):
     if config.model == "small_cnn":
         return SmallCNN(widths=tuple(config.widths), stem_pool=config.stem_pool, **common)
     if config.model in ("resnet20", "resnet32", "resnet44", "resnet56"):
-        return CifarResNet(depth=int(config.model[6:]), width=config.width, preactivation=config.preactivation,
+        return CifarResNet(depth=int(config.model[6:]), width=whole_width(config), preactivation=config.preactivation,
                            quantize_shortcut=config.quantize_shortcut, **common)
     if config.model in ("resnet18", "resnet34"):
         stages = (2, 2, 2, 2) if config.model == "resnet18" else (3, 4, 6, 3)

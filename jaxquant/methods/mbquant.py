@@ -261,7 +261,8 @@ def build_model(config, num_classes: int):
         if config.preactivation or config.quantize_shortcut:
             raise ConfigError("MBQuant's CIFAR ResNet is post-activation with multi-branch 2-bit shortcuts; "
                               "set preactivation=False and quantize_shortcut=False")
-        model = MultiBranchCifarResNet(depth=int(config.model[6:]), width=int(config.width), **common)
+        from jaxquant.methods import whole_width
+        model = MultiBranchCifarResNet(depth=int(config.model[6:]), width=whole_width(config), **common)
     else:
         model = None
     if model is not None:
