@@ -21,9 +21,9 @@ SCRIPT = textwrap.dedent("""
     x = jax.random.uniform(jax.random.key(0), (32, 8, 8, 1))
     y = jnp.arange(32) % 10
     key = jax.random.key(3)
-    # A ResNet (average pooling): max-pooling quantized activations has ties, and which tied
-    # element receives the gradient is up to the XLA partitioning, so a max-pool model agrees
-    # only up to that choice. Here both FP and quantized steps agree to float rounding.
+    # A ResNet (average pooling): max-pooling quantized activations has ties, and BatchNorm's
+    # cross-device reduction can break a tie differently (models.common.max_pool_2x2), so a
+    # max-pool model agrees only up to that. Here both FP and quantized steps agree to rounding.
     for spec in (FULL_PRECISION, QuantSpec()):
         trainer = MultiPrecisionTrainer(CifarResNet(depth=8, bits=bits, spec=spec), bits,
                                         make_optimizer(OptimizerConfig(quantizer_optimizer="sgd"), 100, 10),

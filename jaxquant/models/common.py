@@ -48,9 +48,15 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max-pool, stride 2, VALID (an odd last row/column is dropped), as a reshape and a max.
 
     Equal to ``nn.max_pool(x, (2, 2), (2, 2))`` in value; its gradient splits equally among tied
-    maxima (frequent after quantization) instead of XLA's pick-one ``select_and_scatter``, so it
-    does not depend on how a sharded batch is partitioned, and on CPU it runs 3-4x faster
-    (4x128x28x28x16 under vmap, forward and backward: 42 ms vs 159 ms).
+    maxima (frequent after quantization) instead of XLA's pick-one ``select_and_scatter``, so on
+    the same ``x`` it does not depend on how a sharded batch is partitioned, and on CPU it runs
+    3-4x faster (4x128x28x28x16 under vmap, forward and backward: 42 ms vs 159 ms).
+
+    Which values tie can still change with the partitioning: BatchNorm's batch statistics are
+    reduced in another order on 4 devices than on one, its outputs move by an ulp, and a tie of
+    low-bit conv outputs can break one way or the other. Measured on SmallCNN(8, 8, 8) at 2 bits:
+    8 of 3,771 pooling windows route their gradient differently (the forward is unchanged), and
+    the parameters after one step differ by up to 7e-4. The sharding test uses a ResNet for this.
     """
     n, h, w, c = x.shape
     x = x[:, : h // 2 * 2, : w // 2 * 2]
