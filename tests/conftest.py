@@ -1,6 +1,10 @@
+import json
 import os
 import shutil
+import sys
 import tempfile
+
+import pytest
 
 # Tests run on CPU, single-threaded XLA intra-op work is enough for the tiny models here.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -38,3 +42,16 @@ try:
         node.workerinput["xla_cache"] = os.environ.get(CACHE_VARIABLE, "")
 except ImportError:
     pass
+
+
+@pytest.fixture
+def kernel_of_this_interpreter(tmp_path, monkeypatch):
+    """A kernelspec that launches ``sys.executable`` (JUPYTER_PATH is searched first), so the
+    notebook runs in the venv that runs the tests whatever kernels the machine has installed."""
+    spec_dir = tmp_path / "jupyter" / "kernels" / "jaxquant-tests"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "jaxquant tests", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    return "jaxquant-tests"
