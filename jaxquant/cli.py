@@ -78,12 +78,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_dataset(config):
-    from jaxquant.data import load_dataset
-    return load_dataset(config.dataset, config.data_dir or None, image_size=config.image_size,
-                        workers=config.data_workers)
-
-
 def _report(config, dataset, accuracies: dict, workdir: pathlib.Path, seconds: float | None) -> None:
     from jaxquant.report import format_table, plot_accuracy, save_results
     run = f"{config.method} {config.model}"
@@ -119,7 +113,8 @@ def train(args, overrides: dict[str, str]) -> int:
         jax.distributed.initialize()
     name = pathlib.Path(args.config).stem if args.config else "default"
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / name)
-    dataset = _load_dataset(config)
+    from jaxquant.data import StreamingDataset, load_config_dataset
+    dataset = load_config_dataset(config)
 
     from jaxquant.methods import build_trainer
     from jaxquant.training import fit
@@ -127,7 +122,7 @@ def train(args, overrides: dict[str, str]) -> int:
     trainer = build_trainer(config, dataset, max(steps_per_epoch, 1))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"jaxquant train: {config.method} / {config.model} on {dataset.name} "
-          f"({dataset.train_size} train images{', streamed' if hasattr(dataset, 'train_source') else ''}), bits {tuple(config.bits)}, "
+          f"({dataset.train_size} train images{', streamed' if isinstance(dataset, StreamingDataset) else ''}), bits {tuple(config.bits)}, "
           f"{config.epochs} epochs, distillation {trainer.distillation}, precisions by {trainer.precision_mode}, "
           f"workdir {workdir}", flush=True)
     from jaxquant.methods import binreg
@@ -158,10 +153,11 @@ def evaluate_workdir(args) -> int:
 
 def export_workdir(args) -> int:
     """Write the artefact, then load it at every bit-width: bytes read and test accuracy."""
+    from jaxquant.data import load_config_dataset
     from jaxquant.export import config_from_json, export_vertical, load_vertical
     from jaxquant.training import batches_accuracy
     config = config_from_json(pathlib.Path(args.workdir) / "config.json")
-    dataset = _load_dataset(config)
+    dataset = load_config_dataset(config)
     summary = export_vertical(args.workdir, args.out, basic_bits=args.basic_bits,
                               recalibrate_batches=args.recalibrate_batches, dataset=dataset)
     print(f"jaxquant export: wrote {summary['path']} ({summary['file_bytes']:,} bytes, "

@@ -82,8 +82,13 @@ class ArrayDataset:
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The test set in order, ``batch_size`` at a time (the last batch may be shorter)."""
-        for start in range(0, self.test_size, batch_size):
-            yield self.test_images[start:start + batch_size], self.test_labels[start:start + batch_size]
+        return array_batches(self.test_images, self.test_labels, batch_size)
+
+
+def array_batches(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(images, labels)`` in order, ``batch_size`` at a time (the last batch may be shorter)."""
+    for start in range(0, len(labels), batch_size):
+        yield images[start:start + batch_size], labels[start:start + batch_size]
 
 
 def default_data_dir(data_dir: str | None = None) -> str:
@@ -172,6 +177,12 @@ def load_dataset(name: str, data_dir: str | None = None, cache_dir: str | None =
     if name not in IN_MEMORY:
         raise ConfigError(f"unknown dataset {name!r}; choose one of {IN_MEMORY + STREAMING}")
     return load_tfds_in_memory(name, data_dir, cache_dir)
+
+
+def load_config_dataset(config) -> "ArrayDataset | StreamingDataset":
+    """The dataset a run ``config`` names, with its ``data_dir``, ``image_size`` and ``data_workers``."""
+    return load_dataset(config.dataset, config.data_dir or None, image_size=config.image_size,
+                        workers=config.data_workers)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -67,12 +67,11 @@ def _with_defaults(raw: dict, defaults: ml_collections.ConfigDict) -> dict:
 
 def load_run(workdir: str | pathlib.Path, dataset=None):
     """``(config, dataset, trainer, state, step)`` of the latest checkpoint of a training run."""
-    from jaxquant.data import load_dataset
+    from jaxquant.data import load_config_dataset
     from jaxquant.methods import build_trainer
     workdir = pathlib.Path(workdir)
     config = config_from_json(workdir / "config.json")
-    dataset = dataset or load_dataset(config.dataset, config.data_dir or None, image_size=config.image_size,
-                                      workers=config.data_workers)
+    dataset = dataset or load_config_dataset(config)
     trainer = build_trainer(config, dataset, max(dataset.train_size // config.batch_size, 1))
     # Shapes only: one example stands in for the batch (init traces the model, nothing is trained).
     template = trainer.init(jax.random.key(0), jnp.asarray(dataset.train_examples(np.arange(1))[0]))

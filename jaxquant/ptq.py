@@ -629,8 +629,8 @@ def quantize_model(quantizer: Quantizer, variables: dict, data: CalibrationData,
 def accuracy(quantizer: Quantizer, variables: dict, act: dict[str, ActivationQuant], images: np.ndarray,
              labels: np.ndarray, batch_size: int = 500) -> float:
     """Test accuracy of the network with ``variables`` and input quantizers ``act``."""
-    batches = ((images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(labels), batch_size))
-    return batches_accuracy(quantizer, variables, act, batches)
+    from jaxquant.data import array_batches
+    return batches_accuracy(quantizer, variables, act, array_batches(images, labels, batch_size))
 
 
 def batches_accuracy(quantizer: Quantizer, variables: dict, act: dict[str, ActivationQuant],

@@ -22,7 +22,7 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxquant.checkpoint import Checkpointer
-from jaxquant.data import batch_indices
+from jaxquant.data import array_batches, batch_indices
 from jaxquant.errors import ConfigError, NonFiniteLossError
 from jaxquant.layers import QUANTIZER_PARAM_NAMES
 from jaxquant.report import bits_label
@@ -322,8 +322,7 @@ def evaluate(trainer: MultiPrecisionTrainer, state: TrainState, images: np.ndarr
              batch_size: int = 500, counts_fn: Callable | None = None) -> dict[int, float]:
     """Test accuracy per bit-width, ``{bits: accuracy}``, over the whole set (the last batch is
     padded and masked, so every example counts once)."""
-    batches = ((images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(labels), batch_size))
-    return evaluate_batches(trainer, state, batches, batch_size, counts_fn)
+    return evaluate_batches(trainer, state, array_batches(images, labels, batch_size), batch_size, counts_fn)
 
 
 def evaluate_batches(trainer: MultiPrecisionTrainer, state: TrainState,
@@ -359,8 +358,7 @@ def accuracy(predict: Callable[[np.ndarray], jax.Array], images: np.ndarray, lab
              batch_size: int = 1000) -> float:
     """Share of ``labels`` that ``argmax(predict(images), -1)`` gets right, predicting batch by
     batch (for one model outside a trainer, e.g. `jaxquant.load_vertical`'s)."""
-    return batches_accuracy(predict, ((images[i:i + batch_size], labels[i:i + batch_size])
-                                      for i in range(0, len(labels), batch_size)))
+    return batches_accuracy(predict, array_batches(images, labels, batch_size))
 
 
 def batches_accuracy(predict: Callable[[np.ndarray], jax.Array], batches: Iterable[tuple[np.ndarray, np.ndarray]]
