@@ -99,10 +99,11 @@ def test_mobilenet_v2_has_torchvisions_parameters_and_quantizes_depthwise_convs(
         jax.eval_shape(lambda: model.init(jax.random.key(1), x, 0))
     assert signed["block1_expand"] and signed["last_conv"]
     assert not signed["block1_depthwise"] and not signed["block1_project"] and not signed["block0_depthwise"]
-    # One compiled training-mode forward of the quantized model on real numbers.
+    # One compiled training-mode forward of the quantized model on real numbers (init and
+    # forward in one jit: one compile).
     images = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
-    variables = jax.jit(lambda k, v: model.init(k, v, 0, train=True))(jax.random.key(1), images)
-    logits, _ = jax.jit(lambda v, im: model.apply(v, im, 1, train=True, mutable=["batch_stats"]))(variables, images)
+    logits, _ = jax.jit(lambda k, im: model.apply(model.init(k, im, 0, train=True), im, 1, train=True,
+                                                  mutable=["batch_stats"]))(jax.random.key(1), images)
     assert logits.shape == (2, 5) and np.all(np.isfinite(logits))
 
 

@@ -101,10 +101,11 @@ def test_optimizer_groups_quantizer_params_use_their_own_optimizer():
 
 def test_vmap_equals_unrolled_loop():
     x, y = _batch()
-    # Full precision: the two strategies compute the same function, to float rounding.
+    # Full precision: the two strategies compute the same function, to float rounding. (Two
+    # and three precisions: each one more is another copy of the step to compile, twice.)
     results = {}
     for mode in ("vmap", "unroll"):
-        trainer = _trainer(FULL_PRECISION, mode)
+        trainer = _trainer(FULL_PRECISION, mode, bits=(8, 32))
         state = trainer.init(jax.random.key(1), x)
         new, metrics = jax.jit(trainer.train_step)(state, x, y, jax.random.key(2))
         results[mode] = (new, metrics, trainer.logits(new.params, new.batch_stats, x))
@@ -114,7 +115,7 @@ def test_vmap_equals_unrolled_loop():
     jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a.batch_stats, b.batch_stats)
     np.testing.assert_allclose(la, lb, rtol=1e-4, atol=1e-5)
     # Quantized: the same forward (logits of every precision) from the same parameters.
-    trainer_v, trainer_u = _trainer(QuantSpec(), "vmap"), _trainer(QuantSpec(), "unroll")
+    trainer_v, trainer_u = _trainer(QuantSpec(), "vmap", bits=(2, 4, 32)), _trainer(QuantSpec(), "unroll", bits=(2, 4, 32))
     state = trainer_v.init(jax.random.key(1), x)
     np.testing.assert_allclose(trainer_v.logits(state.params, state.batch_stats, x),
                                trainer_u.logits(state.params, state.batch_stats, x), rtol=1e-4, atol=1e-4)
