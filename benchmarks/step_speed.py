@@ -13,7 +13,17 @@ compilation and the compile seconds for:
   unroll      all P precisions in one step, an unrolled loop
   sequential  P separate single-precision steps, one after another
 
-and the ratios vmap/sequential, unroll/sequential, qat-1/fp and fp/fp-xla-dw. MBQuant's
+and the ratios vmap/sequential, unroll/sequential, qat-1/fp and fp/fp-xla-dw. Also:
+
+  conv-floor  the convolutions of one P-precision step alone, with the kernels the step uses
+              (`layers.conv_forward`, `layers.conv_backward`): for every conv of the model and
+              every precision, the forward, the input gradient and the weight gradient, on
+              distinct random arrays of the step's shapes; the FP stem, which reads the images
+              every precision shares, once (forward and weight gradient). No schedule of the
+              same arithmetic with the same kernels can take less, so conv-floor/sequential
+              is the best vmap/sequential this machine allows.
+
+MBQuant's
 multi-branch model (four 2-bit branches per body conv; `jaxquant.models.multibranch`), with
 ``--only mbq-vmap,mbq-unroll,mbq-sequential``:
 
@@ -31,11 +41,12 @@ import argparse
 import statistics
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxquant.layers import FULL_PRECISION, QuantSpec
+from jaxquant.layers import FULL_PRECISION, QuantConv, QuantSpec, conv_backward, conv_forward
 from jaxquant.methods import mbquant
 from jaxquant.models import CifarResNet, SmallCNN
 from jaxquant.models.multibranch import MultiBranchCifarResNet, MultiBranchCNN
@@ -89,6 +100,63 @@ def time_steps(trainers, images, labels, steps):
     return statistics.median(times), compile_seconds
 
 
+def conv_layers(model, images):
+    """``(input shape, kernel shape, strides, padding, groups, shared)`` of every QuantConv the
+    model calls at one precision, from one trace (nothing is computed). ``shared``: the FP stem
+    reading the images, which is the same for every precision."""
+    layers = []
+
+    def record(next_fun, args, kwargs, context):
+        module = context.module
+        if isinstance(module, QuantConv) and context.method_name == "__call__":
+            x = args[0]
+            groups = module.feature_group_count
+            kernel = tuple(module.kernel_size) + (x.shape[-1] // groups, module.features)
+            shared = not layers and module.spec == FULL_PRECISION and x.shape == images.shape
+            layers.append((x.shape, kernel, tuple(module.strides), module.padding, groups, shared))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), images, 0, train=True))
+    return layers
+
+
+def time_conv_floor(trainer, images, steps, weight_gradient="auto"):
+    """Median seconds of the convolutions of one multi-precision step (see the module
+    docstring), all in one jit, and its compile seconds."""
+    precisions = len(trainer.bits)
+    key = jax.random.key(0)
+    operands, specs = [], []
+    for shape, kernel_shape, strides, padding, groups, shared in conv_layers(trainer.model, images):
+        out_shape = jax.eval_shape(lambda x, k: conv_forward(x, k, strides, padding, groups),
+                                   jax.ShapeDtypeStruct(shape, jnp.float32),
+                                   jax.ShapeDtypeStruct(kernel_shape, jnp.float32)).shape
+        for _ in range(1 if shared else precisions):  # distinct arrays: nothing to share or fold
+            key, kx, kk, kg = jax.random.split(key, 4)
+            operands.append((jax.random.normal(kx, shape), jax.random.normal(kk, kernel_shape),
+                             jax.random.normal(kg, out_shape)))
+            specs.append((strides, padding, groups, shared))
+
+    def convolutions(operands):
+        outputs = []
+        for (x, kernel, g), (strides, padding, groups, shared) in zip(operands, specs):
+            outputs.append(conv_forward(x, kernel, strides, padding, groups))
+            dx, dkernel = conv_backward(x, kernel, g, strides, padding, weight_gradient, groups)
+            outputs.append(dkernel if shared else (dx, dkernel))  # the stem's dx is never needed
+        return outputs
+
+    t0 = time.perf_counter()
+    fn = jax.jit(convolutions).lower(operands).compile()
+    compile_seconds = time.perf_counter() - t0
+    jax.block_until_ready(fn(operands))  # warm-up
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(operands))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), compile_seconds
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=5)
@@ -99,7 +167,7 @@ def main(argv=None):
                         help="resnet20 (CIFAR, 32x32x3) or small_cnn (the Fashion-MNIST SmallCNN, 28x28x1)")
     parser.add_argument("--conv-batching", default="unroll", choices=["unroll", "native"])
     parser.add_argument("--weight-gradient", default="auto", choices=["auto", "im2col", "xla"])
-    parser.add_argument("--only", default="fp,fp-xla-dw,qat-1,vmap,unroll,sequential",
+    parser.add_argument("--only", default="fp,fp-xla-dw,qat-1,vmap,unroll,sequential,conv-floor",
                         help="comma-separated subset of the variants (also mbq-vmap, mbq-unroll, mbq-sequential)")
     args = parser.parse_args(argv)
     bits = tuple(int(b) for b in args.bits.split(","))
@@ -129,13 +197,20 @@ def main(argv=None):
     print(f"{'variant':<12}{'ms/step':>10}{'compile s':>11}")
     results = {}
     for name in chosen:
-        seconds, compile_seconds = time_steps(variants[name](), images, labels, args.steps)
+        if name == "conv-floor":
+            seconds, compile_seconds = time_conv_floor(make_trainer(bits, lsq, **common), images, args.steps,
+                                                       args.weight_gradient)
+        else:
+            seconds, compile_seconds = time_steps(variants[name](), images, labels, args.steps)
         results[name] = seconds
         print(f"{name:<12}{seconds * 1e3:>10.0f}{compile_seconds:>11.1f}", flush=True)
     if "vmap" in results and "sequential" in results:
         print(f"vmap/sequential   {results['vmap'] / results['sequential']:.2f}")
     if "unroll" in results and "sequential" in results:
         print(f"unroll/sequential {results['unroll'] / results['sequential']:.2f}")
+    if "conv-floor" in results and "sequential" in results:
+        print(f"conv-floor/sequential {results['conv-floor'] / results['sequential']:.2f}"
+              "  (the least vmap/sequential with these conv kernels)")
     if "qat-1" in results and "fp" in results:
         print(f"qat-1/fp          {results['qat-1'] / results['fp']:.2f}")
     for a, b in (("mbq-vmap", "mbq-sequential"), ("mbq-unroll", "mbq-sequential"), ("mbq-unroll", "mbq-vmap")):

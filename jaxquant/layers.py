@@ -90,9 +90,25 @@ FULL_PRECISION = QuantSpec(weight="none", activation="none")
 # ----------------------------------------------------------------------------------------------
 # Convolution that vmaps over precision without grouped convolutions.
 
-def _conv(x, kernel, strides, padding, groups: int = 1):
-    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        feature_group_count=groups)
+def conv_forward(x, kernel, strides=(1, 1), padding="SAME", groups: int = 1):
+    """The plain NHWC/HWIO convolution every QuantConv runs (per precision)."""
+    return jax.lax.conv_general_dilated(x, kernel, tuple(strides), padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+
+
+def conv_backward(x, kernel, g, strides=(1, 1), padding="SAME", weight_gradient: str = "auto", groups: int = 1):
+    """``(dL/dx, dL/dkernel)`` of `conv_forward` for the output cotangent ``g``: XLA's
+    transposed conv for ``dx``; ``dkernel`` by `conv_weight_gradient` (im2col) or XLA's,
+    as ``weight_gradient`` says (``auto``: im2col on CPU; grouped convs always use XLA's)."""
+    def plain(x, kernel):
+        return conv_forward(x, kernel, strides, padding, groups)
+
+    use_im2col = groups == 1 and (weight_gradient == "im2col"
+                                  or (weight_gradient == "auto" and jax.default_backend() == "cpu"))
+    if not use_im2col:
+        return jax.vjp(plain, x, kernel)[1](g)
+    dx = jax.vjp(lambda x: plain(x, kernel), x)[1](g)[0]
+    return dx, conv_weight_gradient(x, g, kernel.shape, strides, padding)
 
 
 def _unrolled_vmap(fn: Callable) -> Callable:
@@ -167,16 +183,10 @@ def _make_precision_conv(strides: tuple[int, ...], padding, weight_gradient: str
     gradient is a ``custom_vjp`` whose forward and backward are each unrolled under vmap.
     """
     def plain(x, kernel):
-        return _conv(x, kernel, strides, padding, groups)
+        return conv_forward(x, kernel, strides, padding, groups)
 
     def gradients(x, kernel, g):
-        # The im2col weight gradient is for dense convs; a grouped (depthwise) one uses XLA's.
-        use_im2col = groups == 1 and (weight_gradient == "im2col"
-                                      or (weight_gradient == "auto" and jax.default_backend() == "cpu"))
-        if not use_im2col:
-            return jax.vjp(plain, x, kernel)[1](g)
-        dx = jax.vjp(lambda x: plain(x, kernel), x)[1](g)[0]
-        return dx, conv_weight_gradient(x, g, kernel.shape, strides, padding)
+        return conv_backward(x, kernel, g, strides, padding, weight_gradient, groups)
 
     # Both directions unrolled per precision. (Letting the im2col weight gradient batch over
     # precisions, one scan with batched matmuls, measured 8% slower on CPU.)
@@ -203,7 +213,7 @@ def precision_conv(x, kernel, strides=(1, 1), padding="SAME", batching: str = "u
     if weight_gradient not in WEIGHT_GRADIENTS:
         raise ConfigError(f"unknown weight_gradient {weight_gradient!r}; choose one of {WEIGHT_GRADIENTS}")
     if batching == "native":
-        return _conv(x, kernel, strides, padding, groups)
+        return conv_forward(x, kernel, strides, padding, groups)
     if batching != "unroll":
         raise ConfigError(f"unknown conv batching {batching!r}; use 'unroll' or 'native'")
     padding = padding if isinstance(padding, str) else tuple(map(tuple, padding))
