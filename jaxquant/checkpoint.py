@@ -6,7 +6,11 @@ shape, raises `CheckpointError` before anything is written, so nothing a user ha
 """
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +26,36 @@ def _shapes(tree) -> list:
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
+@contextlib.contextmanager
+def _orbax_failures_held_back():
+    """A corrupt checkpoint is reported as one `CheckpointError`; hold back what orbax says
+    besides it while it opens and reads the directory.
+
+    Orbax logs its own ERROR lines (through absl) for a metadata file it cannot parse, and when
+    one array of a corrupt checkpoint fails, it abandons the other pending reads, whose
+    coroutines Python reports as "Exception ignored ... Traceback" when they are collected. Both
+    would put more than the one-line error on a user's stderr.
+    """
+    absl_logger = logging.getLogger("absl")
+    level, hook = absl_logger.level, sys.unraisablehook
+
+    def unless_orbax_read(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is None or "orbax" not in code.co_filename:
+            hook(unraisable)
+
+    absl_logger.setLevel(logging.CRITICAL)
+    sys.unraisablehook = unless_orbax_read
+    try:
+        yield
+    except BaseException:
+        gc.collect()  # the abandoned reads are collected here, while they are held back
+        raise
+    finally:
+        sys.unraisablehook = hook
+        absl_logger.setLevel(level)
+
+
 class Checkpointer:
     """Save and restore a training-state pytree under ``workdir/checkpoints``."""
 
@@ -30,7 +64,8 @@ class Checkpointer:
         self.directory.mkdir(parents=True, exist_ok=True)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=False)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        with _orbax_failures_held_back():  # it reads every step's metadata
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -50,7 +85,8 @@ class Checkpointer:
             raise CheckpointError(f"no checkpoint in {self.directory}; train first with `jaxquant train --workdir ...`")
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
         try:
-            restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            with _orbax_failures_held_back():
+                restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # orbax raises many types for corrupt or mismatched files
             first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise CheckpointError(
