@@ -75,17 +75,26 @@ def make_trainer(bits, spec, precision_mode="vmap", distillation="largest", conv
                                  precision_mode=precision_mode)
 
 
+def xla_cost(compiled) -> tuple[float, float]:
+    """XLA's own estimate of a compiled program's (flops, bytes accessed)."""
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
+    return float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+
+
 def time_steps(trainers, images, labels, steps):
     """Compile each trainer's step, then time ``steps`` iterations of running all of them in
-    sequence. Returns (median seconds per iteration, compile seconds)."""
+    sequence. Returns (median seconds per iteration, compile seconds, XLA's (flops, bytes
+    accessed) summed over the steps)."""
     key = jax.random.key(0)
     states, fns = [], []
-    compile_seconds = 0.0
+    compile_seconds, flops, accessed = 0.0, 0.0, 0.0
     for trainer in trainers:
         state = trainer.init(jax.random.key(1), images)
         t0 = time.perf_counter()
         fn = jax.jit(trainer.train_step, donate_argnums=0).lower(state, images, labels, key).compile()
         compile_seconds += time.perf_counter() - t0
+        flops, accessed = np.add((flops, accessed), xla_cost(fn))
         state, metrics = fn(state, images, labels, key)  # warm-up
         jax.block_until_ready(metrics)
         states.append(state)
@@ -97,7 +106,7 @@ def time_steps(trainers, images, labels, steps):
             states[i], metrics = fn(states[i], images, labels, key)
         jax.block_until_ready((states, metrics))
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), compile_seconds
+    return statistics.median(times), compile_seconds, (flops, accessed)
 
 
 def conv_layers(model, images):
@@ -154,7 +163,7 @@ def time_conv_floor(trainer, images, steps, weight_gradient="auto"):
         t0 = time.perf_counter()
         jax.block_until_ready(fn(operands))
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), compile_seconds
+    return statistics.median(times), compile_seconds, xla_cost(fn)
 
 
 def main(argv=None):
@@ -194,16 +203,19 @@ def main(argv=None):
     quantizers += " (mbq-*: MBQuant multi-branch)" if quantizers == "LSQ" and any(v.startswith("mbq") for v in chosen) else ""
     print(f"# {model_name}, batch {args.batch}, bits {bits}, {quantizers}, {jax.devices()[0].platform} "
           f"({jax.device_count()} device(s)), jax {jax.__version__}, {args.steps} timed steps")
-    print(f"{'variant':<12}{'ms/step':>10}{'compile s':>11}")
+    # XLA's cost model: what the compiled step computes and moves (a vmapped step's extra bytes
+    # are the per-precision slices and stacks around each conv), not a measurement.
+    print(f"{'variant':<12}{'ms/step':>10}{'compile s':>11}{'XLA GFLOP':>11}{'XLA GB':>8}")
     results = {}
     for name in chosen:
         if name == "conv-floor":
-            seconds, compile_seconds = time_conv_floor(make_trainer(bits, lsq, **common), images, args.steps,
-                                                       args.weight_gradient)
+            seconds, compile_seconds, (flops, accessed) = time_conv_floor(
+                make_trainer(bits, lsq, **common), images, args.steps, args.weight_gradient)
         else:
-            seconds, compile_seconds = time_steps(variants[name](), images, labels, args.steps)
+            seconds, compile_seconds, (flops, accessed) = time_steps(variants[name](), images, labels, args.steps)
         results[name] = seconds
-        print(f"{name:<12}{seconds * 1e3:>10.0f}{compile_seconds:>11.1f}", flush=True)
+        print(f"{name:<12}{seconds * 1e3:>10.0f}{compile_seconds:>11.1f}{flops / 1e9:>11.1f}{accessed / 1e9:>8.1f}",
+              flush=True)
     if "vmap" in results and "sequential" in results:
         print(f"vmap/sequential   {results['vmap'] / results['sequential']:.2f}")
     if "unroll" in results and "sequential" in results:
