@@ -1,7 +1,10 @@
 """Checkpoints: an orbax ``CheckpointManager`` in the run's workdir.
 
 Saved every N steps and at the end, the last K kept; a rerun with the same workdir resumes from
-the latest step. A checkpoint that cannot be read, or that was written by a model of another
+the latest step. Saves are asynchronous: `Checkpointer.save` returns once the arrays are copied
+off the device, and the files are written in the background (orbax writes each step into a
+temporary directory and renames it when complete, so a process killed mid-write leaves the
+previous checkpoints intact and the partial one ignored). A checkpoint that cannot be read, or that was written by a model of another
 shape, raises `CheckpointError` before anything is written, so nothing a user had is lost.
 """
 from __future__ import annotations
@@ -59,11 +62,11 @@ def _orbax_failures_held_back():
 class Checkpointer:
     """Save and restore a training-state pytree under ``workdir/checkpoints``."""
 
-    def __init__(self, workdir: str | pathlib.Path, keep: int = 3):
+    def __init__(self, workdir: str | pathlib.Path, keep: int = 3, asynchronous: bool = True):
         self.directory = pathlib.Path(workdir).resolve() / "checkpoints"
         self.directory.mkdir(parents=True, exist_ok=True)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                               enable_async_checkpointing=False)
+                                               enable_async_checkpointing=asynchronous)
         with _orbax_failures_held_back():  # it reads every step's metadata
             self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -71,8 +74,14 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state) -> None:
-        """Write ``state`` as step ``step`` (synchronously: it is on disk when this returns)."""
+        """Write ``state`` as step ``step``. Asynchronous (the default): returns once the arrays
+        are copied to host memory (so the caller may donate or overwrite them), while the files
+        are written in the background; a previous save still in flight is finished first.
+        `wait`, `restore` and `close` wait for it."""
         self.manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
+
+    def wait(self) -> None:
+        """Block until every save has been written."""
         self.manager.wait_until_finished()
 
     def restore(self, template, step: int | None = None):
@@ -80,6 +89,7 @@ class Checkpointer:
 
         Raises `CheckpointError` when the files are unreadable or hold a differently shaped model.
         """
+        self.wait()
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.directory}; train first with `jaxquant train --workdir ...`")
@@ -99,4 +109,6 @@ class Checkpointer:
         return restored
 
     def close(self) -> None:
+        """Finish any save in flight and release the manager."""
+        self.manager.wait_until_finished()
         self.manager.close()

@@ -116,6 +116,8 @@ def train(args, overrides: dict[str, str]) -> int:
     from jaxquant.data import StreamingDataset, load_config_dataset
     dataset = load_config_dataset(config)
 
+    import jax.numpy as jnp
+
     from jaxquant.methods import build_trainer
     from jaxquant.training import fit
     steps_per_epoch = dataset.train_size // config.batch_size
@@ -124,6 +126,7 @@ def train(args, overrides: dict[str, str]) -> int:
     print(f"jaxquant train: {config.method} / {config.model} on {dataset.name} "
           f"({dataset.train_size} train images{', streamed' if isinstance(dataset, StreamingDataset) else ''}), bits {tuple(config.bits)}, "
           f"{config.epochs} epochs, distillation {trainer.distillation}, precisions by {trainer.precision_mode}, "
+          f"compute {jnp.dtype(trainer.compute_dtype).name}, "
           f"workdir {workdir}", flush=True)
     from jaxquant.methods import binreg
     if binreg.describe(config):
@@ -135,7 +138,8 @@ def train(args, overrides: dict[str, str]) -> int:
     start = time.perf_counter()
     state = fit(trainer, dataset, workdir=str(workdir), seed=config.seed, epochs=config.epochs,
                 batch_size=config.batch_size, checkpoint_every_steps=config.checkpoint_every_steps,
-                keep_checkpoints=config.keep_checkpoints, progress=not args.no_progress,
+                keep_checkpoints=config.keep_checkpoints, log_every_steps=config.log_every_steps,
+                progress=not args.no_progress,
                 on_start=write_config)
     seconds = time.perf_counter() - start
     _report(config, dataset, _accuracies(config, dataset, trainer, state), workdir, seconds)

@@ -218,6 +218,11 @@ class MultiPrecisionTrainer:
     regularizer_weight: Callable | None = None
     """``step -> scalar``: the regulariser's weight at optimizer step ``step`` (traced), e.g. BR's
     lambda times its schedule; None: 1."""
+    compute_dtype: Any = jnp.float32
+    """The dtype the model computes in: the preprocessed images are cast to it and the layers
+    follow their input's dtype (``jnp.bfloat16``: convolutions, matmuls and activations in bf16,
+    quantizer arithmetic and BatchNorm statistics in float32, integer codes exact on their grid,
+    see `jaxquant.layers`). Parameters, optimizer state and the loss stay float32."""
 
     def __post_init__(self):
         self.bits = tuple(self.bits)
@@ -232,13 +237,17 @@ class MultiPrecisionTrainer:
     def num_precisions(self) -> int:
         return len(self.bits)
 
-    def _inputs(self, images, train: bool, key):
-        return images if self.preprocess is None else self.preprocess(images, train, key)
+    def _inputs(self, images, train: bool, key, dtype=None):
+        x = images if self.preprocess is None else self.preprocess(images, train, key)
+        dtype = self.compute_dtype if dtype is None else dtype
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
     def init(self, key: jax.Array, sample_images: jax.Array) -> TrainState:
         """Initialise parameters; LSQ step sizes are initialised from ``sample_images``
         (the LSQ paper's data-dependent init), at the largest bit-width's precision index."""
-        x = self._inputs(sample_images, False, key)
+        # float32 inputs whatever the compute dtype: data-dependent inits (LSQ steps) are the
+        # float32 run's, and every parameter is created float32.
+        x = self._inputs(sample_images, False, key, jnp.float32)
         # Jitted: un-jitted, Flax's init dispatches op by op (2x slower for the multi-branch models).
         variables = jax.jit(lambda k, v: self.model.init(k, v, int(np.argmax(self.bits)), train=True))(key, x)
         params = variables["params"]
@@ -251,7 +260,7 @@ class MultiPrecisionTrainer:
         def one(precision, stats):
             logits, updates = self.model.apply({"params": params, "batch_stats": stats}, x, precision,
                                                train=True, mutable=["batch_stats"])
-            return logits, updates.get("batch_stats", stats)
+            return logits.astype(jnp.float32), updates.get("batch_stats", stats)
 
         if self.precision_mode == "vmap":
             logits, stacked = jax.vmap(one, in_axes=(0, None))(jnp.arange(self.num_precisions), batch_stats)
@@ -304,7 +313,8 @@ class MultiPrecisionTrainer:
         x = self._inputs(images, False, None)
 
         def one(p):
-            return self.model.apply({"params": params, "batch_stats": batch_stats}, x, p, train=False)
+            return self.model.apply({"params": params, "batch_stats": batch_stats}, x, p,
+                                    train=False).astype(jnp.float32)
 
         if precision is not None:
             return one(precision)
@@ -381,9 +391,29 @@ def data_parallel_mesh() -> jax.sharding.Mesh:
     return jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
 
 
+def _empty_log(num_precisions: int) -> dict:
+    """What the fit loop accumulates on device between two log points (`_accumulate`)."""
+    return {"loss_sum": jnp.zeros((), jnp.float32), "accuracy_sum": jnp.zeros((num_precisions,), jnp.float32),
+            "steps": jnp.zeros((), jnp.int32), "first_nonfinite_step": jnp.full((), -1, jnp.int32),
+            "first_nonfinite_loss": jnp.zeros((), jnp.float32)}
+
+
+def _accumulate(log: dict, metrics: dict, step: jax.Array) -> dict:
+    """Add one step's metrics to ``log``, and remember the first step whose loss is not finite
+    (1-based, as `fit` reports steps) and that loss; all on device, nothing is fetched."""
+    loss = metrics["loss"].astype(jnp.float32)
+    first = (log["first_nonfinite_step"] < 0) & ~jnp.isfinite(loss)
+    return {"loss_sum": log["loss_sum"] + loss,
+            "accuracy_sum": log["accuracy_sum"] + metrics["accuracy_per_precision"].astype(jnp.float32),
+            "steps": log["steps"] + 1,
+            "first_nonfinite_step": jnp.where(first, step + 1, log["first_nonfinite_step"]),
+            "first_nonfinite_loss": jnp.where(first, loss, log["first_nonfinite_loss"])}
+
+
 def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epochs: int, batch_size: int,
         checkpoint_every_steps: int = 500, keep_checkpoints: int = 3, progress: bool = True,
-        log: Callable[[str], None] = print, on_start: Callable[[], None] | None = None) -> TrainState:
+        log_every_steps: int = 50, log: Callable[[str], None] = print,
+        on_start: Callable[[], None] | None = None) -> TrainState:
     """Train ``trainer`` on ``dataset`` (in memory or streamed, `jaxquant.data`) for ``epochs``;
     resume from ``workdir``.
 
@@ -392,7 +422,16 @@ def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epo
     The next batch is read (a streamed one decoded) in a background thread while the step runs.
     The batch is sharded over all devices along ``data``; the state is replicated. ``on_start``
     runs once any existing checkpoint has been restored (or found absent), before the first step.
+
+    Nothing moves from device to host between log points: the step adds its loss and accuracies
+    to an on-device log (and notes the first non-finite loss), which the loop fetches every
+    ``log_every_steps`` steps (the progress bar's figures are their means since the last log
+    point), before every checkpoint and at the end. A non-finite loss therefore stops the run at
+    the next of those points, before anything is saved: the error names the step where it began,
+    and the last good checkpoint is kept. Checkpoints are written asynchronously (`Checkpointer`).
     """
+    if log_every_steps < 1:
+        raise ConfigError(f"log_every_steps must be at least 1, got {log_every_steps}")
     mesh = data_parallel_mesh()
     if batch_size % mesh.size:
         raise ConfigError(f"batch_size {batch_size} is not divisible by the {mesh.size} devices; "
@@ -418,7 +457,14 @@ def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epo
     if on_start is not None:
         on_start()
     state = jax.device_put(state, replicated)
-    step_fn = jax.jit(trainer.train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+
+    def step_and_log(state, log_state, images, labels, key):
+        step = state.step
+        state, metrics = trainer.train_step(state, images, labels, key)
+        return state, _accumulate(log_state, metrics, step)
+
+    step_fn = jax.jit(step_and_log, donate_argnums=(0, 1), out_shardings=(replicated, replicated))
+    fresh_log = jax.jit(lambda: _empty_log(trainer.num_precisions), out_shardings=replicated)
 
     # In a multi-host run each process feeds its slice of the global batch.
     per_process = batch_size // jax.process_count()
@@ -431,8 +477,23 @@ def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epo
     bar = tqdm(total=total_steps, initial=first, disable=not progress, unit="step", mininterval=1.0,
                dynamic_ncols=True, desc="train")
     last_saved = start
+
+    def read_log(log_state) -> None:
+        """The one device-to-host transfer between log points: report, or stop on a bad loss."""
+        values = jax.device_get(log_state)
+        if values["first_nonfinite_step"] >= 0:
+            kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved is not None else "no checkpoint was written"
+            raise NonFiniteLossError(
+                f"loss became {float(values['first_nonfinite_loss'])} at step {int(values['first_nonfinite_step'])}; "
+                f"lower --config.optimizer.learning_rate or check the data; {kept}")
+        if values["steps"] > 0:
+            mean_accuracy = values["accuracy_sum"] / values["steps"]
+            bar.set_postfix_str(f"loss {float(values['loss_sum']) / values['steps']:.3f} | " + " ".join(
+                f"{bits_label(b)}:{a:.2f}" for b, a in zip(trainer.bits, mean_accuracy)), refresh=False)
+
     loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batches")
     pending = loader.submit(local_batch, first) if first < total_steps else None
+    log_state = fresh_log()
     try:
         for step in range(first, total_steps):
             host_images, host_labels = pending.result()
@@ -440,23 +501,17 @@ def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epo
                 pending = loader.submit(local_batch, step + 1)
             images = jax.make_array_from_process_local_data(data_sharding, host_images)
             labels = jax.make_array_from_process_local_data(data_sharding, host_labels)
-            state, metrics = step_fn(state, images, labels, key)
-            loss = float(metrics["loss"])
-            if not np.isfinite(loss):
-                kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved is not None else "no checkpoint was written"
-                raise NonFiniteLossError(
-                    f"loss became {loss} at step {step + 1}; lower --config.optimizer.learning_rate "
-                    f"or check the data; {kept}")
-            if (step + 1) % checkpoint_every_steps == 0 or step + 1 == total_steps:
+            state, log_state = step_fn(state, log_state, images, labels, key)
+            bar.update(1)
+            save = (step + 1) % checkpoint_every_steps == 0 or step + 1 == total_steps
+            if save or (step + 1) % log_every_steps == 0:
+                read_log(log_state)  # raises before a non-finite state can be saved
+                log_state = fresh_log()
+            if save:
                 checkpointer.save(step + 1, state)
                 last_saved = step + 1
-            accuracy = np.asarray(metrics["accuracy_per_precision"])
-            bar.set_postfix_str(f"loss {loss:.3f} | " + " ".join(
-                f"{bits_label(b)}:{a:.2f}" for b, a in zip(trainer.bits, accuracy)), refresh=False)
-            bar.update(1)
     finally:
         bar.close()
         loader.shutdown(wait=True, cancel_futures=True)
-        checkpointer.close()
+        checkpointer.close()  # waits for an asynchronous save still being written
     return state
-

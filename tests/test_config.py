@@ -35,3 +35,19 @@ def test_config_files_can_import_their_siblings(tmp_path):
     (tmp_path / "broken.py").write_text("x = 1\n")
     with pytest.raises(ConfigError, match="no get_config"):
         config_lib.load_config(tmp_path / "broken.py")
+
+
+def test_dtype_resolves_and_bf16_refuses_bits_above_8():
+    import jax.numpy as jnp
+
+    from jaxquant.methods import resolve_dtype
+    config = config_lib.load_config(None)
+    assert resolve_dtype(config) == jnp.float32
+    config_lib.override(config, "dtype", "bfloat16")
+    assert resolve_dtype(config) == jnp.bfloat16  # bits (2, 4, 8, 32)
+    config_lib.override(config, "bits", "(2, 12, 32)")
+    with pytest.raises(ConfigError, match=r"only up to 8 bits, but bits has \[12\]"):
+        resolve_dtype(config)
+    config_lib.override(config, "dtype", "float16")
+    with pytest.raises(ConfigError, match="unknown dtype 'float16'"):
+        resolve_dtype(config)

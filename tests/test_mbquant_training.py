@@ -181,7 +181,9 @@ def test_mbquant_defaults_distillation_largest_and_interval_init(tmp_path):
     trainer = build_trainer(config, dataset, 10)
     assert trainer.distillation == "largest" and trainer.init_from_batches is mbquant.initialize_intervals
     assert config.precision_mode == "auto" and trainer.precision_mode == "unroll"
-    assert resolve_precision_mode(_cnn_config(method="anyprecision")) == "vmap"
+    assert resolve_precision_mode(_cnn_config(method="anyprecision")) == "unroll"  # on CPU
+    assert resolve_precision_mode(_cnn_config(method="anyprecision"), backend="gpu") == "vmap"
+    assert resolve_precision_mode(_cnn_config(), backend="tpu") == "unroll"  # mbquant's own
     assert resolve_precision_mode(_cnn_config(precision_mode="vmap")) == "vmap"
     assert resolve_distillation(_cnn_config(method="anyprecision")) == "recursive"
     assert resolve_distillation(_cnn_config(distillation="none")) == "none"

@@ -185,3 +185,102 @@ def test_accuracy_counts_every_example_once_across_batches():
 
     assert accuracy(predict, images, labels, batch_size=3) == pytest.approx(5 / 7)
     assert seen == [3, 3, 1]
+
+
+# ----------------------------------------------------------------------------------------------
+# The fit loop: no host sync between log points, the NaN guard, asynchronous checkpoints.
+
+def _tiny_fit_trainer(learning_rate=0.05):
+    from jaxquant.data import load_digits, make_preprocess
+    dataset = load_digits()
+    model = SmallCNN(bits=(2, 32), spec=QuantSpec(), widths=(4, 4))
+    optimizer = make_optimizer(OptimizerConfig(learning_rate=learning_rate), 40, 20)
+    trainer = MultiPrecisionTrainer(model, (2, 32), optimizer, precision_mode="unroll",
+                                    preprocess=make_preprocess(dataset.mean, dataset.std))
+    return trainer, dataset
+
+
+class _HostReads:
+    """Records, for every read of a jax.Array's value on the main thread (``float(x)``,
+    ``np.asarray(x)``, ``jax.device_get``, ...), how many training steps had been dispatched.
+
+    (``jax.transfer_guard_device_to_host`` would be the natural check, but on the CPU backend an
+    array already lives in host memory, so the guard never fires there.) Steps are counted by
+    `fit`'s calls to ``jax.make_array_from_process_local_data`` (images and labels, two a step).
+    """
+
+    def __init__(self, monkeypatch):
+        import sys
+        import threading
+
+        from jax._src import array as array_module
+        self.batches, self.reads = 0, []
+        main = threading.main_thread()
+        original_value = array_module.ArrayImpl._value
+        original_make = jax.make_array_from_process_local_data
+
+        def value(array):
+            # A constant embedded in a program being compiled is read too: not a fetch.
+            compiling = sys._getframe(1).f_code.co_name == "_array_mlir_constant_handler"
+            if threading.current_thread() is main and not compiling:
+                self.reads.append(self.batches // 2)
+            return original_value.fget(array)
+
+        def make(*args, **kwargs):
+            self.batches += 1
+            return original_make(*args, **kwargs)
+
+        monkeypatch.setattr(array_module.ArrayImpl, "_value", property(value))
+        monkeypatch.setattr(jax, "make_array_from_process_local_data", make)
+
+
+def test_host_reads_records_an_implicit_fetch(monkeypatch):
+    reads = _HostReads(monkeypatch)
+    reads.batches = 6
+    float(jnp.ones(()) * 2)
+    assert reads.reads == [3]
+
+
+def test_fit_reads_nothing_on_the_host_between_log_points(tmp_path, monkeypatch):
+    """Every value the loop fetches is fetched after a log point or a checkpoint step (or
+    before the first step); the loop before this change read the loss after every step."""
+    from jaxquant.checkpoint import Checkpointer
+    from jaxquant.training import fit
+    trainer, dataset = _tiny_fit_trainer()
+    total = 2 * (dataset.train_size // 128)
+    reads = _HostReads(monkeypatch)
+    state = fit(trainer, dataset, workdir=str(tmp_path), seed=0, epochs=2, batch_size=128,
+                checkpoint_every_steps=10, log_every_steps=7, progress=False)
+    monkeypatch.undo()
+    assert int(state.step) == total
+    allowed = {0, total} | set(range(7, total + 1, 7)) | set(range(10, total + 1, 10))
+    assert reads.reads and set(reads.reads) <= allowed, sorted(set(reads.reads) - allowed)
+    assert set(reads.reads) & {7, 14}  # the log points did fetch
+    checkpointer = Checkpointer(tmp_path)
+    assert checkpointer.latest_step() == total  # the last asynchronous save landed
+    checkpointer.close()
+
+
+def test_fit_nan_names_the_step_where_it_began_and_saves_nothing_after(tmp_path):
+    """The loss is checked on device every step; the error (raised at the next log point or
+    checkpoint) names the first non-finite step, and no later checkpoint is written."""
+    from jaxquant.checkpoint import Checkpointer
+    from jaxquant.errors import NonFiniteLossError
+    from jaxquant.training import fit
+    trainer, dataset = _tiny_fit_trainer(learning_rate=1e38)
+    with pytest.raises(NonFiniteLossError, match=r"at step (\d+)") as info:
+        fit(trainer, dataset, workdir=str(tmp_path), seed=0, epochs=2, batch_size=128,
+            checkpoint_every_steps=1000, log_every_steps=1000, progress=False)
+    first_bad = int(__import__("re").search(r"at step (\d+)", str(info.value)).group(1))
+    assert 1 <= first_bad <= 3  # lr 1e38 overflows within the first steps, long before the end
+    assert "no checkpoint was written" in str(info.value)
+    checkpointer = Checkpointer(tmp_path)
+    assert checkpointer.latest_step() is None
+    checkpointer.close()
+
+
+def test_fit_rejects_log_every_steps_below_one(tmp_path):
+    from jaxquant.training import fit
+    trainer, dataset = _tiny_fit_trainer()
+    with pytest.raises(ConfigError, match="log_every_steps"):
+        fit(trainer, dataset, workdir=str(tmp_path), seed=0, epochs=1, batch_size=128, log_every_steps=0)

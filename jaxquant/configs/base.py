@@ -28,12 +28,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.weight_interval_std = "chunk"  # mbquant: weight-interval init from the chunk's std | filter (the code's per-filter quirk)
     c.partial_widths = ()            # mbquant: odd-b partial branch widths (() = the model's default, see models/multibranch.py)
     c.channel_shuffle = False        # mbquant resnet18/34: the official code's channel shuffle in downsample blocks (mixes the branches; True for code parity)
-    c.conv_batching = "unroll"       # unroll | native: how vmap over precision lowers convs
-    c.conv_weight_gradient = "auto"  # auto | im2col | xla: conv weight gradients (im2col is faster on CPU)
+    c.dtype = "float32"              # compute dtype: float32 | bfloat16 (convs, matmuls, activations; params, optimizer state, loss stay float32; bf16 needs bits <= 8)
+    c.conv_batching = "auto"         # auto (CPU: unroll, GPU/TPU: native) | unroll (one plain conv per precision under vmap) | native (XLA's: one grouped conv for all P)
+    c.conv_weight_gradient = "auto"  # auto (CPU: im2col, GPU/TPU: xla) | im2col | xla: conv weight gradients
     c.bits = (2, 4, 8, 32)           # the precisions trained together (32 = full precision)
     c.distillation = "auto"          # auto (the method's: mbquant largest, anyprecision recursive, else none) | none | largest | recursive
     c.loss_weights = ()              # lambda_b per bit-width; () = all ones
-    c.precision_mode = "auto"        # auto (the method's: mbquant unroll, else vmap) | vmap | unroll
+    c.precision_mode = "auto"        # auto (mbquant: unroll; others: unroll on CPU, vmap on GPU/TPU) | vmap | unroll
     # Bin Regularization (methods/binreg.py): L = CE + lambda * L_BR on the quantized weights.
     c.binreg_lambda = -1.0           # lambda; -1 = the method's (binreg 0.5, the paper's Table 7; others 0 = off); > 0 adds BR to lsq, vertical, anyprecision
     c.binreg_schedule = "two_stage"  # two_stage (CE only for binreg_start_epochs, then CE + BR) | joint (BR from the start) | alternating (CE-only and CE + BR blocks of binreg_alternate_epochs, CE-only first)
@@ -46,7 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 128               # global batch, split over all devices
     c.eval_batch_size = 500
     c.seed = 0
-    c.checkpoint_every_steps = 500
+    c.checkpoint_every_steps = 500   # saved asynchronously (written while training goes on)
+    c.log_every_steps = 50           # the loss and accuracies reach the host (progress bar, NaN check) this often
     c.keep_checkpoints = 3
     c.multihost = False              # call jax.distributed.initialize() (multi-host TPU pods)
     o = c.optimizer = ml_collections.ConfigDict()

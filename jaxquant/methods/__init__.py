@@ -2,6 +2,9 @@
 into a model and a `MultiPrecisionTrainer` (the step itself is shared)."""
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+
 from jaxquant.data import ArrayDataset, StreamingDataset, make_preprocess
 from jaxquant.errors import ConfigError
 from jaxquant.layers import QuantSpec
@@ -64,13 +67,36 @@ def resolve_distillation(config) -> str:
     return str(config.distillation)
 
 
-def resolve_precision_mode(config) -> str:
-    """``config.precision_mode``, with ``'auto'`` replaced by the method's own default: ``unroll``
-    for MBQuant (a static precision computes only its selected branches, vmap computes all G),
-    ``vmap`` for the others."""
+def resolve_precision_mode(config, backend: str | None = None) -> str:
+    """``config.precision_mode``, with ``'auto'`` replaced by the method's own default (MBQuant:
+    ``unroll``, a static precision computes only its selected branches where vmap computes all
+    G) or else by the backend's: ``unroll`` on CPU (the faster strategy there,
+    ``benchmarks/step_speed.py``), ``vmap`` on GPU/TPU (one batched program; to be measured,
+    ``benchmarks/accelerator.py``). ``backend`` defaults to ``jax.default_backend()``."""
     if config.precision_mode == "auto":
-        return getattr(method_module(config.method), "DEFAULT_PRECISION_MODE", "vmap")
+        method_default = getattr(method_module(config.method), "DEFAULT_PRECISION_MODE", None)
+        if method_default is not None:
+            return method_default
+        backend = backend or jax.default_backend()
+        return "unroll" if backend == "cpu" else "vmap"
     return str(config.precision_mode)
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+BF16_MAX_BITS = 8
+"""bf16 holds the integer codes of at most 8-bit grids exactly (|n| <= 256)."""
+
+
+def resolve_dtype(config):
+    """The compute dtype named by ``config.dtype``; bf16 only for bit-widths up to 8 (and FP)."""
+    name = str(config.dtype)
+    if name not in DTYPES:
+        raise ConfigError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
+    too_wide = [b for b in config.bits if BF16_MAX_BITS < int(b) < 32]
+    if name == "bfloat16" and too_wide:
+        raise ConfigError(f"dtype bfloat16 carries quantized values exactly only up to {BF16_MAX_BITS} bits, "
+                          f"but bits has {too_wide}; use --config.dtype=float32")
+    return DTYPES[name]
 
 
 def build_trainer(config, dataset: ArrayDataset | StreamingDataset, steps_per_epoch: int) -> MultiPrecisionTrainer:
@@ -98,4 +124,5 @@ def build_trainer(config, dataset: ArrayDataset | StreamingDataset, steps_per_ep
         model=model, bits=bits, optimizer=optimizer, distillation=resolve_distillation(config),
         precision_mode=resolve_precision_mode(config), loss_weights=tuple(config.loss_weights) or None,
         preprocess=make_preprocess(dataset.mean, dataset.std, config.augment, config.crop_padding),
-        init_from_batches=init_from_batches, regularizer=regularizer, regularizer_weight=regularizer_weight)
+        init_from_batches=init_from_batches, regularizer=regularizer, regularizer_weight=regularizer_weight,
+        compute_dtype=resolve_dtype(config))
