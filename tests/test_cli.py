@@ -176,3 +176,19 @@ def test_sigkill_then_resume_ends_with_exactly_the_uninterrupted_parameters(tmp_
     jax.tree.map(np.testing.assert_array_equal, state_a.params, state_b.params)
     jax.tree.map(np.testing.assert_array_equal, state_a.batch_stats, state_b.batch_stats)
     jax.tree.map(np.testing.assert_array_equal, state_a.opt_state, state_b.opt_state)
+
+
+def test_bf16_run_trains_digits_to_the_float32_band(tmp_path, capsys):
+    """``--config.dtype=bfloat16`` end to end from the CLI: the same 3-epoch run as float32
+    (seed, batches, init) lands within 6 points of it at every bit-width (measured: 0.3-2.2)."""
+    accuracy = {}
+    for dtype in ("float32", "bfloat16"):
+        code, out, err = run(capsys, "train", "--workdir", str(tmp_path / dtype), "--no-progress", *TINY,
+                             "--config.epochs=3", f"--config.dtype={dtype}")
+        assert code == 0, err
+        assert f"compute {dtype}" in out
+        accuracy[dtype] = json.loads((tmp_path / dtype / "results.json").read_text())["accuracy"]
+    assert set(accuracy["bfloat16"]) == {"2", "4", "8", "32"}
+    for bits, reference in accuracy["float32"].items():
+        assert reference > 0.25  # it learned something to compare against
+        assert abs(accuracy["bfloat16"][bits] - reference) <= 0.06, (bits, accuracy)
