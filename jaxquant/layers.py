@@ -9,6 +9,26 @@ Swap ``nn.Conv`` for `QuantConv` and ``nn.Dense`` for `QuantDense` in your own m
 ``nn.BatchNorm`` for `PrecisionBatchNorm` (switchable BN). `MultiBranchConv` is a conv of G
 branches of fixed 2-bit weights selected per precision by a `BranchSelection` (the tables are the
 method's: `jaxquant.methods.mbquant`).
+
+**Dtypes: the compute dtype follows the input.** Parameters (and BatchNorm statistics) are
+float32 and initialised from ``x.astype(float32)``, so a bfloat16 init equals a float32 one.
+A layer returns its input's dtype; quantizer arithmetic and BatchNorm run in float32; convs and
+matmuls take operands in the input dtype and accumulate in float32.
+
+**Exact grid in bfloat16.** A fake-quantized tensor is ``x_hat = n * s`` (n integer-valued,
+s the grid's scale: `quantizers.grid_integers`). bfloat16 (8 significant bits) would move
+``n * s`` off its grid, so with bfloat16 inputs a quantized layer computes
+``y = conv(n_x, n_w) * (s_x * s_w)``: the integer operands are exact in bfloat16 for
+``|n| <= 256``, the conv accumulates in float32 and the scales (``s_w`` per output channel with
+``per_channel``) are applied after, in float32. Gradients are those of ``conv(x_hat, w_hat)``:
+``n = x_hat / stop_gradient(s)`` snapped to the integer, times ``stop_gradient(s_x s_w)``, so step
+sizes get their gradients only through the quantizers. Full precision (``bits >= 32``): s = 1,
+nothing snapped. A bfloat16 layer with a quantized bit-width above 8 raises `ConfigError`
+(use float32 for 9..16 bits).
+
+**Conv batching** (``conv_batching``, `resolve_conv_batching`): ``auto`` (default) is ``unroll``
+on CPU and ``native`` on GPU/TPU; ``weight_gradient`` ``auto`` is ``im2col`` on CPU and ``xla``
+elsewhere (`resolve_weight_gradient`).
 """
 from __future__ import annotations
 
@@ -90,21 +110,88 @@ FULL_PRECISION = QuantSpec(weight="none", activation="none")
 # ----------------------------------------------------------------------------------------------
 # Convolution that vmaps over precision without grouped convolutions.
 
+CONV_BATCHINGS = ("auto", "unroll", "native")
+WEIGHT_GRADIENTS = ("auto", "xla", "im2col")
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def resolve_conv_batching(batching: str = "auto", backend: str | None = None) -> str:
+    """What ``conv_batching`` runs on ``backend`` (default ``jax.default_backend()``): ``auto`` is
+    ``unroll`` on CPU (one plain conv per precision, the fastest there) and ``native`` on GPU/TPU
+    (XLA's batching: one grouped conv for all P precisions); ``unroll``/``native`` as given."""
+    if batching not in CONV_BATCHINGS:
+        raise ConfigError(f"unknown conv batching {batching!r}; choose one of {CONV_BATCHINGS}")
+    if batching != "auto":
+        return batching
+    return "unroll" if (backend or jax.default_backend()) == "cpu" else "native"
+
+
+def resolve_weight_gradient(weight_gradient: str = "auto", backend: str | None = None) -> str:
+    """What ``weight_gradient`` runs on ``backend`` (default ``jax.default_backend()``): ``auto``
+    is ``im2col`` (`conv_weight_gradient`) on CPU and ``xla`` (XLA's own) on GPU/TPU."""
+    if weight_gradient not in WEIGHT_GRADIENTS:
+        raise ConfigError(f"unknown weight_gradient {weight_gradient!r}; choose one of {WEIGHT_GRADIENTS}")
+    if weight_gradient != "auto":
+        return weight_gradient
+    return "im2col" if (backend or jax.default_backend()) == "cpu" else "xla"
+
+
+def _is_low_precision(dtype) -> bool:
+    """A float narrower than 32 bits (bfloat16, float16): computed with float32 accumulation."""
+    dtype = jnp.dtype(dtype)
+    return bool(jnp.issubdtype(dtype, jnp.floating)) and dtype.itemsize < 4
+
+
+def _static_padding(padding):
+    return padding if isinstance(padding, str) else tuple(tuple(int(v) for v in p) for p in padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _low_precision_conv(x, kernel, strides, padding, groups):
+    """A conv of low-precision operands with float32 accumulation and a float32 result."""
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DIMENSIONS,
+                                        feature_group_count=groups, preferred_element_type=jnp.float32)
+
+
+def _low_precision_conv_fwd(x, kernel, strides, padding, groups):
+    return _low_precision_conv(x, kernel, strides, padding, groups), (x, kernel)
+
+
+def _low_precision_conv_bwd(strides, padding, groups, residuals, g):
+    # Both backward convs in the operands' dtype (the cotangent cast down): their results are
+    # cotangents of bf16 operands anyway. JAX's own transpose would upcast them to float32 convs.
+    x, kernel = residuals
+
+    def narrow(x, kernel):
+        return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DIMENSIONS,
+                                            feature_group_count=groups)
+    return jax.vjp(narrow, x, kernel)[1](g.astype(x.dtype))
+
+
+_low_precision_conv.defvjp(_low_precision_conv_fwd, _low_precision_conv_bwd)
+
+
 def conv_forward(x, kernel, strides=(1, 1), padding="SAME", groups: int = 1):
-    """The plain NHWC/HWIO convolution every QuantConv runs (per precision)."""
+    """The plain NHWC/HWIO convolution every QuantConv runs (per precision). Low-precision
+    operands (bfloat16; both are cast to the narrower dtype) accumulate in float32 and return
+    float32 (``preferred_element_type``); their backward convs take bfloat16 operands."""
+    if _is_low_precision(x.dtype) or _is_low_precision(kernel.dtype):
+        dtype = x.dtype if _is_low_precision(x.dtype) else kernel.dtype
+        return _low_precision_conv(x.astype(dtype), kernel.astype(dtype), tuple(int(v) for v in strides),
+                                   _static_padding(padding), int(groups))
     return jax.lax.conv_general_dilated(x, kernel, tuple(strides), padding,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+                                        dimension_numbers=_DIMENSIONS, feature_group_count=groups)
 
 
 def conv_backward(x, kernel, g, strides=(1, 1), padding="SAME", weight_gradient: str = "auto", groups: int = 1):
     """``(dL/dx, dL/dkernel)`` of `conv_forward` for the output cotangent ``g``: XLA's
     transposed conv for ``dx``; ``dkernel`` by `conv_weight_gradient` (im2col) or XLA's,
-    as ``weight_gradient`` says (``auto``: im2col on CPU; grouped convs always use XLA's)."""
+    as ``weight_gradient`` says (``auto`` per backend, `resolve_weight_gradient`; grouped convs
+    always use XLA's). Cotangents come in the operands' dtypes."""
     def plain(x, kernel):
         return conv_forward(x, kernel, strides, padding, groups)
 
-    use_im2col = groups == 1 and (weight_gradient == "im2col"
-                                  or (weight_gradient == "auto" and jax.default_backend() == "cpu"))
+    use_im2col = groups == 1 and resolve_weight_gradient(weight_gradient) == "im2col"
     if not use_im2col:
         return jax.vjp(plain, x, kernel)[1](g)
     dx = jax.vjp(lambda x: plain(x, kernel), x)[1](g)[0]
@@ -130,9 +217,6 @@ def _unrolled_vmap(fn: Callable) -> Callable:
     return wrapped
 
 
-WEIGHT_GRADIENTS = ("auto", "xla", "im2col")
-
-
 def _explicit_padding(in_spatial, kernel_spatial, strides, padding) -> tuple[tuple[int, int], ...]:
     if isinstance(padding, str):
         return tuple(jax.lax.padtype_to_pads(in_spatial, kernel_spatial, strides, padding))
@@ -147,7 +231,12 @@ def conv_weight_gradient(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ..
     chunk, the patches (``chunk*H'*W'`` rows of ``kh*kw*C``) fit in cache and one matmul with g
     adds to the sum. XLA's CPU weight-gradient conv runs 3-4x slower than this (ResNet-20's
     first stage: 43 ms vs 12 ms, ``benchmarks/step_speed.py``); on GPU/TPU XLA's own is the choice.
+    Low-precision ``x`` (bfloat16): ``g`` is cast to it and the matmuls accumulate in float32;
+    the result has ``x``'s dtype.
     """
+    low_precision = _is_low_precision(x.dtype)
+    if low_precision:
+        g = g.astype(x.dtype)
     kh, kw, c, o = kernel_shape
     n = x.shape[0]
     oh, ow = g.shape[1:3]
@@ -167,6 +256,8 @@ def conv_weight_gradient(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ..
         taps = [jax.lax.slice(xc, (0, i, j, 0), (chunk, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, c),
                               (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
         patches = jnp.concatenate(taps, axis=-1).reshape(-1, kh * kw * c)
+        if low_precision:
+            return total + jnp.matmul(patches.T, gc.reshape(-1, o), preferred_element_type=jnp.float32), None
         return total + patches.T.astype(jnp.float32) @ gc.reshape(-1, o).astype(jnp.float32), None
 
     total, _ = jax.lax.scan(accumulate, jnp.zeros((kh * kw * c, o), jnp.float32), (xp, g))
@@ -202,20 +293,24 @@ def _make_precision_conv(strides: tuple[int, ...], padding, weight_gradient: str
     return conv
 
 
-def precision_conv(x, kernel, strides=(1, 1), padding="SAME", batching: str = "unroll",
+def precision_conv(x, kernel, strides=(1, 1), padding="SAME", batching: str = "auto",
                    weight_gradient: str = "auto", groups: int = 1):
-    """NHWC/HWIO convolution (``groups`` > 1: grouped, e.g. depthwise with ``groups = C``).
-    ``batching='unroll'`` (default) makes ``jax.vmap`` over precision run one plain conv per
-    precision; ``'native'`` leaves XLA's grouped-conv lowering (try it on GPU/TPU).
+    """NHWC/HWIO convolution (``groups`` > 1: grouped, e.g. depthwise with ``groups = C``) of
+    `conv_forward` (bfloat16 operands: float32 accumulation and result), batched over precision:
+
+    - ``batching='unroll'``: ``jax.vmap`` over precision runs one plain conv per precision,
+      forward and backward (a custom vmap rule; the fastest on CPU);
+    - ``'native'``: XLA's own batching: the one batched (grouped, ``feature_group_count = P``)
+      convolution for all P precisions, to measure on accelerators;
+    - ``'auto'`` (default): `resolve_conv_batching` by ``jax.default_backend()``, CPU
+      ``unroll``, GPU/TPU ``native``.
+
     ``weight_gradient``: ``im2col`` (`conv_weight_gradient`), ``xla``, or ``auto`` (im2col on
-    CPU, XLA elsewhere); it applies with ``batching='unroll'`` to ungrouped convs."""
+    CPU, XLA elsewhere); it applies with ``unroll`` to ungrouped convs."""
     strides = tuple(strides)
-    if weight_gradient not in WEIGHT_GRADIENTS:
-        raise ConfigError(f"unknown weight_gradient {weight_gradient!r}; choose one of {WEIGHT_GRADIENTS}")
-    if batching == "native":
+    resolve_weight_gradient(weight_gradient)  # validates
+    if resolve_conv_batching(batching) == "native":
         return conv_forward(x, kernel, strides, padding, groups)
-    if batching != "unroll":
-        raise ConfigError(f"unknown conv batching {batching!r}; use 'unroll' or 'native'")
     padding = padding if isinstance(padding, str) else tuple(map(tuple, padding))
     return _make_precision_conv(strides, padding, weight_gradient, int(groups))(x, kernel)
 
@@ -223,17 +318,27 @@ def precision_conv(x, kernel, strides=(1, 1), padding="SAME", batching: str = "u
 # ----------------------------------------------------------------------------------------------
 # Shared quantization of a layer's weights and inputs.
 
-def _bits_at(bits: Sequence[int], precision) -> jax.Array:
+def _bits_at(bits: Sequence[int], precision) -> int | jax.Array:
+    """``bits[precision]``: a Python int for a static (Python or NumPy int) precision, as the
+    unrolled step passes, so the quantizers pick their branch in Python; else a traced gather."""
+    if isinstance(precision, (int, np.integer)):
+        return int(bits[precision])
     return jnp.asarray(bits, jnp.int32)[precision]
 
 
 def _quantize_weight(module: nn.Module, kernel: jax.Array, precision) -> jax.Array:
+    return _weight_on_grid(module, kernel, precision)[0]
+
+
+def _weight_on_grid(module: nn.Module, kernel: jax.Array, precision):
+    """``(w_hat, s, b)``: the fake-quantized kernel, its grid scale (`quantizers.grid_integers`)
+    and the bit-width that decides full precision (``FP_BITS`` for ``weight='none'``)."""
     spec, bits = module.spec, module.bits
     bit_width = _bits_at(bits, precision)
     if spec.weight == "none":
-        return kernel
+        return kernel, 1.0, q.FP_BITS
     if spec.weight == "dorefa":
-        return q.dorefa_weight(kernel, bit_width)
+        return q.dorefa_weight(kernel, bit_width), q.dorefa_weight_grid_scale(kernel, bit_width), bit_width
     if spec.weight == "codes":
         raise ConfigError("weight='codes' is an inference form of QuantConv only")
     axis = tuple(range(kernel.ndim - 1)) if spec.per_channel else None
@@ -241,18 +346,22 @@ def _quantize_weight(module: nn.Module, kernel: jax.Array, precision) -> jax.Arr
         # One source step at B bits shared by every precision (not per precision).
         step = module.param("weight_step", lambda _: q.lsq_init_step(
             kernel, spec.source_bits, signed=True, axis=axis).reshape((-1,) if spec.per_channel else ()))
-        return q.vertical_weight(kernel, step, bit_width, source_bits=spec.source_bits, cascade=spec.cascade)
+        return (q.vertical_weight(kernel, step, bit_width, source_bits=spec.source_bits, cascade=spec.cascade),
+                q.vertical_grid_scale(step, bit_width, source_bits=spec.source_bits, cascade=spec.cascade), bit_width)
     # LSQ: one step per precision, shape (P,), or (P, out_features) per channel.
     all_bits = jnp.asarray(bits, jnp.int32)
     step = module.param(
         "weight_step",
         lambda _: jax.vmap(lambda b: q.lsq_init_step(kernel, b, signed=True, axis=axis).reshape(
             (-1,) if spec.per_channel else ()))(all_bits))
-    return q.lsq_quantize(kernel, step[precision], bit_width, signed=True)
+    return (q.lsq_quantize(kernel, step[precision], bit_width, signed=True),
+            q.lsq_grid_scale(step[precision], bit_width), bit_width)
 
 
 def _act_step(module: nn.Module, x: jax.Array) -> jax.Array:
-    """The LSQ activation steps of a layer, shape (P,), initialised from ``x`` at every bit-width."""
+    """The LSQ activation steps of a layer, shape (P,), initialised from ``x`` (as float32) at
+    every bit-width."""
+    x = q._float32(x)
     all_bits = jnp.asarray(module.bits, jnp.int32)
     signed = module.spec.signed_activations
     return module.param(
@@ -260,16 +369,48 @@ def _act_step(module: nn.Module, x: jax.Array) -> jax.Array:
 
 
 def _quantize_input(module: nn.Module, x: jax.Array, precision) -> jax.Array:
+    return _input_on_grid(module, x, precision)[0]
+
+
+def _input_on_grid(module: nn.Module, x: jax.Array, precision):
+    """``(x_hat, s, b)`` of the layer's input, as `_weight_on_grid`."""
     spec, bits = module.spec, module.bits
     bit_width = _bits_at(bits, precision)
     if spec.activation == "none":
-        return x
+        return x, 1.0, q.FP_BITS
     if spec.activation == "dorefa":
-        return q.dorefa_activation(x, bit_width)
+        return q.dorefa_activation(x, bit_width), q.unit_grid_scale(bit_width), bit_width
     step = _act_step(module, x)
     # LSQ's N for activations: the features of one example (the batch does not count).
     per_example = max(x.size // max(x.shape[0], 1), 1) if x.ndim > 1 else x.size
-    return q.lsq_quantize(x, step[precision], bit_width, signed=spec.signed_activations, num_elements=per_example)
+    return (q.lsq_quantize(x, step[precision], bit_width, signed=spec.signed_activations, num_elements=per_example),
+            q.lsq_grid_scale(step[precision], bit_width), bit_width)
+
+
+def _check_exact_codes(module: nn.Module, dtype) -> None:
+    """A low-precision compute dtype holds integer codes exactly only up to `q.max_exact_bits`
+    (bfloat16: 8 bits): raise `ConfigError` for a quantized bit-width above that."""
+    limit = q.max_exact_bits(dtype)
+    wide = tuple(b for b in module.bits if limit < b < q.FP_BITS)
+    if wide:
+        name = jnp.dtype(dtype).name
+        raise ConfigError(f"{type(module).__name__} {module.name}: bits {wide} with {name} inputs: {name} carries "
+                          f"integer codes exactly only up to {limit} bits; use dtype float32 for "
+                          f"{limit + 1}..16 bits")
+
+
+def _grid_operands(module: nn.Module, x: jax.Array, kernel: jax.Array, precision):
+    """``(n_x, n_w, scale)`` for a low-precision ``x``: the integer-valued operands in ``x``'s
+    dtype and ``stop_gradient(s_x * s_w)``, so ``conv(n_x, n_w) * scale`` is ``conv(x_hat, w_hat)``
+    on the exact grid (module docstring). Quantizes ``x.astype(float32)``."""
+    dtype = x.dtype
+    if module.spec.weight != "none" or module.spec.activation != "none":
+        _check_exact_codes(module, dtype)
+    x_hat, s_x, b_x = _input_on_grid(module, x.astype(jnp.float32), precision)
+    w_hat, s_w, b_w = _weight_on_grid(module, kernel, precision)
+    n_x = q.grid_integers(x_hat, s_x, b_x).astype(dtype)
+    n_w = q.grid_integers(w_hat, s_w, b_w).astype(dtype)
+    return n_x, n_w, jax.lax.stop_gradient(jnp.asarray(s_x, jnp.float32) * jnp.asarray(s_w, jnp.float32))
 
 
 def _integer_conv(x, kernel, strides, padding):
@@ -279,7 +420,9 @@ def _integer_conv(x, kernel, strides, padding):
 
 class QuantConv(nn.Module):
     """2-D convolution (NHWC) with quantized weights and inputs at ``bits[precision]``;
-    ``feature_group_count`` > 1 makes it grouped (``= C_in``: depthwise, as MobileNetV2's)."""
+    ``feature_group_count`` > 1 makes it grouped (``= C_in``: depthwise, as MobileNetV2's).
+    Output in the input's dtype; bfloat16 inputs run the exact-grid conv (module docstring).
+    ``conv_batching``/``weight_gradient``: `precision_conv`'s (``auto``: per backend)."""
     features: int
     kernel_size: Sequence[int] = (3, 3)
     strides: Sequence[int] = (1, 1)
@@ -287,7 +430,7 @@ class QuantConv(nn.Module):
     use_bias: bool = False
     bits: tuple[int, ...] = (q.FP_BITS,)
     spec: QuantSpec = QuantSpec()
-    conv_batching: str = "unroll"
+    conv_batching: str = "auto"
     weight_gradient: str = "auto"
     kernel_init: Callable = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
     feature_group_count: int = 1
@@ -302,12 +445,12 @@ class QuantConv(nn.Module):
         if self.spec.weight == "codes":
             if groups != 1:
                 raise ConfigError("weight='codes' (the vertical-layered artefact) supports ungrouped convs only")
-            y = self._codes_conv(x, precision, shape)
+            y = self._codes_conv(q._float32(x), precision, shape)
         else:
             y = self._conv(x, precision, shape)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,))
-        return y
+        return y.astype(x.dtype)
 
     def _codes_conv(self, x, precision, shape):
         """Inference from stored k-bit offset-binary codes ``u``: ``w = (u - (2^k-1)/2) s_k``.
@@ -316,6 +459,7 @@ class QuantConv(nn.Module):
         ``y = s_a s_k / 2 * (2 conv(a, u) - (2^k-1) conv(a, 1))`` with int32 accumulation (the
         mid-rise offset is a zero point); bit-serial replaces ``conv(a, u)`` by
         ``sum_i 2^i conv(a, plane_i)`` over the weight's bit planes.
+        Computes in float32 (a bfloat16 input is cast up; the layer casts the output back).
         """
         codes = self.param("codes", nn.initializers.zeros, shape, jnp.int32)
         code_step = self.param("code_step", nn.initializers.ones,
@@ -340,14 +484,20 @@ class QuantConv(nn.Module):
 
     def _conv(self, x, precision, shape):
         kernel = self.param("kernel", self.kernel_init, shape)
+        conv = functools.partial(precision_conv, strides=self.strides, padding=self.padding,
+                                 batching=self.conv_batching, weight_gradient=self.weight_gradient,
+                                 groups=self.feature_group_count)
+        if _is_low_precision(x.dtype):  # exact grid: conv(n_x, n_w) * s_x s_w, float32
+            n_x, n_w, scale = _grid_operands(self, x, kernel, precision)
+            return conv(n_x, n_w) * scale
         x = _quantize_input(self, x, precision)
         kernel = _quantize_weight(self, kernel, precision)
-        return precision_conv(x, kernel.astype(x.dtype), self.strides, self.padding, self.conv_batching,
-                              self.weight_gradient, self.feature_group_count)
+        return conv(x, kernel.astype(x.dtype))
 
 
 class QuantDense(nn.Module):
-    """Dense layer with quantized weights and inputs at ``bits[precision]``."""
+    """Dense layer with quantized weights and inputs at ``bits[precision]``; output in the
+    input's dtype (bfloat16: ``(n_x @ n_w) * s_x s_w`` on the exact grid, float32 accumulation)."""
     features: int
     use_bias: bool = True
     bits: tuple[int, ...] = (q.FP_BITS,)
@@ -357,18 +507,24 @@ class QuantDense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, precision) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
-        x = _quantize_input(self, x, precision)
-        kernel = _quantize_weight(self, kernel, precision)
-        y = x @ kernel.astype(x.dtype)
+        dtype = x.dtype
+        if _is_low_precision(dtype):
+            n_x, n_w, scale = _grid_operands(self, x, kernel, precision)
+            y = jnp.matmul(n_x, n_w, preferred_element_type=jnp.float32) * scale
+        else:
+            x = _quantize_input(self, x, precision)
+            kernel = _quantize_weight(self, kernel, precision)
+            y = x @ kernel.astype(x.dtype)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,))
-        return y
+        return y.astype(dtype)
 
 
 class PrecisionBatchNorm(nn.Module):
     """Switchable BatchNorm: statistics and affine per precision (leading axis P), row
     ``precision`` used. In training, only that row's running averages move
-    (``ra = momentum * ra + (1 - momentum) * batch``, Flax's convention: PyTorch's 0.1 is 0.9)."""
+    (``ra = momentum * ra + (1 - momentum) * batch``, Flax's convention: PyTorch's 0.1 is 0.9).
+    Statistics and normalisation in float32 (running stats are float32); output in the input's dtype."""
     num_precisions: int = 1
     momentum: float = 0.9
     epsilon: float = 1e-5
@@ -378,6 +534,8 @@ class PrecisionBatchNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, precision, train: bool) -> jax.Array:
+        dtype = x.dtype
+        x = q._float32(x)
         shape = (self.num_precisions, x.shape[-1])
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
@@ -400,7 +558,7 @@ class PrecisionBatchNorm(nn.Module):
             y = y * self.param("scale", nn.initializers.ones, shape)[precision]
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, shape)[precision]
-        return y
+        return y.astype(dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,6 +622,13 @@ class BranchSelection:
         return full, onehot, slot
 
 
+def _selected_order(selection: BranchSelection, precision: int) -> list[int]:
+    """The branches a static precision computes, in the selected layout's order: the full
+    branches ascending, then the partial one (the official code's concatenation order)."""
+    full = [b for b in range(selection.num_branches) if selection.full[precision][b]]
+    return full + ([selection.partial[precision]] if selection.partial[precision] >= 0 else [])
+
+
 _ARCSINE_HALF_NORMAL = 1.0 / (1.0 - 2.0 / 3.141592653589793) ** 0.5  # 1/sqrt(1 - 2/pi)
 
 
@@ -496,6 +661,8 @@ class MultiBranchConv(nn.Module):
     No bias, no rescaling: the following (per-precision) BatchNorm absorbs the scale.
     The default initializer is PyTorch's ``kaiming_normal_(fan_out)`` on the grouped weight:
     ``std = sqrt(2 / (G * k * k * C_out))`` (fan_out counts every branch).
+    Output in the input's dtype; intervals are initialised from ``x.astype(float32)``; bfloat16
+    inputs convolve the integer codes (`_conv`: ``conv(n_x, n_w) * s_x/3``, bits <= 8).
     """
     features: int
     selection: BranchSelection
@@ -505,7 +672,7 @@ class MultiBranchConv(nn.Module):
     kernel_size: Sequence[int] = (3, 3)
     strides: Sequence[int] = (1, 1)
     padding: Any = "SAME"
-    conv_batching: str = "unroll"
+    conv_batching: str = "auto"        # precision_conv's: auto (CPU unroll, GPU/TPU native) | unroll | native
     weight_gradient: str = "auto"
     kernel_init: Callable = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
     skip_deselected: bool = True       # a static (Python int) precision computes only its branches
@@ -524,14 +691,17 @@ class MultiBranchConv(nn.Module):
         if not (0 < p_in <= c_in and 0 < p_out <= self.features):
             raise ConfigError(f"partial slice {p_in}x{p_out} does not fit a {c_in}->{self.features} conv")
         kernel = self.param("kernel", self.kernel_init, (g, *self.kernel_size, c_in, self.features))
+        dtype, x32 = x.dtype, q._float32(x)  # data-dependent inits and quantizers read float32
+        if _is_low_precision(dtype):
+            _check_exact_codes(self, dtype)
         branch_std = lambda k: 3.0 * jnp.std(k.reshape(g, -1), axis=1)  # noqa: E731
         w_upper = self.param("weight_upper", lambda _: branch_std(kernel))
         w_lower = self.param("weight_lower", lambda _: -branch_std(kernel))
 
         def act_init(stat):
             def init(_):
-                per_branch = jnp.moveaxis(x, -2, 0).reshape(g, -1)
-                values = jnp.concatenate([stat(per_branch, axis=1), stat(x.reshape(1, -1), axis=1)])
+                per_branch = jnp.moveaxis(x32, -2, 0).reshape(g, -1)
+                values = jnp.concatenate([stat(per_branch, axis=1), stat(x32.reshape(1, -1), axis=1)])
                 return jnp.broadcast_to(values, (len(self.bits), g + 1))
             return init
         # 3 std / sqrt(1 - 2/pi) and the minimum, as the official init (kept apart by at least 1e-3).
@@ -542,11 +712,11 @@ class MultiBranchConv(nn.Module):
 
         if self.is_mutable_collection(INTERVAL_INIT) and not self.is_initializing():  # init makes every collection mutable
             w_lower, w_upper, a_lower, a_upper = self._initial_intervals(
-                x, kernel, precision, p_in, p_out, (w_lower, w_upper, a_lower, a_upper))
+                x32, kernel, precision, p_in, p_out, (w_lower, w_upper, a_lower, a_upper))
         bit_width = _bits_at(self.bits, precision)
         if self.skip_deselected and isinstance(precision, (int, np.integer)):
             return self._selected_branches(x, kernel, int(precision), p_in, p_out,
-                                           (w_lower, w_upper, a_lower, a_upper), bit_width)
+                                           (w_lower, w_upper, a_lower, a_upper), bit_width).astype(dtype)
         full, partial, slot = sel.gather(precision)
         shape5 = (g, 1, 1, 1, 1)
         quantized = q.interval_weight(kernel, w_lower[slot].reshape(shape5), w_upper[slot].reshape(shape5))
@@ -556,36 +726,95 @@ class MultiBranchConv(nn.Module):
         act_slot = jnp.where(partial > 0, g, jnp.arange(g))
         lower = a_lower[precision][act_slot][:, None]
         upper = a_upper[precision][act_slot][:, None]
-        xq = q.interval_activation(x, lower, upper, bit_width)
-        return jax.vmap(self._conv, in_axes=(3, 0), out_axes=3)(xq, quantized)
+        xq = q.interval_activation(x32, lower, upper, bit_width)
+        conv = functools.partial(self._conv, bit_width=bit_width, dtype=dtype)
+        return jax.vmap(conv, in_axes=(3, 0), out_axes=3)(xq, quantized)
 
-    def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-        return precision_conv(x, kernel.astype(x.dtype), self.strides, self.padding, self.conv_batching,
-                              self.weight_gradient)
+    def _conv(self, x: jax.Array, kernel: jax.Array, bit_width=None, dtype=None) -> jax.Array:
+        """``conv(x_hat, w_hat)`` of one branch: ``x_hat`` interval activations at ``bit_width``
+        (grid ``1/(2^b-1)``), ``w_hat`` interval weights (grid 1/3); the result in ``dtype``
+        (the layer's input dtype; default ``x``'s).
+
+        float32 ``dtype``, or no ``bit_width``: the plain conv of the values (in ``x``'s dtype,
+        cast to ``dtype``). Low-precision ``dtype`` (bfloat16) with ``bit_width``: the exact grid,
+        ``conv(n_x, n_w) * stop_gradient(s_x / 3)`` with ``n_x = x_hat (2^b-1)`` and ``n_w = 3 w_hat``
+        snapped to their integers (`quantizers.grid_integers`), float32 accumulation.
+        """
+        dtype = jnp.dtype(x.dtype if dtype is None else dtype)
+        conv = functools.partial(precision_conv, strides=self.strides, padding=self.padding,
+                                 batching=self.conv_batching, weight_gradient=self.weight_gradient)
+        if not _is_low_precision(dtype) or bit_width is None:
+            return conv(x, kernel.astype(x.dtype)).astype(dtype)
+        s_x = q.unit_grid_scale(bit_width)
+        n_x = q.grid_integers(x, s_x, bit_width).astype(dtype)
+        n_w = q.grid_integers(kernel, q.INTERVAL_WEIGHT_GRID_SCALE, 2).astype(dtype)
+        scale = jax.lax.stop_gradient(s_x * q.INTERVAL_WEIGHT_GRID_SCALE)
+        return (conv(n_x, n_w) * scale).astype(dtype)
 
     def _selected_branches(self, x, kernel, precision: int, p_in: int, p_out: int, intervals, bit_width):
         """The same function as the masked path for a static precision, computing only the
         selected branches (deselected slots are zeros that no conv produced)."""
+        sel, g = self.selection, self.selection.num_branches
+        order = _selected_order(sel, precision)
+        pb = sel.partial[precision]
+        chunks = [x[..., branch, :p_in] if branch == pb else x[..., branch, :] for branch in order]
+        ys = self._branch_convs(chunks, kernel, precision, intervals, bit_width)
+        outputs = dict(zip(order, ys))
+        if pb >= 0:
+            y = outputs[pb]
+            outputs[pb] = jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, self.features - p_out)])
+        zeros = jnp.zeros(ys[0].shape[:-1] + (self.features,), x.dtype)
+        return jnp.stack([outputs.get(branch, zeros) for branch in range(g)], axis=3)
+
+    def _branch_convs(self, chunks, kernel, precision: int, intervals, bit_width) -> list:
+        """The convs of a static precision's selected branches, in `_selected_order` (full
+        branches ascending, then the partial): ``chunks`` are their inputs (the partial's sliced to
+        ``p_in`` channels); returns their outputs (``features`` wide, the partial's ``p_out``)."""
         w_lower, w_upper, a_lower, a_upper = intervals
         sel, g = self.selection, self.selection.num_branches
         pb = sel.partial[precision]
-        outputs = [None] * g
-        for branch in range(g):
-            if sel.full[precision][branch]:
-                wq = q.interval_weight(kernel[branch], w_lower[sel.full_weight_slot[precision][branch]],
-                                       w_upper[sel.full_weight_slot[precision][branch]])
-                xq = q.interval_activation(x[..., branch, :], a_lower[precision, branch],
-                                           a_upper[precision, branch], bit_width)
-                outputs[branch] = self._conv(xq, wq)
-        if pb >= 0:
-            slot = sel.partial_weight_slot[precision]
-            wq = q.interval_weight(kernel[pb, :, :, :p_in, :p_out], w_lower[slot], w_upper[slot])
-            xq = q.interval_activation(x[..., pb, :p_in], a_lower[precision, g], a_upper[precision, g], bit_width)
-            y = self._conv(xq, wq)
-            outputs[pb] = jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, self.features - p_out)])
-        shape = next(o for o in outputs if o is not None).shape
-        zeros = jnp.zeros(shape, x.dtype)
-        return jnp.stack([zeros if o is None else o for o in outputs], axis=3)
+        outputs = []
+        for branch, chunk in zip(_selected_order(sel, precision), chunks):
+            if branch == pb:
+                slot, act = sel.partial_weight_slot[precision], g
+                p_in, p_out = chunk.shape[-1], self.features if self.partial_out is None else self.partial_out
+                wq = q.interval_weight(kernel[pb, :, :, :p_in, :p_out], w_lower[slot], w_upper[slot])
+            else:
+                slot, act = sel.full_weight_slot[precision][branch], branch
+                wq = q.interval_weight(kernel[branch], w_lower[slot], w_upper[slot])
+            xq = q.interval_activation(chunk, a_lower[precision, act], a_upper[precision, act], bit_width)
+            outputs.append(self._conv(xq, wq, bit_width=bit_width, dtype=chunk.dtype))  # the input's dtype
+        return outputs
+
+    def selected_branches(self, x: jax.Array, precision: int) -> jax.Array:
+        """The static-precision forward on the selected branches only, in the *selected layout*:
+        ``x`` is ``(N, H, W, k * C_in + w)``, the k full branches' inputs (ascending branch) then
+        the partial branch's first ``w >= partial_in`` channels (``w = 0`` without one), along
+        channels; the output is ``(N, H, W, k * features + partial_out)`` in the same order. The
+        same convs as `__call__` at that precision (which returns them in their ``G`` slots, with
+        zeros elsewhere); reads the parameters ``__call__`` created, so the module must have
+        been initialised (its ``__call__`` runs at ``init``)."""
+        sel = self.selection
+        if not isinstance(precision, (int, np.integer)):
+            raise ConfigError("MultiBranchConv.selected_branches needs a static (Python int) precision")
+        precision = int(precision)
+        if _is_low_precision(x.dtype):
+            _check_exact_codes(self, x.dtype)
+        kernel = self.get_variable("params", "kernel")
+        intervals = tuple(self.get_variable("params", name)
+                          for name in ("weight_lower", "weight_upper", "act_lower", "act_upper"))
+        c_in = kernel.shape[-2]
+        p_in = c_in if self.partial_in is None else self.partial_in
+        full = [b for b in _selected_order(sel, precision) if b != sel.partial[precision]]
+        width = x.shape[-1] - len(full) * c_in
+        if width < (p_in if sel.partial[precision] >= 0 else 0) or (sel.partial[precision] < 0 and width):
+            raise ConfigError(f"selected-layout input of {x.shape[-1]} channels does not hold {len(full)} branches "
+                              f"of {c_in} (and a partial of at least {p_in}) at precision {precision}")
+        chunks = [x[..., i * c_in:(i + 1) * c_in] for i in range(len(full))]
+        if sel.partial[precision] >= 0:
+            chunks.append(x[..., len(full) * c_in:len(full) * c_in + p_in])
+        ys = self._branch_convs(chunks, kernel, precision, intervals, _bits_at(self.bits, precision))
+        return ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=-1)
 
     def _initial_intervals(self, x, kernel, precision, p_in: int, p_out: int, intervals):
         """MBQuant's data-dependent init at one precision (`methods.mbquant.initialize_intervals`):

@@ -1,12 +1,18 @@
 """Pure quantizer functions with straight-through estimators.
 
-The bit-width is always an array (it may be traced): bounds such as ``Qp = 2**(b-1) - 1`` are
-computed arithmetically, so one compiled function serves every bit-width and ``jax.vmap`` over
-a vector of bit-widths runs them all at once. A bit-width of ``FP_BITS`` (32) or more means
-full precision: every quantizer passes its input through (DoReFa with its own FP form).
+The bit-width may be an array (traced): bounds such as ``Qp = 2**(b-1) - 1`` are computed
+arithmetically, so one compiled function serves every bit-width and ``jax.vmap`` over a vector
+of bit-widths runs them all at once. A bit-width of ``FP_BITS`` (32) or more means full
+precision: every quantizer passes its input through (DoReFa with its own FP form). A traced
+bit-width computes both the quantized and the full-precision form and selects with
+``jnp.where``; a static one (a Python or NumPy int, as the unrolled multi-precision step passes)
+picks its branch in Python and computes only that one.
 
 Quantizers here know nothing about layers; they take arrays and return fake-quantized arrays
 (values on the quantization grid, in the input's units) with the gradients of the papers.
+They compute in float32: a bfloat16 input is cast up and the result is float32. Every grid is
+``x_hat = n * s`` with n integer-valued (the ``*_grid_scale`` functions give s, `grid_integers`
+gives n), which is how a layer feeds a bfloat16 conv exact operands (`jaxquant.layers`).
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from typing import Iterable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxquant import nesting
 from jaxquant.errors import BitWidthError
@@ -64,9 +71,29 @@ def _pow2(exponent, dtype=jnp.float32) -> jax.Array:
     return jnp.ldexp(jnp.ones((), dtype), jnp.minimum(_as_bits(exponent), 30))
 
 
+def _float32(x) -> jax.Array:
+    """``x`` as float32 when it is a narrower float (bfloat16, float16); else unchanged. Quantizer
+    arithmetic (``x/s``, clip, round) runs in float32, and a grid value ``n s`` would not survive
+    a bfloat16 result (8 significant bits), so low-precision inputs give float32 outputs."""
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize < 4:
+        return x.astype(jnp.float32)
+    return x
+
+
 def is_full_precision(bits) -> jax.Array:
     """True where the bit-width means full precision (``bits >= FP_BITS``)."""
     return _as_bits(bits) >= FP_BITS
+
+
+def _is_static(bits) -> bool:
+    """Whether ``bits`` is a static bit-width (a Python or NumPy int), not an array."""
+    return isinstance(bits, (int, np.integer))
+
+
+def _static_full_precision(bits) -> bool:
+    """True only for a static full-precision bit-width: its quantizer returns the FP form alone."""
+    return _is_static(bits) and bits >= FP_BITS
 
 
 def signed_range(bits) -> tuple[jax.Array, jax.Array]:
@@ -157,16 +184,20 @@ def lsq_quantize(v: jax.Array, step: jax.Array, bits, *, signed: bool,
     (per-channel); N defaults to the number of elements per step, ``v.size // step.size``.
     At ``bits >= 32`` the input passes through unchanged (and the step gets no gradient).
     """
+    v = _float32(v)
     step = jnp.asarray(step, v.dtype)
     if num_elements is None:
         num_elements = max(v.size // max(step.size, 1), 1)
+    if _static_full_precision(bits):
+        return v
     qn, qp = quant_range(bits, signed)
     quantized = _lsq(v, step, qn, qp, lsq_grad_scale(num_elements, bits, signed))
-    return jnp.where(is_full_precision(bits), v, quantized)
+    return quantized if _is_static(bits) else jnp.where(is_full_precision(bits), v, quantized)
 
 
 def lsq_codes(v: jax.Array, step: jax.Array, bits, *, signed: bool) -> jax.Array:
     """The integer codes ``round(clip(v/s, -Qn, Qp))`` as int32 (for export and integer kernels)."""
+    v = _float32(v)
     qn, qp = quant_range(bits, signed)
     return jnp.round(jnp.clip(v / step, -qn, qp)).astype(jnp.int32)
 
@@ -174,6 +205,7 @@ def lsq_codes(v: jax.Array, step: jax.Array, bits, *, signed: bool) -> jax.Array
 def lsq_init_step(v: jax.Array, bits, *, signed: bool, axis=None) -> jax.Array:
     """LSQ initial step ``s0 = 2 * mean|v| / sqrt(Qp)``; ``axis`` are the axes averaged over
     (None: per tensor; e.g. ``(0, 1, 2)`` for a per-output-channel HWIO kernel, keepdims)."""
+    v = _float32(v)
     _, qp = quant_range(bits, signed)
     mean_abs = jnp.mean(jnp.abs(v), axis=axis, keepdims=axis is not None)
     return jnp.maximum(2.0 * mean_abs / jnp.sqrt(jnp.maximum(qp, 1.0)), 1e-8)
@@ -194,18 +226,24 @@ def dorefa_weight(w: jax.Array, bits) -> jax.Array:
 
     At 32 bits: ``tanh(w) / max|tanh w| * E`` (the Any-Precision code's FP form, not plain w).
     """
+    w = _float32(w)
     scale = jax.lax.stop_gradient(jnp.mean(jnp.abs(w)))
     t = jnp.tanh(w)
     t_max = jnp.max(jnp.abs(t))
+    if _static_full_precision(bits):
+        return t / t_max * scale
     quantized = (2.0 * _quantize_unit(t / (2.0 * t_max) + 0.5, bits) - 1.0) * scale
-    return jnp.where(is_full_precision(bits), t / t_max * scale, quantized)
+    return quantized if _is_static(bits) else jnp.where(is_full_precision(bits), t / t_max * scale, quantized)
 
 
 def dorefa_activation(x: jax.Array, bits) -> jax.Array:
     """Any-Precision DoReFa activations: ``qfn(clip(x, 0, 1), k)`` (fixed range, no learned clip);
     ReLU at 32 bits. Gradient 1 inside [0, 1] (boundaries included), 0 outside."""
+    x = _float32(x)
+    if _static_full_precision(bits):
+        return jax.nn.relu(x)
     quantized = _quantize_unit(clip_inclusive(x, 0.0, 1.0), bits)
-    return jnp.where(is_full_precision(bits), jax.nn.relu(x), quantized)
+    return quantized if _is_static(bits) else jnp.where(is_full_precision(bits), jax.nn.relu(x), quantized)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,14 +257,18 @@ def interval_weight(w: jax.Array, lower, upper) -> jax.Array:
     """MBQuant fixed 2-bit weights: ``w~ = clip((w-l)/(u-l), 0, 1)``,
     ``w_hat = 2 round(3 w~)/3 - 1`` in ``{-1, -1/3, 1/3, 1}`` (not rescaled: BN absorbs the scale).
     l and u get gradients only from unclipped elements."""
+    w = _float32(w)
     return 2.0 * ste_round(3.0 * _normalise_interval(w, lower, upper)) / 3.0 - 1.0
 
 
 def interval_activation(x: jax.Array, lower, upper, bits) -> jax.Array:
     """MBQuant b-bit activations on ``[l, u]``: ``x_hat = round((2^b-1) x~) / (2^b-1)`` with
     ``x~ = clip((x-l)/(u-l), 0, 1)``; values in [0, 1], not rescaled. Passthrough at 32 bits."""
+    x = _float32(x)
+    if _static_full_precision(bits):
+        return x
     quantized = _quantize_unit(_normalise_interval(x, lower, upper), bits)
-    return jnp.where(is_full_precision(bits), x, quantized)
+    return quantized if _is_static(bits) else jnp.where(is_full_precision(bits), x, quantized)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,19 +357,23 @@ def vertical_weight(w: jax.Array, step: jax.Array, bits, *, source_bits: int = 8
     """
     if cascade not in VERTICAL_CASCADES:
         raise ValueError(f"unknown cascade {cascade!r}; choose one of {VERTICAL_CASCADES}")
+    w = _float32(w)
     step = jnp.asarray(step, w.dtype)
     if num_elements is None:
         num_elements = max(w.size // max(step.size, 1), 1)
+    if _static_full_precision(bits):
+        return w
     bits_f = _as_bits(bits).astype(jnp.float32)
     quantized = _vertical(w, step, bits_f, vertical_grad_scale(num_elements, bits, source_bits, cascade),
                           source_bits, cascade, rounding)
-    return jnp.where(is_full_precision(bits), w, quantized)
+    return quantized if _is_static(bits) else jnp.where(is_full_precision(bits), w, quantized)
 
 
 def vertical_codes(w: jax.Array, step: jax.Array, bits, *, source_bits: int = 8, cascade: str = "floor",
                    rounding: str = "half_up") -> jax.Array:
     """The k-bit integer codes of `vertical_weight` (offset-binary for ``floor``, two's complement
     otherwise), int32. ``vertical_weight == level(codes) * 2^(B-k) * step`` exactly."""
+    w = _float32(w)
     codes, *_ = _vertical_grid(w / jnp.asarray(step, w.dtype), bits, source_bits, cascade, rounding)
     return codes
 
@@ -336,3 +382,67 @@ def midrise_dequantize(codes: jax.Array, step: jax.Array, bits) -> jax.Array:
     """``(u - (2^k-1)/2) * s_k`` for k-bit offset-binary codes u: equal, bit for bit, to
     `vertical_weight` (``cascade='floor'``) when ``s_k = 2^(B-k) s_B``."""
     return nesting.midrise_level(codes, bits) * step
+
+
+# ----------------------------------------------------------------------------------------------
+# Grids: every fake-quantized value is ``x_hat = n * s``, n integer-valued (bf16 compute).
+
+INTERVAL_WEIGHT_GRID_SCALE = 1.0 / 3.0
+"""The grid of `interval_weight`: ``2 round(3 w~)/3 - 1 = (2 code - 3) * 1/3``."""
+
+
+def max_exact_bits(dtype) -> int:
+    """The widest bit-width whose integer codes (``|n| <= 2^b - 1``) ``dtype`` holds exactly:
+    its significand bits, ``nmant + 1`` (bfloat16: 8, float16: 11, float32: 24)."""
+    return int(jnp.finfo(dtype).nmant) + 1
+
+
+def _grid_scale(bits, scale) -> jax.Array:
+    """``scale`` where quantized, 1 at full precision (a static or traced bit-width)."""
+    if _static_full_precision(bits):
+        return jnp.ones((), jnp.float32)
+    scale = jnp.asarray(scale, jnp.float32)
+    return scale if _is_static(bits) else jnp.where(is_full_precision(bits), 1.0, scale)
+
+
+def lsq_grid_scale(step, bits) -> jax.Array:
+    """`lsq_quantize`'s grid: ``v_hat = code * s``, s the step (1 at full precision)."""
+    return _grid_scale(bits, step)
+
+
+def unit_grid_scale(bits) -> jax.Array:
+    """The grid of `dorefa_activation` and `interval_activation`: ``code / (2^b - 1)``, so
+    ``s = 1 / (2^b - 1)`` (1 at full precision)."""
+    return _grid_scale(bits, 1.0 / (_pow2(bits) - 1.0))
+
+
+def dorefa_weight_grid_scale(w: jax.Array, bits) -> jax.Array:
+    """`dorefa_weight`'s grid: ``(2 code/n - 1) E = (2 code - n) * E/n`` (an odd integer times
+    ``s = E/n``), ``n = 2^b - 1``, ``E = stop_gradient(mean|w|)`` (1 at full precision)."""
+    e = jax.lax.stop_gradient(jnp.mean(jnp.abs(_float32(w))))
+    return _grid_scale(bits, e / (_pow2(bits) - 1.0))
+
+
+def vertical_grid_scale(step, bits, *, source_bits: int = 8, cascade: str = "floor") -> jax.Array:
+    """`vertical_weight`'s grid, ``s_k = 2^(B-k) s``: ``floor`` (mid-rise) ``(u - (2^k-1)/2) s_k
+    = (2u - (2^k-1)) * s_k/2``, so ``s = s_k/2``; the round-clip cascades ``q_k * s_k``, so
+    ``s = s_k`` (1 at full precision)."""
+    k = jnp.minimum(_as_bits(bits), source_bits)
+    scale_k = jnp.asarray(step, jnp.float32) * _pow2(source_bits - k)
+    return _grid_scale(bits, scale_k * 0.5 if cascade == "floor" else scale_k)
+
+
+def grid_integers(x_hat: jax.Array, scale, bits) -> jax.Array:
+    """The integer-valued ``n`` of a fake-quantized ``x_hat = n * s`` (float32), the operand a
+    bfloat16 conv holds exactly (``|n| <= 256``; `max_exact_bits`).
+
+    Value ``round(x_hat / s)``, snapped to the integer; gradient that of ``x_hat /
+    stop_gradient(s)``, so ``conv(n_x, n_w) * stop_gradient(s_x s_w)`` has the gradients of
+    ``conv(x_hat, w_hat)`` and a step size gets its gradient only through its quantizer.
+    Full precision (``bits >= 32``; ``s`` is 1 there): ``x_hat`` unchanged, not snapped.
+    """
+    x_hat = _float32(x_hat)
+    if _static_full_precision(bits):
+        return x_hat
+    snapped = ste_round(x_hat / jax.lax.stop_gradient(jnp.asarray(scale, jnp.float32)))
+    return snapped if _is_static(bits) else jnp.where(is_full_precision(bits), x_hat, snapped)

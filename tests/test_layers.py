@@ -3,6 +3,7 @@ the precision-batched convolution. Expected outputs are computed by hand in NumP
 and with plain `jax.lax` ops (convolution), never by the layer under test."""
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
@@ -407,6 +408,47 @@ def test_unroll_batching_emits_no_grouped_convs():
     assert len(unroll) >= 3 * P  # forward + two backward convs per precision
     native = _conv_group_counts(jax.make_jaxpr(jax.grad(loss, (0, 1)), static_argnums=2)(xs, ks, "native"))
     assert any(c != (1, 1) for c in native)
+
+
+def test_native_batching_is_one_grouped_conv_over_all_precisions():
+    """XLA's batching of a conv whose input and kernel both carry the precision axis: ONE
+    convolution with ``feature_group_count = P`` (forward), in the jaxpr and in the HLO."""
+    xs, ks = _conv_data(2)
+    for dtype in (jnp.float32, jnp.bfloat16):
+        conv = jax.vmap(lambda x, k: precision_conv(x, k, batching="native"))
+        forward = _conv_group_counts(jax.make_jaxpr(conv)(xs.astype(dtype), ks.astype(dtype)))
+        assert forward == [(P, 1)], dtype
+        hlo = jax.jit(conv).lower(xs.astype(dtype), ks.astype(dtype)).as_text()
+        assert len(re.findall(r"feature_group_count = 3\b", hlo)) == 1 and hlo.count("convolution") >= 1
+        unroll = jax.vmap(lambda x, k: precision_conv(x, k, batching="unroll"))
+        assert _conv_group_counts(jax.make_jaxpr(unroll)(xs.astype(dtype), ks.astype(dtype))) == [(1, 1)] * P
+
+
+def test_auto_batching_and_weight_gradient_resolve_per_backend():
+    from jaxquant.layers import CONV_BATCHINGS, MultiBranchConv, resolve_conv_batching, resolve_weight_gradient
+    from jaxquant.models import CifarResNet, MobileNetV2, MultiBranchCNN, ResNet, SmallCNN
+    assert jax.default_backend() == "cpu"  # the suite runs on CPU
+    assert resolve_conv_batching("auto") == resolve_conv_batching() == "unroll"
+    assert resolve_weight_gradient("auto") == "im2col"
+    for backend in ("gpu", "tpu", "cuda", "rocm"):
+        assert resolve_conv_batching("auto", backend) == "native"
+        assert resolve_weight_gradient("auto", backend) == "xla"
+    for choice in ("unroll", "native"):
+        assert resolve_conv_batching(choice, "gpu") == resolve_conv_batching(choice, "cpu") == choice
+    for choice in ("im2col", "xla"):
+        assert resolve_weight_gradient(choice, "tpu") == resolve_weight_gradient(choice, "cpu") == choice
+    with pytest.raises(ConfigError, match="choose one of .*auto.*unroll.*native"):
+        resolve_conv_batching("grouped")
+    with pytest.raises(ConfigError, match="choose one of .*auto.*xla.*im2col"):
+        resolve_weight_gradient("fft")
+    assert CONV_BATCHINGS == ("auto", "unroll", "native")
+    for model in (QuantConv, MultiBranchConv, SmallCNN, CifarResNet, ResNet, MobileNetV2, MultiBranchCNN):
+        fields = {f.name: f.default for f in dataclasses.fields(model)}
+        assert fields["conv_batching"] == "auto" and fields["weight_gradient"] == "auto", model.__name__
+    # auto on CPU runs the unrolled rule: no grouped convs, forward or backward.
+    xs, ks = _conv_data(3)
+    loss = lambda xs, ks: jnp.sum(jax.vmap(lambda x, k: precision_conv(x, k))(xs, ks) ** 2)  # noqa: E731
+    assert all(c == (1, 1) for c in _conv_group_counts(jax.make_jaxpr(jax.grad(loss, (0, 1)))(xs, ks)))
 
 
 def test_precision_conv_invalid_batching():

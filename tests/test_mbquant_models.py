@@ -22,6 +22,7 @@ from jaxquant import cli
 from jaxquant.configs.base import base_config
 from jaxquant.errors import BitWidthError, ConfigError
 from jaxquant.methods import build_model, mbquant
+from jaxquant.models import multibranch
 from jaxquant.layers import MultiBranchConv
 from jaxquant.models.multibranch import (RESNET18_PARTIAL_WIDTHS, RESNET34_PARTIAL_WIDTHS, MultiBranchCifarResNet,
                                          MultiBranchCNN, MultiBranchResNet, channel_shuffle_indices, merge_branches,
@@ -461,3 +462,76 @@ def test_imagenet_resnet_static_precision_equals_traced():
     traced = jax.jit(lambda p: model.apply(variables, x, p, train=True, mutable=["batch_stats"])[0])(p)
     static = jax.jit(lambda: model.apply(variables, x, p, train=True, mutable=["batch_stats"])[0])()
     assert_allclose(static, traced, rtol=1e-4, atol=1e-4)
+
+
+def _read_stats(layer: str, leaf, model, p):
+    """1 where precision p reads a running statistic ``(P, channels)`` of BatchNorm ``layer``."""
+    if layer == "stem_bn":
+        read = np.zeros(leaf.shape, bool)
+        read[p] = True
+        return read
+    _, p_out, channels = _partial_sizes(model)[_conv_of(layer)]
+    return ~_bn_unread(leaf, model.selection, p, channels, p_out)
+
+
+@pytest.mark.parametrize("build,shape,bits,traced_tol", [(_cnn, (3, 8, 8, 1), (7, 8), 1e-4),
+                                                         (_resnet8, (2, 8, 8, 3), (5, 6), 1e-4),
+                                                         (_imagenet_resnet, (2, 32, 32, 3), (7,), 1e-3)],
+                         ids=["cnn", "resnet8", "imagenet"])
+def test_static_selected_layout_equals_traced(build, shape, bits, traced_tol, monkeypatch):
+    """The unrolled step's static precision carries only the selected branches' channels through
+    conv, BatchNorm, ReLU, residual and merge (`models.multibranch._Selected`); the traced one
+    all G slots with masks, and so did the static one before (`_Slots`, still used at init).
+    Same logits, same gradient of every parameter (zero where the precision does not read), and
+    the same running statistics wherever the precision reads them; the selected layout leaves
+    the rest unchanged (the slot layout drifts its unread channels towards the zero inputs'
+    statistics).
+
+    Against the slot layout at the same static precision and against the traced path, at the b
+    listed (odd and even). The CNN's 2x2 max-pools are average pools here: the layouts reduce
+    BatchNorm's statistics over different shapes, which moves outputs by an ulp, and where
+    low-bit conv outputs tie in a max-pool window an ulp decides where the gradient goes
+    (`models.common.max_pool_2x2`; on this tiny CNN at most b, for any two of the three paths,
+    today's static and traced ones included). The ImageNet model's gradients match the traced
+    path's to 1e-3 relative: an ulp puts one element on the other side of a clip boundary."""
+    model = build()
+    x, variables = _init(model, shape)
+    cotangent = jnp.asarray(np.random.default_rng(5).normal(size=(shape[0], 5)), jnp.float32)
+    monkeypatch.setattr(multibranch, "max_pool_2x2", lambda x: nn.avg_pool(x, (2, 2), (2, 2)))
+
+    def loss(params, p):
+        logits, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, p,
+                                      train=True, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(logits) * cotangent), (logits, updates["batch_stats"])
+
+    def static(p):
+        return jax.jit(jax.value_and_grad(lambda v: loss(v, p), has_aux=True))(variables["params"])
+
+    def check(result, reference, p, what, grad_tol):
+        (_, (logits, stats)), grads = result
+        (_, (logits_ref, stats_ref)), grads_ref = reference
+        where = f"b={model.bits[p]} vs {what}"
+        assert_allclose(logits, logits_ref, rtol=1e-4, atol=1e-4, err_msg=where)
+        for (path, g), g_ref in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree_util.tree_leaves(grads_ref)):
+            assert_allclose(g, g_ref, rtol=grad_tol, atol=grad_tol, err_msg=f"{where} {jax.tree_util.keystr(path)}")
+        read_any = False
+        for (path, s), s_ref, before in zip(jax.tree_util.tree_leaves_with_path(stats), jax.tree_util.tree_leaves(stats_ref),
+                                            jax.tree_util.tree_leaves(variables["batch_stats"])):
+            s, s_ref, before = np.asarray(s), np.asarray(s_ref), np.asarray(before)
+            read = _read_stats(path[0].key, s, model, p)
+            assert_allclose(s[read], s_ref[read], rtol=1e-4, atol=1e-5, err_msg=f"{where} {jax.tree_util.keystr(path)}")
+            assert_array_equal(s[~read], before[~read], err_msg=f"{where} {jax.tree_util.keystr(path)}")
+            read_any |= not np.array_equal(s[read], before[read])
+        assert read_any
+
+    traced_fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    checked = []
+    for p in sorted(model.bits.index(b) for b in bits):
+        selected = static(p)
+        with monkeypatch.context() as patch:  # today's static path: the slot layout, convs of the selected branches
+            patch.setattr(multibranch, "_layout", lambda module, sel, precision: multibranch._Slots(sel, precision))
+            slots = static(p)
+        check(selected, slots, p, "the slot layout", 1e-5)
+        check(selected, traced_fn(variables["params"], p), p, "the traced path", traced_tol)
+        checked.append(model.bits[p])
+    assert sorted(checked) == sorted(bits)

@@ -1,10 +1,14 @@
-"""Pieces shared by the models: layer factories and the first/last-layer policy."""
+"""Pieces shared by the models: layer factories and the first/last-layer policy.
+
+Every piece keeps its input's dtype (the compute dtype follows the input: a bfloat16 image runs
+the model in bfloat16, with float32 parameters, BatchNorm and accumulation; `jaxquant.layers`)."""
 from __future__ import annotations
 
 import functools
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from jaxquant.layers import FULL_PRECISION, PrecisionBatchNorm, QuantConv, QuantDense, QuantSpec
 
@@ -40,7 +44,11 @@ def layer_factories(bits, spec: QuantSpec, conv_batching: str, weight_gradient: 
 
 
 relu = jax.nn.relu
-avg_pool_all = lambda x: x.mean(axis=(1, 2))  # noqa: E731  global average pooling (NHWC)
+
+
+def avg_pool_all(x: jax.Array) -> jax.Array:
+    """Global average pooling (NHWC), summed in float32, in ``x``'s dtype."""
+    return x.mean(axis=(1, 2), dtype=jnp.promote_types(x.dtype, jnp.float32)).astype(x.dtype)
 max_pool = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2), padding="SAME")
 
 

@@ -24,8 +24,8 @@ class CifarResNet(nn.Module):
     preactivation: bool = False
     quantize_shortcut: bool = False
     first_last_bits: int | None = None
-    conv_batching: str = "unroll"
-    weight_gradient: str = "auto"      # conv weight gradients: auto | im2col | xla (layers.precision_conv)
+    conv_batching: str = "auto"       # auto (CPU: unroll, GPU/TPU: native) | unroll | native (layers.precision_conv)
+    weight_gradient: str = "auto"      # conv weight gradients: auto (CPU: im2col, GPU/TPU: xla) | im2col | xla
 
     @nn.compact
     def __call__(self, x: jax.Array, precision, train: bool = False) -> jax.Array:
