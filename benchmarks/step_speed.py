@@ -31,14 +31,36 @@ multi-branch model (four 2-bit branches per body conv; `jaxquant.models.multibra
   mbq-unroll      an unrolled loop: each precision computes only its selected branches
   mbq-sequential  P separate single-precision MBQuant steps (also only the selected branches)
 
+Any-Precision DNN's CIFAR-10 recipe (`experiments/configs/cifar10_anyprecision_resnet20.py`:
+pre-activation ResNet-20 width x5, DoReFa weights and activations, FP stem, classifier and 1x1
+shortcuts, switchable BN, bits 1/2/4/8/32, recursive distillation, Adam 1e-3), with
+``--only ap-vmap,ap-unroll`` (``--ap-width``, ``--ap-bits`` and ``--depth`` change it):
+
+  ap-vmap         all P precisions vmapped (a traced bit-width: every quantizer computes both its
+                  quantized and its full-precision form and selects)
+  ap-unroll       an unrolled loop (a static bit-width: each quantizer computes one form)
+
+Before/after: ``--against BASE_DIR`` (a checkout of another revision, e.g. ``git worktree add
+/tmp/base HEAD``) times every chosen variant with the jaxquant package at BASE_DIR ("base") and
+with this working tree's ("new"), each run a fresh process whose PYTHONPATH selects the package,
+interleaved (base, new, base, new, ... ``--repeats`` times each), and prints base and new
+ms/step (the least of each side's runs) and their ratio. The variants use only API both
+revisions have, so this script can drive an older package.
+
 Usage:
 
   python benchmarks/step_speed.py [--steps 5] [--batch 128] [--bits 2,4,6,8] [--conv-batching unroll]
+  python benchmarks/step_speed.py --steps 3 --only ap-vmap,ap-unroll --against /tmp/base
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import pathlib
 import statistics
+import subprocess
+import sys
 import time
 
 import flax.linen as nn
@@ -46,6 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import jaxquant
 from jaxquant.layers import FULL_PRECISION, QuantConv, QuantSpec, conv_backward, conv_forward
 from jaxquant.methods import mbquant
 from jaxquant.models import CifarResNet, SmallCNN
@@ -54,10 +77,17 @@ from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, make_optim
 
 
 INPUT_SHAPES = {"resnet20": (32, 32, 3), "small_cnn": (28, 28, 1)}
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+"""The working tree this script belongs to (its ``jaxquant`` is the "new" side of ``--against``)."""
+RESULT_PREFIX = "STEP_SPEED_RESULT "
+
+ANYPRECISION_SPEC = QuantSpec(weight="dorefa", activation="dorefa")
+ANYPRECISION_OPTIMIZER = OptimizerConfig(optimizer="adam", learning_rate=1e-3, weight_decay=0.0)
 
 
 def make_trainer(bits, spec, precision_mode="vmap", distillation="largest", conv_batching="unroll",
-                 width=1, weight_gradient="auto", model="resnet20", multibranch=False):
+                 width=1, weight_gradient="auto", model="resnet20", multibranch=False, depth=20,
+                 preactivation=False, optimizer=None):
     common = dict(bits=tuple(bits), spec=spec, conv_batching=conv_batching, weight_gradient=weight_gradient)
     if multibranch:  # MBQuant: the spec is implied (2-bit branches, b-bit inputs)
         del common["spec"]
@@ -65,12 +95,12 @@ def make_trainer(bits, spec, precision_mode="vmap", distillation="largest", conv
         if model == "small_cnn":
             model = MultiBranchCNN(widths=(16, 32, 64), stem_pool=True, **common)
         else:
-            model = MultiBranchCifarResNet(depth=20, width=width, **common)
+            model = MultiBranchCifarResNet(depth=depth, width=width, **common)
     elif model == "small_cnn":  # the Fashion-MNIST experiments' model
         model = SmallCNN(widths=(16, 32, 64), stem_pool=True, **common)
-    else:
-        model = CifarResNet(depth=20, width=width, **common)
-    return MultiPrecisionTrainer(model, tuple(bits), make_optimizer(OptimizerConfig(), 1000, 100),
+    else:  # preactivation: Any-Precision's resnet20q (FP 1x1 shortcuts; FP stem and classifier)
+        model = CifarResNet(depth=depth, width=width, preactivation=preactivation, quantize_shortcut=False, **common)
+    return MultiPrecisionTrainer(model, tuple(bits), make_optimizer(optimizer or OptimizerConfig(), 1000, 100),
                                  distillation=distillation if len(bits) > 1 else "none",
                                  precision_mode=precision_mode)
 
@@ -166,29 +196,107 @@ def time_conv_floor(trainer, images, steps, weight_gradient="auto"):
     return statistics.median(times), compile_seconds, xla_cost(fn)
 
 
-def main(argv=None):
+# The options a run passes on to its base and new processes under --against.
+FORWARDED = ("steps", "batch", "bits", "width", "depth", "model", "conv_batching", "weight_gradient",
+             "ap_width", "ap_bits")
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--bits", default="2,4,6,8")
     parser.add_argument("--width", type=int, default=1)
+    parser.add_argument("--depth", type=int, default=20, help="CIFAR ResNet depth, 6n+2 (every ResNet variant)")
     parser.add_argument("--model", default="resnet20", choices=sorted(INPUT_SHAPES),
                         help="resnet20 (CIFAR, 32x32x3) or small_cnn (the Fashion-MNIST SmallCNN, 28x28x1)")
     parser.add_argument("--conv-batching", default="unroll", choices=["unroll", "native"])
     parser.add_argument("--weight-gradient", default="auto", choices=["auto", "im2col", "xla"])
+    parser.add_argument("--ap-width", type=int, default=5, help="width multiplier of the ap-* ResNet (Any-Precision: 5)")
+    parser.add_argument("--ap-bits", default="1,2,4,8,32", help="bit-widths of the ap-* variants")
     parser.add_argument("--only", default="fp,fp-xla-dw,qat-1,vmap,unroll,sequential,conv-floor",
-                        help="comma-separated subset of the variants (also mbq-vmap, mbq-unroll, mbq-sequential)")
-    args = parser.parse_args(argv)
+                        help="comma-separated subset of the variants (also mbq-vmap, mbq-unroll, mbq-sequential, "
+                             "ap-vmap, ap-unroll)")
+    parser.add_argument("--against", metavar="BASE_DIR", default=None,
+                        help="time each variant with the jaxquant package at BASE_DIR and with this working tree's, "
+                             "in fresh processes, interleaved, and print base/new ms/step and their ratio")
+    parser.add_argument("--repeats", type=int, default=2, help="with --against: runs per side and variant")
+    parser.add_argument("--result-line", action="store_true",
+                        help=f"also print one line '{RESULT_PREFIX}{{json}}' (what --against reads from its runs)")
+    return parser.parse_args(argv)
+
+
+def _side_run(root: pathlib.Path, args, variant: str) -> dict:
+    """One fresh process of this script timing ``variant`` with the jaxquant package at ``root``
+    (PYTHONPATH puts it first). Returns its result: ``{"jaxquant": file, "ms": ..., "compile_s": ...}``."""
+    command = [sys.executable, str(pathlib.Path(__file__).resolve())]
+    for name in FORWARDED:
+        command += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    command += ["--only", variant, "--result-line"]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in [env.get("PYTHONPATH")] if p])
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=str(root))
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if done.returncode or not lines:
+        raise SystemExit(f"step_speed: the run of {variant} with {root} failed (exit {done.returncode}):\n"
+                         f"{done.stdout[-2000:]}{done.stderr[-4000:]}")
+    result = json.loads(lines[-1][len(RESULT_PREFIX):])
+    imported = pathlib.Path(result["jaxquant"]).resolve()
+    if root.resolve() not in imported.parents:
+        raise SystemExit(f"step_speed: the run meant for {root} imported jaxquant from {imported}; "
+                         "is jaxquant installed non-editable in this environment?")
+    return {"jaxquant": str(imported), **result["results"][variant]}
+
+
+def run_against(args) -> dict:
+    """``--against``: every chosen variant timed with the base package and the new one, in fresh
+    processes, interleaved; prints a table. Returns ``{variant: (base seconds, new seconds)}``."""
+    base = pathlib.Path(args.against).resolve()
+    if not (base / "jaxquant" / "__init__.py").is_file():
+        raise SystemExit(f"step_speed: --against {args.against}: no jaxquant/__init__.py there; pass the root "
+                         "of a checkout, e.g. `git worktree add /tmp/base HEAD`")
+    chosen = [v for v in args.only.split(",") if v]
+    sides = (("base", base), ("new", ROOT))
+    print(f"# --against: base = {base}, new = {ROOT}; each variant {args.repeats} runs per side, interleaved "
+          "(base, new, ...), each a fresh process; ms/step: the least of a side's runs (each the median of "
+          f"{args.steps} timed steps)", flush=True)
+    runs = {}
+    for variant in chosen:
+        for repeat in range(args.repeats):
+            for side, root in sides:
+                result = _side_run(root, args, variant)
+                runs.setdefault((variant, side), []).append(result["ms"])
+                print(f"  {variant:<14}{side:<5} run {repeat + 1}/{args.repeats}{result['ms']:>10.0f} ms/step"
+                      f"{result['compile_s']:>8.1f} s compile{result.get('xla_gflop', 0.0):>8.1f} XLA GFLOP"
+                      f"{result.get('xla_gb', 0.0):>6.1f} XLA GB   jaxquant: {result['jaxquant']}", flush=True)
+    print(f"{'variant':<14}{'base ms/step':>13}{'new ms/step':>13}{'new/base':>10}{'speedup':>9}")
+    table = {}
+    for variant in chosen:
+        old, new = min(runs[(variant, "base")]), min(runs[(variant, "new")])
+        table[variant] = (old / 1e3, new / 1e3)
+        print(f"{variant:<14}{old:>13.0f}{new:>13.0f}{new / old:>10.2f}{old / new:>8.2f}x")
+    return table
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.against is not None:
+        return run_against(args)
     bits = tuple(int(b) for b in args.bits.split(","))
+    ap_bits = tuple(int(b) for b in args.ap_bits.split(","))
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.normal(size=(args.batch,) + INPUT_SHAPES[args.model]).astype(np.float32))
     labels = jnp.asarray(rng.integers(0, 10, size=args.batch))
     lsq = QuantSpec()
-    common = dict(width=args.width, weight_gradient=args.weight_gradient, model=args.model)
+    common = dict(width=args.width, weight_gradient=args.weight_gradient, model=args.model, depth=args.depth)
+    # Any-Precision: explicit conv batching and precision mode (an older package's defaults may differ).
+    anyprecision = dict(spec=ANYPRECISION_SPEC, distillation="recursive", conv_batching="unroll",
+                        width=args.ap_width, weight_gradient=args.weight_gradient, model=args.model,
+                        depth=args.depth, preactivation=True, optimizer=ANYPRECISION_OPTIMIZER)
     variants = {
         "fp": lambda: [make_trainer((32,), FULL_PRECISION, **common)],
         "fp-xla-dw": lambda: [make_trainer((32,), FULL_PRECISION, width=args.width, weight_gradient="xla",
-                                           model=args.model)],
+                                           model=args.model, depth=args.depth)],
         "qat-1": lambda: [make_trainer((max(bits),), lsq, **common)],
         "vmap": lambda: [make_trainer(bits, lsq, "vmap", conv_batching=args.conv_batching, **common)],
         "unroll": lambda: [make_trainer(bits, lsq, "unroll", **common)],
@@ -196,17 +304,34 @@ def main(argv=None):
         "mbq-vmap": lambda: [make_trainer(bits, None, "vmap", multibranch=True, **common)],
         "mbq-unroll": lambda: [make_trainer(bits, None, "unroll", multibranch=True, **common)],
         "mbq-sequential": lambda: [make_trainer((b,), None, "unroll", multibranch=True, **common) for b in bits],
+        "ap-vmap": lambda: [make_trainer(ap_bits, precision_mode="vmap", **anyprecision)],
+        "ap-unroll": lambda: [make_trainer(ap_bits, precision_mode="unroll", **anyprecision)],
     }
     chosen = [v for v in args.only.split(",") if v]
-    model_name = f"CIFAR ResNet-20 x{args.width}" if args.model == "resnet20" else "SmallCNN 16/32/64 (28x28x1)"
-    quantizers = "LSQ" if any(not v.startswith("mbq") for v in chosen) else "MBQuant multi-branch"
-    quantizers += " (mbq-*: MBQuant multi-branch)" if quantizers == "LSQ" and any(v.startswith("mbq") for v in chosen) else ""
-    print(f"# {model_name}, batch {args.batch}, bits {bits}, {quantizers}, {jax.devices()[0].platform} "
+    unknown = [v for v in chosen if v not in variants and v != "conv-floor"]
+    if unknown:
+        raise SystemExit(f"step_speed: unknown variant(s) {unknown}; choose from {sorted(variants) + ['conv-floor']}")
+    model_name = f"CIFAR ResNet-{args.depth} x{args.width}" if args.model == "resnet20" else "SmallCNN 16/32/64 (28x28x1)"
+    ap_note = (f"Any-Precision: pre-activation "
+               f"{f'CIFAR ResNet-{args.depth} x{args.ap_width}' if args.model == 'resnet20' else 'SmallCNN'}, "
+               f"DoReFa, FP stem/classifier/shortcuts, bits {ap_bits}, recursive distillation")
+    families = [v for v in chosen if not v.startswith("ap-")]
+    if families:
+        quantizers = "LSQ" if any(not v.startswith("mbq") for v in families) else "MBQuant multi-branch"
+        if quantizers == "LSQ" and any(v.startswith("mbq") for v in families):
+            quantizers += " (mbq-*: MBQuant multi-branch)"
+        if len(families) < len(chosen):
+            quantizers += f" (ap-*: {ap_note})"
+        described = f"{model_name}, batch {args.batch}, bits {bits}, {quantizers}"
+    else:
+        described = f"{ap_note}, batch {args.batch}"
+    print(f"# {described}, {jax.devices()[0].platform} "
           f"({jax.device_count()} device(s)), jax {jax.__version__}, {args.steps} timed steps")
+    print(f"# jaxquant imported from {jaxquant.__file__}")
     # XLA's cost model: what the compiled step computes and moves (a vmapped step's extra bytes
     # are the per-precision slices and stacks around each conv), not a measurement.
     print(f"{'variant':<12}{'ms/step':>10}{'compile s':>11}{'XLA GFLOP':>11}{'XLA GB':>8}")
-    results = {}
+    results, measured = {}, {}
     for name in chosen:
         if name == "conv-floor":
             seconds, compile_seconds, (flops, accessed) = time_conv_floor(
@@ -214,6 +339,8 @@ def main(argv=None):
         else:
             seconds, compile_seconds, (flops, accessed) = time_steps(variants[name](), images, labels, args.steps)
         results[name] = seconds
+        measured[name] = {"ms": seconds * 1e3, "compile_s": compile_seconds, "xla_gflop": flops / 1e9,
+                          "xla_gb": accessed / 1e9}
         print(f"{name:<12}{seconds * 1e3:>10.0f}{compile_seconds:>11.1f}{flops / 1e9:>11.1f}{accessed / 1e9:>8.1f}",
               flush=True)
     if "vmap" in results and "sequential" in results:
@@ -230,6 +357,11 @@ def main(argv=None):
             print(f"{a}/{b} {results[a] / results[b]:.2f}")
     if "fp-xla-dw" in results and "fp" in results:
         print(f"fp/fp-xla-dw      {results['fp'] / results['fp-xla-dw']:.2f}")
+    if "ap-unroll" in results and "ap-vmap" in results:
+        print(f"ap-unroll/ap-vmap {results['ap-unroll'] / results['ap-vmap']:.2f}")
+    if args.result_line:
+        print(RESULT_PREFIX + json.dumps({"jaxquant": jaxquant.__file__, "results": measured}), flush=True)
+    return results
 
 
 if __name__ == "__main__":
