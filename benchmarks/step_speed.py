@@ -30,6 +30,9 @@ multi-branch model (four 2-bit branches per body conv; `jaxquant.models.multibra
   mbq-vmap        all P precisions vmapped: branch selection by masks, all G branches computed
   mbq-unroll      an unrolled loop: each precision computes only its selected branches
   mbq-sequential  P separate single-precision MBQuant steps (also only the selected branches)
+  mbq-conv-floor  the convolutions of one mbq-unroll step alone (every conv its forward runs,
+                  one per selected branch, recorded from a trace: forward, input and weight
+                  gradient), as conv-floor; mbq-conv-floor/mbq-unroll is the convs' share
 
 Any-Precision DNN's CIFAR-10 recipe (`experiments/configs/cifar10_anyprecision_resnet20.py`:
 pre-activation ResNet-20 width x5, DoReFa weights and activations, FP stem, classifier and 1x1
@@ -160,17 +163,48 @@ def conv_layers(model, images):
     return layers
 
 
-def time_conv_floor(trainer, images, steps, weight_gradient="auto"):
+def unrolled_convs(trainer, images):
+    """``(input shape, kernel shape, strides, padding, groups, shared)`` of every convolution the
+    unrolled step's forward runs, precision by precision (each call of `layers.precision_conv`,
+    recorded from one abstract trace; nothing is computed): for MBQuant, one per selected
+    branch. ``shared``: the FP stem reading the images, kept once (every precision reads the
+    same images with the same kernel)."""
+    from jaxquant import layers
+    record, original = [], layers.precision_conv
+
+    def recording(x, kernel, strides=(1, 1), padding="SAME", batching="auto", weight_gradient="auto", groups=1):
+        record.append((tuple(x.shape), tuple(kernel.shape), tuple(strides), padding, int(groups),
+                       tuple(x.shape) == tuple(images.shape)))
+        return original(x, kernel, strides, padding, batching, weight_gradient, groups)
+
+    variables = jax.eval_shape(lambda: trainer.model.init(jax.random.key(0), images, 0, train=True))
+    layers.precision_conv = recording
+    try:
+        for p in range(len(trainer.bits)):
+            jax.eval_shape(lambda v, p=p: trainer.model.apply(v, images, p, train=True, mutable=["batch_stats"]),
+                           variables)
+    finally:
+        layers.precision_conv = original
+    shared = [r for r in record if r[-1]][:1]
+    return shared + [r for r in record if not r[-1]]
+
+
+def time_conv_floor(trainer, images, steps, weight_gradient="auto", convs=None):
     """Median seconds of the convolutions of one multi-precision step (see the module
-    docstring), all in one jit, and its compile seconds."""
+    docstring), all in one jit, and its compile seconds. ``convs``: the `unrolled_convs` list
+    (each entry once); default every QuantConv of the model once per precision."""
     precisions = len(trainer.bits)
+    if convs is None:
+        convs = [layer + (precisions,) for layer in conv_layers(trainer.model, images)]
+    else:
+        convs = [conv + (1,) for conv in convs]
     key = jax.random.key(0)
     operands, specs = [], []
-    for shape, kernel_shape, strides, padding, groups, shared in conv_layers(trainer.model, images):
+    for shape, kernel_shape, strides, padding, groups, shared, repeats in convs:
         out_shape = jax.eval_shape(lambda x, k: conv_forward(x, k, strides, padding, groups),
                                    jax.ShapeDtypeStruct(shape, jnp.float32),
                                    jax.ShapeDtypeStruct(kernel_shape, jnp.float32)).shape
-        for _ in range(1 if shared else precisions):  # distinct arrays: nothing to share or fold
+        for _ in range(1 if shared else repeats):  # distinct arrays: nothing to share or fold
             key, kx, kk, kg = jax.random.split(key, 4)
             operands.append((jax.random.normal(kx, shape), jax.random.normal(kk, kernel_shape),
                              jax.random.normal(kg, out_shape)))
@@ -308,9 +342,9 @@ def main(argv=None):
         "ap-unroll": lambda: [make_trainer(ap_bits, precision_mode="unroll", **anyprecision)],
     }
     chosen = [v for v in args.only.split(",") if v]
-    unknown = [v for v in chosen if v not in variants and v != "conv-floor"]
+    unknown = [v for v in chosen if v not in variants and v not in ("conv-floor", "mbq-conv-floor")]
     if unknown:
-        raise SystemExit(f"step_speed: unknown variant(s) {unknown}; choose from {sorted(variants) + ['conv-floor']}")
+        raise SystemExit(f"step_speed: unknown variant(s) {unknown}; choose from {sorted(variants) + ['conv-floor', 'mbq-conv-floor']}")
     model_name = f"CIFAR ResNet-{args.depth} x{args.width}" if args.model == "resnet20" else "SmallCNN 16/32/64 (28x28x1)"
     ap_note = (f"Any-Precision: pre-activation "
                f"{f'CIFAR ResNet-{args.depth} x{args.ap_width}' if args.model == 'resnet20' else 'SmallCNN'}, "
@@ -333,7 +367,11 @@ def main(argv=None):
     print(f"{'variant':<12}{'ms/step':>10}{'compile s':>11}{'XLA GFLOP':>11}{'XLA GB':>8}")
     results, measured = {}, {}
     for name in chosen:
-        if name == "conv-floor":
+        if name == "mbq-conv-floor":
+            trainer = variants["mbq-unroll"]()[0]
+            seconds, compile_seconds, (flops, accessed) = time_conv_floor(
+                trainer, images, args.steps, args.weight_gradient, unrolled_convs(trainer, images))
+        elif name == "conv-floor":
             seconds, compile_seconds, (flops, accessed) = time_conv_floor(
                 make_trainer(bits, lsq, **common), images, args.steps, args.weight_gradient)
         else:
@@ -347,6 +385,9 @@ def main(argv=None):
         print(f"vmap/sequential   {results['vmap'] / results['sequential']:.2f}")
     if "unroll" in results and "sequential" in results:
         print(f"unroll/sequential {results['unroll'] / results['sequential']:.2f}")
+    if "mbq-conv-floor" in results and "mbq-unroll" in results:
+        print(f"mbq-conv-floor/mbq-unroll {results['mbq-conv-floor'] / results['mbq-unroll']:.2f}"
+              "  (the share of the unrolled MBQuant step its convolutions take)")
     if "conv-floor" in results and "sequential" in results:
         print(f"conv-floor/sequential {results['conv-floor'] / results['sequential']:.2f}"
               "  (the least vmap/sequential with these conv kernels)")

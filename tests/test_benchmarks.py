@@ -71,3 +71,17 @@ def test_against_prints_base_new_and_speedup(step_speed, capsys):
 def test_against_rejects_a_directory_without_jaxquant(step_speed, tmp_path):
     with pytest.raises(SystemExit, match="no jaxquant"):
         step_speed.main(TINY_AP + ["--only", "ap-unroll", "--against", str(tmp_path)])
+
+
+def test_mbq_conv_floor_records_one_conv_per_selected_branch(step_speed, capsys):
+    """The MBQuant floor times the convs the unrolled step's forward runs: at bits (2, 4) one
+    branch at 2 bits and two at 4 per body conv, plus the FP stem once."""
+    import jax.numpy as jnp
+    trainer = step_speed.make_trainer((2, 4), None, "unroll", multibranch=True, model="small_cnn")
+    images = jnp.zeros((2, 28, 28, 1))
+    convs = step_speed.unrolled_convs(trainer, images)
+    body = len(trainer.model.widths) - 1
+    assert len(convs) == 1 + body * (1 + 2) and convs[0][-1] and not any(c[-1] for c in convs[1:])
+    results = step_speed.main(["--batch", "2", "--steps", "1", "--model", "small_cnn", "--bits", "2,4",
+                               "--only", "mbq-unroll,mbq-conv-floor"])
+    assert set(results) == {"mbq-unroll", "mbq-conv-floor"} and "mbq-conv-floor/mbq-unroll" in capsys.readouterr().out

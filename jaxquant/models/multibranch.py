@@ -13,8 +13,8 @@ partial branch's first w channels, concatenated along channels (the official cod
 through conv (`MultiBranchConv.selected_branches`, one conv per branch), BatchNorm (the
 precision's row, the selected channels' parameters and statistics only), ReLU, residual and
 merge; what the slot layout masks to zero is simply absent. At bits 2/4/6/8 that is 10 of the
-16 branch slots; the CIFAR ResNet-20 step measured 2-3x faster than in the slot layout on a
-2-core CPU (``benchmarks/README.md``). The one difference: in the selected layout the running statistics
+16 branch slots; the CIFAR ResNet-20 step measured 1.26x faster than in the slot layout on a
+2-core CPU, its convolutions now 0.70 of it (``benchmarks/README.md``). The one difference: in the selected layout the running statistics
 of a precision's *deselected* channels stay unchanged, where the slot layout drifts them
 towards mean 0, var 0 of their zero inputs; they are never read at that precision (its own
 row, other channels), so logits, gradients and every statistic that is read are the same
