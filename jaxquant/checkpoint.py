@@ -43,20 +43,50 @@ def _orbax_failures_held_back():
     level, hook = absl_logger.level, sys.unraisablehook
 
     def unless_orbax_read(unraisable):
-        code = getattr(unraisable.object, "cr_code", None)
-        if code is None or "orbax" not in code.co_filename:
+        if not _abandoned_read(unraisable):
             hook(unraisable)
 
     absl_logger.setLevel(logging.CRITICAL)
     sys.unraisablehook = unless_orbax_read
+    failed = False
     try:
         yield
     except BaseException:
+        failed = True
         gc.collect()  # the abandoned reads are collected here, while they are held back
         raise
     finally:
         sys.unraisablehook = hook
         absl_logger.setLevel(level)
+        if failed:
+            _keep_holding_back_abandoned_reads()
+
+
+def _abandoned_read(unraisable) -> bool:
+    """What a failed restore leaves behind: an orbax read coroutine that was never awaited, or
+    its tensorstore completion callback arriving after the restore's event loop closed
+    (``RuntimeError('Event loop is closed')`` raised in asyncio)."""
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is not None and "orbax" in code.co_filename:
+        return True
+    return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed")
+
+
+def _keep_holding_back_abandoned_reads() -> None:
+    """After a failed restore the abandoned reads keep being reported (some only when the
+    interpreter exits), so they stay held back for the rest of the process; any other
+    unraisable exception still reaches the hook that was there."""
+    previous = sys.unraisablehook
+    if getattr(previous, "holds_back_abandoned_reads", False):
+        return
+
+    def hook(unraisable):
+        if not _abandoned_read(unraisable):
+            previous(unraisable)
+
+    hook.holds_back_abandoned_reads = True
+    sys.unraisablehook = hook
 
 
 class Checkpointer:

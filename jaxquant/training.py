@@ -448,7 +448,11 @@ def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epo
     checkpointer = Checkpointer(workdir, keep=keep_checkpoints)
     start = checkpointer.latest_step()
     if start is not None:
-        state = checkpointer.restore(state)
+        try:
+            state = checkpointer.restore(state)
+        except BaseException:
+            checkpointer.close()  # orbax's threads end now, not while the interpreter shuts down
+            raise
         log(f"resuming from step {start} in {checkpointer.directory}")
     elif trainer.init_from_batches is not None:
         batches = [dataset.train_examples(batch_indices(seed + 1, i, n, batch_size), seed + 1, i)[0]

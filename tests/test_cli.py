@@ -84,6 +84,20 @@ def test_incompatible_checkpoint_is_refused_and_kept(trained, capsys):
     assert tree_digest(trained) == before
 
 
+def test_incompatible_checkpoint_error_is_the_only_line_a_fresh_process_prints(trained, tmp_path):
+    """Orbax's abandoned reads end in tensorstore callbacks on a closed event loop, which Python
+    reported as bare "RuntimeError: Event loop is closed" tracebacks around the error line, some
+    while the interpreter exits (checkpoint._hold_back_closed_loop_callbacks)."""
+    import shutil
+    workdir = tmp_path / "incompatible"
+    shutil.copytree(trained, workdir)
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
+    result = subprocess.run([sys.executable, "-m", "jaxquant.cli", "train", "--workdir", str(workdir),
+                             "--no-progress", *TINY, "--config.widths=(8, 8, 16)"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert_user_error(result.returncode, result.stderr, "use a new --workdir")
+
+
 def _corrupt_copy(trained, workdir):
     import shutil
     shutil.copytree(trained, workdir)
