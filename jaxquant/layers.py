@@ -532,11 +532,23 @@ class PrecisionBatchNorm(nn.Module):
     use_bias: bool = True
     axis_name: str | None = None
 
+    def _num_channels(self, x: jax.Array) -> int:
+        """The channels of the stored variables (``(P, C)``)."""
+        return x.shape[-1]
+
+    def _take(self, value: jax.Array, precision) -> jax.Array:
+        """The row of ``value`` (``(P, C)``) that ``x``'s channels use."""
+        return value[precision]
+
+    def _put(self, value: jax.Array, precision, new: jax.Array) -> jax.Array:
+        """``value`` with ``new`` written where `_take` reads."""
+        return value.at[precision].set(new)
+
     @nn.compact
     def __call__(self, x: jax.Array, precision, train: bool) -> jax.Array:
         dtype = x.dtype
         x = q._float32(x)
-        shape = (self.num_precisions, x.shape[-1])
+        shape = (self.num_precisions, self._num_channels(x))
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
         if train:
@@ -547,17 +559,17 @@ class PrecisionBatchNorm(nn.Module):
                 mean, var = jax.lax.pmean((mean, var), self.axis_name)
             if not self.is_initializing():
                 m = self.momentum
-                ra_mean.value = ra_mean.value.at[precision].set(
-                    m * ra_mean.value[precision] + (1.0 - m) * mean)
-                ra_var.value = ra_var.value.at[precision].set(
-                    m * ra_var.value[precision] + (1.0 - m) * var)
+                ra_mean.value = self._put(ra_mean.value, precision,
+                                          m * self._take(ra_mean.value, precision) + (1.0 - m) * mean)
+                ra_var.value = self._put(ra_var.value, precision,
+                                         m * self._take(ra_var.value, precision) + (1.0 - m) * var)
         else:
-            mean, var = ra_mean.value[precision], ra_var.value[precision]
+            mean, var = self._take(ra_mean.value, precision), self._take(ra_var.value, precision)
         y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
         if self.use_scale:
-            y = y * self.param("scale", nn.initializers.ones, shape)[precision]
+            y = y * self._take(self.param("scale", nn.initializers.ones, shape), precision)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, shape)[precision]
+            y = y + self._take(self.param("bias", nn.initializers.zeros, shape), precision)
         return y.astype(dtype)
 
 

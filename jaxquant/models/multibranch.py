@@ -181,6 +181,9 @@ class _SelectedChannelsBatchNorm(PrecisionBatchNorm):
     total: int = 0
     ranges: tuple[tuple[int, int], ...] = ()
 
+    def _num_channels(self, x: jax.Array) -> int:
+        return self.total
+
     def _take(self, value: jax.Array, precision: int) -> jax.Array:
         parts = [value[precision, a:b] for a, b in self.ranges]
         return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
@@ -191,34 +194,6 @@ class _SelectedChannelsBatchNorm(PrecisionBatchNorm):
             value = value.at[precision, a:b].set(new[start:start + b - a])
             start += b - a
         return value
-
-    @nn.compact
-    def __call__(self, x: jax.Array, precision, train: bool) -> jax.Array:
-        dtype = x.dtype  # as PrecisionBatchNorm: statistics in float32, output in the input's dtype
-        x = x.astype(jnp.promote_types(dtype, jnp.float32))
-        shape = (self.num_precisions, self.total)
-        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
-        ra_var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
-        if train:
-            axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(x, axis=axes)
-            var = jnp.mean(jnp.square(x - mean), axis=axes)
-            if self.axis_name is not None:
-                mean, var = jax.lax.pmean((mean, var), self.axis_name)
-            if not self.is_initializing():
-                m = self.momentum
-                ra_mean.value = self._put(ra_mean.value, precision, m * self._take(ra_mean.value, precision)
-                                          + (1.0 - m) * mean)
-                ra_var.value = self._put(ra_var.value, precision, m * self._take(ra_var.value, precision)
-                                         + (1.0 - m) * var)
-        else:
-            mean, var = self._take(ra_mean.value, precision), self._take(ra_var.value, precision)
-        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
-        if self.use_scale:
-            y = y * self._take(self.param("scale", nn.initializers.ones, shape), precision)
-        if self.use_bias:
-            y = y + self._take(self.param("bias", nn.initializers.zeros, shape), precision)
-        return y.astype(dtype)
 
 
 class _Slots:
