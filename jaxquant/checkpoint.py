@@ -139,6 +139,5 @@ class Checkpointer:
         return restored
 
     def close(self) -> None:
-        """Finish any save in flight and release the manager."""
-        self.manager.wait_until_finished()
+        """Finish any save in flight (orbax's close waits for it) and release the manager."""
         self.manager.close()

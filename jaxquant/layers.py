@@ -136,12 +136,6 @@ def resolve_weight_gradient(weight_gradient: str = "auto", backend: str | None =
     return "im2col" if (backend or jax.default_backend()) == "cpu" else "xla"
 
 
-def _is_low_precision(dtype) -> bool:
-    """A float narrower than 32 bits (bfloat16, float16): computed with float32 accumulation."""
-    dtype = jnp.dtype(dtype)
-    return bool(jnp.issubdtype(dtype, jnp.floating)) and dtype.itemsize < 4
-
-
 def _static_padding(padding):
     return padding if isinstance(padding, str) else tuple(tuple(int(v) for v in p) for p in padding)
 
@@ -175,8 +169,8 @@ def conv_forward(x, kernel, strides=(1, 1), padding="SAME", groups: int = 1):
     """The plain NHWC/HWIO convolution every QuantConv runs (per precision). Low-precision
     operands (bfloat16; both are cast to the narrower dtype) accumulate in float32 and return
     float32 (``preferred_element_type``); their backward convs take bfloat16 operands."""
-    if _is_low_precision(x.dtype) or _is_low_precision(kernel.dtype):
-        dtype = x.dtype if _is_low_precision(x.dtype) else kernel.dtype
+    if q.is_low_precision(x.dtype) or q.is_low_precision(kernel.dtype):
+        dtype = x.dtype if q.is_low_precision(x.dtype) else kernel.dtype
         return _low_precision_conv(x.astype(dtype), kernel.astype(dtype), tuple(int(v) for v in strides),
                                    _static_padding(padding), int(groups))
     return jax.lax.conv_general_dilated(x, kernel, tuple(strides), padding,
@@ -234,7 +228,7 @@ def conv_weight_gradient(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ..
     Low-precision ``x`` (bfloat16): ``g`` is cast to it and the matmuls accumulate in float32;
     the result has ``x``'s dtype.
     """
-    low_precision = _is_low_precision(x.dtype)
+    low_precision = q.is_low_precision(x.dtype)
     if low_precision:
         g = g.astype(x.dtype)
     kh, kw, c, o = kernel_shape
@@ -361,7 +355,7 @@ def _weight_on_grid(module: nn.Module, kernel: jax.Array, precision):
 def _act_step(module: nn.Module, x: jax.Array) -> jax.Array:
     """The LSQ activation steps of a layer, shape (P,), initialised from ``x`` (as float32) at
     every bit-width."""
-    x = q._float32(x)
+    x = q.as_float32(x)
     all_bits = jnp.asarray(module.bits, jnp.int32)
     signed = module.spec.signed_activations
     return module.param(
@@ -445,7 +439,7 @@ class QuantConv(nn.Module):
         if self.spec.weight == "codes":
             if groups != 1:
                 raise ConfigError("weight='codes' (the vertical-layered artefact) supports ungrouped convs only")
-            y = self._codes_conv(q._float32(x), precision, shape)
+            y = self._codes_conv(q.as_float32(x), precision, shape)
         else:
             y = self._conv(x, precision, shape)
         if self.use_bias:
@@ -487,7 +481,7 @@ class QuantConv(nn.Module):
         conv = functools.partial(precision_conv, strides=self.strides, padding=self.padding,
                                  batching=self.conv_batching, weight_gradient=self.weight_gradient,
                                  groups=self.feature_group_count)
-        if _is_low_precision(x.dtype):  # exact grid: conv(n_x, n_w) * s_x s_w, float32
+        if q.is_low_precision(x.dtype):  # exact grid: conv(n_x, n_w) * s_x s_w, float32
             n_x, n_w, scale = _grid_operands(self, x, kernel, precision)
             return conv(n_x, n_w) * scale
         x = _quantize_input(self, x, precision)
@@ -508,7 +502,7 @@ class QuantDense(nn.Module):
     def __call__(self, x: jax.Array, precision) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
         dtype = x.dtype
-        if _is_low_precision(dtype):
+        if q.is_low_precision(dtype):
             n_x, n_w, scale = _grid_operands(self, x, kernel, precision)
             y = jnp.matmul(n_x, n_w, preferred_element_type=jnp.float32) * scale
         else:
@@ -547,7 +541,7 @@ class PrecisionBatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, precision, train: bool) -> jax.Array:
         dtype = x.dtype
-        x = q._float32(x)
+        x = q.as_float32(x)
         shape = (self.num_precisions, self._num_channels(x))
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
@@ -703,8 +697,8 @@ class MultiBranchConv(nn.Module):
         if not (0 < p_in <= c_in and 0 < p_out <= self.features):
             raise ConfigError(f"partial slice {p_in}x{p_out} does not fit a {c_in}->{self.features} conv")
         kernel = self.param("kernel", self.kernel_init, (g, *self.kernel_size, c_in, self.features))
-        dtype, x32 = x.dtype, q._float32(x)  # data-dependent inits and quantizers read float32
-        if _is_low_precision(dtype):
+        dtype, x32 = x.dtype, q.as_float32(x)  # data-dependent inits and quantizers read float32
+        if q.is_low_precision(dtype):
             _check_exact_codes(self, dtype)
         branch_std = lambda k: 3.0 * jnp.std(k.reshape(g, -1), axis=1)  # noqa: E731
         w_upper = self.param("weight_upper", lambda _: branch_std(kernel))
@@ -755,7 +749,7 @@ class MultiBranchConv(nn.Module):
         dtype = jnp.dtype(x.dtype if dtype is None else dtype)
         conv = functools.partial(precision_conv, strides=self.strides, padding=self.padding,
                                  batching=self.conv_batching, weight_gradient=self.weight_gradient)
-        if not _is_low_precision(dtype) or bit_width is None:
+        if not q.is_low_precision(dtype) or bit_width is None:
             return conv(x, kernel.astype(x.dtype)).astype(dtype)
         s_x = q.unit_grid_scale(bit_width)
         n_x = q.grid_integers(x, s_x, bit_width).astype(dtype)
@@ -810,7 +804,7 @@ class MultiBranchConv(nn.Module):
         if not isinstance(precision, (int, np.integer)):
             raise ConfigError("MultiBranchConv.selected_branches needs a static (Python int) precision")
         precision = int(precision)
-        if _is_low_precision(x.dtype):
+        if q.is_low_precision(x.dtype):
             _check_exact_codes(self, x.dtype)
         kernel = self.get_variable("params", "kernel")
         intervals = tuple(self.get_variable("params", name)

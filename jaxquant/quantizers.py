@@ -71,14 +71,19 @@ def _pow2(exponent, dtype=jnp.float32) -> jax.Array:
     return jnp.ldexp(jnp.ones((), dtype), jnp.minimum(_as_bits(exponent), 30))
 
 
-def _float32(x) -> jax.Array:
-    """``x`` as float32 when it is a narrower float (bfloat16, float16); else unchanged. Quantizer
-    arithmetic (``x/s``, clip, round) runs in float32, and a grid value ``n s`` would not survive
-    a bfloat16 result (8 significant bits), so low-precision inputs give float32 outputs."""
+def is_low_precision(dtype) -> bool:
+    """A float narrower than 32 bits (bfloat16, float16)."""
+    dtype = jnp.dtype(dtype)
+    return bool(jnp.issubdtype(dtype, jnp.floating)) and dtype.itemsize < 4
+
+
+def as_float32(x) -> jax.Array:
+    """``x`` as float32 when it is a narrower float (`is_low_precision`); else unchanged.
+    Quantizer arithmetic (``x/s``, clip, round) runs in float32, and a grid value ``n s`` would
+    not survive a bfloat16 result (8 significant bits), so low-precision inputs give float32
+    outputs."""
     x = jnp.asarray(x)
-    if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize < 4:
-        return x.astype(jnp.float32)
-    return x
+    return x.astype(jnp.float32) if is_low_precision(x.dtype) else x
 
 
 def is_full_precision(bits) -> jax.Array:
@@ -184,7 +189,7 @@ def lsq_quantize(v: jax.Array, step: jax.Array, bits, *, signed: bool,
     (per-channel); N defaults to the number of elements per step, ``v.size // step.size``.
     At ``bits >= 32`` the input passes through unchanged (and the step gets no gradient).
     """
-    v = _float32(v)
+    v = as_float32(v)
     step = jnp.asarray(step, v.dtype)
     if num_elements is None:
         num_elements = max(v.size // max(step.size, 1), 1)
@@ -197,7 +202,7 @@ def lsq_quantize(v: jax.Array, step: jax.Array, bits, *, signed: bool,
 
 def lsq_codes(v: jax.Array, step: jax.Array, bits, *, signed: bool) -> jax.Array:
     """The integer codes ``round(clip(v/s, -Qn, Qp))`` as int32 (for export and integer kernels)."""
-    v = _float32(v)
+    v = as_float32(v)
     qn, qp = quant_range(bits, signed)
     return jnp.round(jnp.clip(v / step, -qn, qp)).astype(jnp.int32)
 
@@ -205,7 +210,7 @@ def lsq_codes(v: jax.Array, step: jax.Array, bits, *, signed: bool) -> jax.Array
 def lsq_init_step(v: jax.Array, bits, *, signed: bool, axis=None) -> jax.Array:
     """LSQ initial step ``s0 = 2 * mean|v| / sqrt(Qp)``; ``axis`` are the axes averaged over
     (None: per tensor; e.g. ``(0, 1, 2)`` for a per-output-channel HWIO kernel, keepdims)."""
-    v = _float32(v)
+    v = as_float32(v)
     _, qp = quant_range(bits, signed)
     mean_abs = jnp.mean(jnp.abs(v), axis=axis, keepdims=axis is not None)
     return jnp.maximum(2.0 * mean_abs / jnp.sqrt(jnp.maximum(qp, 1.0)), 1e-8)
@@ -226,7 +231,7 @@ def dorefa_weight(w: jax.Array, bits) -> jax.Array:
 
     At 32 bits: ``tanh(w) / max|tanh w| * E`` (the Any-Precision code's FP form, not plain w).
     """
-    w = _float32(w)
+    w = as_float32(w)
     scale = jax.lax.stop_gradient(jnp.mean(jnp.abs(w)))
     t = jnp.tanh(w)
     t_max = jnp.max(jnp.abs(t))
@@ -239,7 +244,7 @@ def dorefa_weight(w: jax.Array, bits) -> jax.Array:
 def dorefa_activation(x: jax.Array, bits) -> jax.Array:
     """Any-Precision DoReFa activations: ``qfn(clip(x, 0, 1), k)`` (fixed range, no learned clip);
     ReLU at 32 bits. Gradient 1 inside [0, 1] (boundaries included), 0 outside."""
-    x = _float32(x)
+    x = as_float32(x)
     if _static_full_precision(bits):
         return jax.nn.relu(x)
     quantized = _quantize_unit(clip_inclusive(x, 0.0, 1.0), bits)
@@ -257,14 +262,14 @@ def interval_weight(w: jax.Array, lower, upper) -> jax.Array:
     """MBQuant fixed 2-bit weights: ``w~ = clip((w-l)/(u-l), 0, 1)``,
     ``w_hat = 2 round(3 w~)/3 - 1`` in ``{-1, -1/3, 1/3, 1}`` (not rescaled: BN absorbs the scale).
     l and u get gradients only from unclipped elements."""
-    w = _float32(w)
+    w = as_float32(w)
     return 2.0 * ste_round(3.0 * _normalise_interval(w, lower, upper)) / 3.0 - 1.0
 
 
 def interval_activation(x: jax.Array, lower, upper, bits) -> jax.Array:
     """MBQuant b-bit activations on ``[l, u]``: ``x_hat = round((2^b-1) x~) / (2^b-1)`` with
     ``x~ = clip((x-l)/(u-l), 0, 1)``; values in [0, 1], not rescaled. Passthrough at 32 bits."""
-    x = _float32(x)
+    x = as_float32(x)
     if _static_full_precision(bits):
         return x
     quantized = _quantize_unit(_normalise_interval(x, lower, upper), bits)
@@ -357,7 +362,7 @@ def vertical_weight(w: jax.Array, step: jax.Array, bits, *, source_bits: int = 8
     """
     if cascade not in VERTICAL_CASCADES:
         raise ValueError(f"unknown cascade {cascade!r}; choose one of {VERTICAL_CASCADES}")
-    w = _float32(w)
+    w = as_float32(w)
     step = jnp.asarray(step, w.dtype)
     if num_elements is None:
         num_elements = max(w.size // max(step.size, 1), 1)
@@ -373,7 +378,7 @@ def vertical_codes(w: jax.Array, step: jax.Array, bits, *, source_bits: int = 8,
                    rounding: str = "half_up") -> jax.Array:
     """The k-bit integer codes of `vertical_weight` (offset-binary for ``floor``, two's complement
     otherwise), int32. ``vertical_weight == level(codes) * 2^(B-k) * step`` exactly."""
-    w = _float32(w)
+    w = as_float32(w)
     codes, *_ = _vertical_grid(w / jnp.asarray(step, w.dtype), bits, source_bits, cascade, rounding)
     return codes
 
@@ -419,7 +424,7 @@ def unit_grid_scale(bits) -> jax.Array:
 def dorefa_weight_grid_scale(w: jax.Array, bits) -> jax.Array:
     """`dorefa_weight`'s grid: ``(2 code/n - 1) E = (2 code - n) * E/n`` (an odd integer times
     ``s = E/n``), ``n = 2^b - 1``, ``E = stop_gradient(mean|w|)`` (1 at full precision)."""
-    e = jax.lax.stop_gradient(jnp.mean(jnp.abs(_float32(w))))
+    e = jax.lax.stop_gradient(jnp.mean(jnp.abs(as_float32(w))))
     return _grid_scale(bits, e / (_pow2(bits) - 1.0))
 
 
@@ -441,7 +446,7 @@ def grid_integers(x_hat: jax.Array, scale, bits) -> jax.Array:
     ``conv(x_hat, w_hat)`` and a step size gets its gradient only through its quantizer.
     Full precision (``bits >= 32``; ``s`` is 1 there): ``x_hat`` unchanged, not snapped.
     """
-    x_hat = _float32(x_hat)
+    x_hat = as_float32(x_hat)
     if _static_full_precision(bits):
         return x_hat
     snapped = ste_round(x_hat / jax.lax.stop_gradient(jnp.asarray(scale, jnp.float32)))

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from jaxquant.data import ArrayDataset, StreamingDataset, make_preprocess
 from jaxquant.errors import ConfigError
 from jaxquant.layers import QuantSpec
+from jaxquant.quantizers import FP_BITS, max_exact_bits
 from jaxquant.methods import anyprecision, binreg, lsq, mbquant, vertical
 from jaxquant.models import CifarResNet, MobileNetV2, ResNet, SmallCNN
 from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, make_optimizer
@@ -83,20 +84,21 @@ def resolve_precision_mode(config, backend: str | None = None) -> str:
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-BF16_MAX_BITS = 8
-"""bf16 holds the integer codes of at most 8-bit grids exactly (|n| <= 256)."""
 
 
 def resolve_dtype(config):
-    """The compute dtype named by ``config.dtype``; bf16 only for bit-widths up to 8 (and FP)."""
+    """The compute dtype named by ``config.dtype``; a low-precision one only for bit-widths whose
+    integer codes it holds exactly (`quantizers.max_exact_bits`: bfloat16 up to 8) and FP."""
     name = str(config.dtype)
     if name not in DTYPES:
         raise ConfigError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
-    too_wide = [b for b in config.bits if BF16_MAX_BITS < int(b) < 32]
-    if name == "bfloat16" and too_wide:
-        raise ConfigError(f"dtype bfloat16 carries quantized values exactly only up to {BF16_MAX_BITS} bits, "
+    dtype = DTYPES[name]
+    limit = max_exact_bits(dtype)
+    too_wide = [b for b in config.bits if limit < int(b) < FP_BITS]
+    if too_wide:
+        raise ConfigError(f"dtype {name} carries quantized values exactly only up to {limit} bits, "
                           f"but bits has {too_wide}; use --config.dtype=float32")
-    return DTYPES[name]
+    return dtype
 
 
 def build_trainer(config, dataset: ArrayDataset | StreamingDataset, steps_per_epoch: int) -> MultiPrecisionTrainer:
