@@ -87,7 +87,7 @@ from jaxquant import layers as jq_layers  # noqa: E402
 from jaxquant.layers import FULL_PRECISION, QuantSpec  # noqa: E402
 from jaxquant.methods import anyprecision as anyprecision_method  # noqa: E402
 from jaxquant.methods import mbquant, resolve_precision_mode  # noqa: E402
-from jaxquant.models import CifarResNet, ResNet, SmallCNN  # noqa: E402
+from jaxquant.models import ResNet, SmallCNN  # noqa: E402
 from jaxquant.models.multibranch import MultiBranchCNN, MultiBranchResNet  # noqa: E402
 from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, make_optimizer  # noqa: E402
 
@@ -231,20 +231,19 @@ def make_trainers(workload: Workload, variant: str, conv_batching: str, weight_g
                   ) -> list[MultiPrecisionTrainer]:
     """The trainers of one variant (several: one program each, run back to back)."""
     bits, lsq = workload.bits, QuantSpec()
-    if variant == "anyprecision":
-        spec = anyprecision_method.quant_spec(None)
+    if variant == "anyprecision":  # step_speed's ap-* recipe, in the backend's default precision mode
         ap_bits = workload.anyprecision_bits
         mode = resolve_precision_mode(types.SimpleNamespace(precision_mode="auto", method="anyprecision"))
-        common = dict(bits=ap_bits, spec=spec, conv_batching=conv_batching, weight_gradient=weight_gradient)
+        distillation = anyprecision_method.DEFAULT_DISTILLATION
         if workload.arch == "resnet20":
-            model = CifarResNet(depth=20, width=5, preactivation=True, quantize_shortcut=False,
-                                num_classes=workload.num_classes, **common)
-        elif workload.arch == "tiny_cnn":
-            model = SmallCNN(widths=TINY_WIDTHS, stem_pool=True, num_classes=workload.num_classes, **common)
-        else:
+            return [step_speed.make_trainer(ap_bits, step_speed.ANYPRECISION_SPEC, mode, distillation, conv_batching,
+                                            width=5, weight_gradient=weight_gradient, preactivation=True,
+                                            optimizer=step_speed.ANYPRECISION_OPTIMIZER)]
+        if workload.arch != "tiny_cnn":
             raise ValueError(ANYPRECISION_IMAGENET_SKIP)
-        adam = OptimizerConfig(optimizer="adam", learning_rate=1e-3, weight_decay=0.0)
-        return [_trainer(model, ap_bits, anyprecision_method.DEFAULT_DISTILLATION, mode, adam)]
+        model = SmallCNN(widths=TINY_WIDTHS, stem_pool=True, num_classes=workload.num_classes, bits=ap_bits,
+                         spec=step_speed.ANYPRECISION_SPEC, conv_batching=conv_batching, weight_gradient=weight_gradient)
+        return [_trainer(model, ap_bits, distillation, mode, step_speed.ANYPRECISION_OPTIMIZER)]
     # (bits, spec, precision mode, multibranch) of each program
     programs = {
         "fp": [((32,), FULL_PRECISION, "unroll", False)],
