@@ -11,8 +11,7 @@ the training load is spread over the branches. All bit-widths train on every ste
 distillation from the largest.
 
 **Paper vs code.** Only the abstract of the paper was reachable; everything here follows the
-official PyTorch code (``zysxmu/MBQuant`` @ 6148393c, read line by line and run; see
-``shared/research/seeds_mbquant_bitsplit.md`` part A). Where the code has a quirk we implement
+official PyTorch code (``zysxmu/MBQuant`` @ 6148393c, read line by line and run). Where the code has a quirk we implement
 the clean version by default and the faithful one behind a flag:
 
 - **weight-interval slots** (``weight_slots``): the code indexes the 2-bit weight intervals
