@@ -254,25 +254,50 @@ def dorefa_activation(x: jax.Array, bits) -> jax.Array:
 # ----------------------------------------------------------------------------------------------
 # MBQuant interval quantizers (Zhong et al., Pattern Recognition 2024).
 
-def _normalise_interval(x, lower, upper):
-    return clip_inclusive((x - lower) / (upper - lower), 0.0, 1.0)
+@jax.custom_vjp
+def interval_unit(x: jax.Array, lower, upper, levels) -> jax.Array:
+    """``round(n clip((x-l)/(u-l), 0, 1)) / n`` with ``n = levels``: MBQuant's interval
+    quantizer on the unit grid. Straight-through rounding; the clip passes gradients only inside
+    ``[0, 1]`` (boundaries included), so with ``t = (x-l)/(u-l)`` and ``g_in = g [0 <= t <= 1]``:
+    ``dx = g_in/(u-l)``, ``dl = sum g_in (t-1)/(u-l)``, ``du = -sum g_in t/(u-l)``: the autodiff
+    of the composition, written out so that the forward keeps only ``x`` (autodiff keeps ``t``
+    and the clip masks as tensors) and the backward recomputes ``t``."""
+    return _interval_unit_fwd(x, lower, upper, levels)[0]
+
+
+def _interval_unit_fwd(x, lower, upper, levels):
+    t = (x - lower) / (upper - lower)
+    return jnp.round(jnp.clip(t, 0.0, 1.0) * levels) / levels, (x, lower, upper, levels)
+
+
+def _interval_unit_bwd(res, g):
+    x, lower, upper, levels = res
+    width = upper - lower
+    t = (x - lower) / width
+    g_in = jnp.where((t >= 0.0) & (t <= 1.0), g, 0.0) / width
+    return (_sum_to_shape(g_in, jnp.shape(x)), _sum_to_shape(g_in * (t - 1.0), jnp.shape(lower)),
+            _sum_to_shape(-g_in * t, jnp.shape(upper)), jnp.zeros_like(levels))
+
+
+interval_unit.defvjp(_interval_unit_fwd, _interval_unit_bwd)
 
 
 def interval_weight(w: jax.Array, lower, upper) -> jax.Array:
     """MBQuant fixed 2-bit weights: ``w~ = clip((w-l)/(u-l), 0, 1)``,
     ``w_hat = 2 round(3 w~)/3 - 1`` in ``{-1, -1/3, 1/3, 1}`` (not rescaled: BN absorbs the scale).
-    l and u get gradients only from unclipped elements."""
+    l and u get gradients only from unclipped elements (`interval_unit`)."""
     w = as_float32(w)
-    return 2.0 * ste_round(3.0 * _normalise_interval(w, lower, upper)) / 3.0 - 1.0
+    return 2.0 * interval_unit(w, lower, upper, jnp.float32(3.0)) - 1.0
 
 
 def interval_activation(x: jax.Array, lower, upper, bits) -> jax.Array:
     """MBQuant b-bit activations on ``[l, u]``: ``x_hat = round((2^b-1) x~) / (2^b-1)`` with
-    ``x~ = clip((x-l)/(u-l), 0, 1)``; values in [0, 1], not rescaled. Passthrough at 32 bits."""
+    ``x~ = clip((x-l)/(u-l), 0, 1)`` (`interval_unit`); values in [0, 1], not rescaled.
+    Passthrough at 32 bits."""
     x = as_float32(x)
     if _static_full_precision(bits):
         return x
-    quantized = _quantize_unit(_normalise_interval(x, lower, upper), bits)
+    quantized = interval_unit(x, lower, upper, _pow2(bits, x.dtype) - 1.0)
     return quantized if _is_static(bits) else jnp.where(is_full_precision(bits), x, quantized)
 
 
