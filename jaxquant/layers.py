@@ -217,16 +217,26 @@ def _explicit_padding(in_spatial, kernel_spatial, strides, padding) -> tuple[tup
     return tuple(tuple(p) for p in padding)
 
 
+def _batch_chunk(n: int, limit: int) -> int:
+    """Images per chunk: the largest divisor of ``n`` up to ``limit`` (no padded images), or
+    ``limit`` itself when that divisor is under half of it (the last chunk is then padded)."""
+    limit = max(1, min(n, limit))
+    divisor = max(d for d in range(1, limit + 1) if n % d == 0)
+    return divisor if 2 * divisor > limit else limit
+
+
 def conv_weight_gradient(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], strides=(1, 1),
                          padding="SAME", cache_bytes: int = 2 ** 21) -> jax.Array:
     """``dL/dkernel`` of an NHWC/HWIO conv as im2col matmuls over chunks of the batch.
 
-    ``dW[i, j, c, o] = sum_{n, y, x} x_pad[n, y*s + i, x*s + j, c] * g[n, y, x, o]``: for each
-    chunk, the patches (``chunk*H'*W'`` rows of ``kh*kw*C``) fit in cache and one matmul with g
-    adds to the sum. XLA's CPU weight-gradient conv runs 3-4x slower than this (ResNet-20's
-    first stage: 43 ms vs 12 ms, ``benchmarks/step_speed.py``); on GPU/TPU XLA's own is the choice.
-    Low-precision ``x`` (bfloat16): ``g`` is cast to it and the matmuls accumulate in float32;
-    the result has ``x``'s dtype.
+    ``dW[i, j, c, o] = sum_{n, y, x} x_pad[n, y*s + i, x*s + j, c] * g[n, y, x, o]``. Per chunk of
+    images (sized so its patches fit in ``cache_bytes``), the patches are built along the width
+    only, ``P[n, r, x, (j, c)] = x_pad[n, r, x*s + j, c]`` (``kw`` slices), and each kernel row i
+    is one matmul of P's rows ``i, i + s, ...`` with g: ``dW[i] += P_i^T g``. On a CPU, XLA's
+    own weight-gradient conv (which transposes both operands first) is the slower choice
+    (``benchmarks/step_speed.py``, variants fp and fp-xla-dw); on GPU/TPU XLA's own is the
+    choice. Low-precision ``x`` (bfloat16): ``g`` is cast to it and the matmuls accumulate in
+    float32; the result has ``x``'s dtype.
     """
     low_precision = q.is_low_precision(x.dtype)
     if low_precision:
@@ -237,24 +247,27 @@ def conv_weight_gradient(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ..
     sh, sw = strides
     pads = _explicit_padding(x.shape[1:3], (kh, kw), strides, padding)
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    chunk = int(max(1, min(n, cache_bytes // max(oh * ow * kh * kw * c * x.dtype.itemsize, 1))))
+    rows = (oh - 1) * sh + kh  # the padded rows any output reads
+    xp = xp[:, :rows]
+    chunk = _batch_chunk(n, cache_bytes // max(rows * ow * kw * c * x.dtype.itemsize, 1))
     extra = -n % chunk  # zero images add nothing to the sum
     if extra:
         xp = jnp.pad(xp, ((0, extra), (0, 0), (0, 0), (0, 0)))
         g = jnp.pad(g, ((0, extra), (0, 0), (0, 0), (0, 0)))
     xp = xp.reshape((-1, chunk) + xp.shape[1:])
     g = g.reshape((-1, chunk) + g.shape[1:])
+    matmul = functools.partial(jnp.matmul, preferred_element_type=jnp.float32)
 
     def accumulate(total, chunk_arrays):
         xc, gc = chunk_arrays
-        taps = [jax.lax.slice(xc, (0, i, j, 0), (chunk, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, c),
-                              (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
-        patches = jnp.concatenate(taps, axis=-1).reshape(-1, kh * kw * c)
-        if low_precision:
-            return total + jnp.matmul(patches.T, gc.reshape(-1, o), preferred_element_type=jnp.float32), None
-        return total + patches.T.astype(jnp.float32) @ gc.reshape(-1, o).astype(jnp.float32), None
+        width_patches = jnp.concatenate([jax.lax.slice(xc, (0, 0, j, 0), (chunk, rows, j + (ow - 1) * sw + 1, c),
+                                                       (1, 1, sw, 1)) for j in range(kw)], axis=-1)
+        gc = gc.reshape(-1, o)
+        per_row = [matmul(jax.lax.slice(width_patches, (0, i, 0, 0), (chunk, i + (oh - 1) * sh + 1, ow, kw * c),
+                                        (1, sh, 1, 1)).reshape(-1, kw * c).T, gc) for i in range(kh)]
+        return total + jnp.stack(per_row), None
 
-    total, _ = jax.lax.scan(accumulate, jnp.zeros((kh * kw * c, o), jnp.float32), (xp, g))
+    total, _ = jax.lax.scan(accumulate, jnp.zeros((kh, kw * c, o), jnp.float32), (xp, g))
     return total.reshape(kernel_shape).astype(x.dtype)
 
 
@@ -514,11 +527,55 @@ class QuantDense(nn.Module):
         return y.astype(dtype)
 
 
+@jax.custom_vjp
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon) -> tuple[jax.Array, ...]:
+    """Training-mode BatchNorm over all axes but the last: ``(y, mean, var)`` with
+    ``y = x_hat scale + bias``, ``x_hat = (x - mean) r``, ``r = 1/sqrt(var + eps)``, ``mean``
+    and the biased ``var`` of the batch, computed in float32 (``y`` in ``x``'s dtype).
+
+    The backward is written out (the autodiff of these formulas, in M = rows reduced):
+    ``dx = r scale (g - mean(g) - x_hat mean(g x_hat)) + g_mean/M + g_var 2 (x - mean)/M``,
+    ``dscale = sum(g x_hat)``, ``dbias = sum(g)``; it keeps only ``x`` (and the statistics) from
+    the forward, where autodiff keeps ``x - mean`` and ``x_hat`` as tensors too."""
+    return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon):
+    x32 = q.as_float32(x)
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x32, axis=axes)
+    var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+    y = (x32 - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias
+    return (y.astype(x.dtype), mean, var), (x, mean, var, scale, epsilon)
+
+
+def _batch_norm_train_bwd(res, cotangents):
+    x, mean, var, scale, epsilon = res
+    g, g_mean, g_var = cotangents
+    x32, g = q.as_float32(x), q.as_float32(g)
+    axes = tuple(range(x.ndim - 1))
+    rows = x32.size // x32.shape[-1]
+    r = jax.lax.rsqrt(var + epsilon)
+    centered = x32 - mean
+    d_bias = jnp.sum(g, axis=axes)
+    d_scale = jnp.sum(g * centered, axis=axes) * r
+    # dx = a g + b (x - mean) + c per channel.
+    a = r * scale
+    b = -a * r * d_scale / rows + 2.0 * g_var / rows
+    c = -a * d_bias / rows + g_mean / rows
+    dx = a * g + b * centered + c
+    return dx.astype(x.dtype), d_scale, d_bias, jnp.zeros_like(epsilon)
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
 class PrecisionBatchNorm(nn.Module):
     """Switchable BatchNorm: statistics and affine per precision (leading axis P), row
     ``precision`` used. In training, only that row's running averages move
     (``ra = momentum * ra + (1 - momentum) * batch``, Flax's convention: PyTorch's 0.1 is 0.9).
-    Statistics and normalisation in float32 (running stats are float32); output in the input's dtype."""
+    Statistics and normalisation in float32 (running stats are float32); output in the input's
+    dtype. Training without ``axis_name`` runs `batch_norm_train` (its backward written out)."""
     num_precisions: int = 1
     momentum: float = 0.9
     epsilon: float = 1e-5
@@ -538,33 +595,38 @@ class PrecisionBatchNorm(nn.Module):
         """``value`` with ``new`` written where `_take` reads."""
         return value.at[precision].set(new)
 
+    def _normalize(self, x, mean, var, scale, bias):
+        """``(x - mean) / sqrt(var + eps) * scale + bias`` in float32, the result in ``x``'s dtype."""
+        return ((q.as_float32(x) - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias).astype(x.dtype)
+
+    def _train(self, x, scale, bias):
+        """``(y, mean, var)`` of the batch."""
+        if self.axis_name is None:
+            return batch_norm_train(x, scale, bias, jnp.float32(self.epsilon))
+        # Statistics over every device: autodiff through pmean.
+        x32 = q.as_float32(x)
+        axes = tuple(range(x.ndim - 1))
+        mean = jax.lax.pmean(jnp.mean(x32, axis=axes), self.axis_name)
+        var = jax.lax.pmean(jnp.mean(jnp.square(x32 - mean), axis=axes), self.axis_name)
+        return self._normalize(x, mean, var, scale, bias), mean, var
+
     @nn.compact
     def __call__(self, x: jax.Array, precision, train: bool) -> jax.Array:
-        dtype = x.dtype
-        x = q.as_float32(x)
         shape = (self.num_precisions, self._num_channels(x))
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
-        if train:
-            axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(x, axis=axes)
-            var = jnp.mean(jnp.square(x - mean), axis=axes)
-            if self.axis_name is not None:
-                mean, var = jax.lax.pmean((mean, var), self.axis_name)
-            if not self.is_initializing():
-                m = self.momentum
-                ra_mean.value = self._put(ra_mean.value, precision,
-                                          m * self._take(ra_mean.value, precision) + (1.0 - m) * mean)
-                ra_var.value = self._put(ra_var.value, precision,
-                                         m * self._take(ra_var.value, precision) + (1.0 - m) * var)
-        else:
-            mean, var = self._take(ra_mean.value, precision), self._take(ra_var.value, precision)
-        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
-        if self.use_scale:
-            y = y * self._take(self.param("scale", nn.initializers.ones, shape), precision)
-        if self.use_bias:
-            y = y + self._take(self.param("bias", nn.initializers.zeros, shape), precision)
-        return y.astype(dtype)
+        scale = self.param("scale", nn.initializers.ones, shape) if self.use_scale else jnp.ones(shape, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, shape) if self.use_bias else jnp.zeros(shape, jnp.float32)
+        scale, bias = self._take(scale, precision), self._take(bias, precision)
+        if not train:
+            return self._normalize(x, self._take(ra_mean.value, precision), self._take(ra_var.value, precision),
+                                   scale, bias)
+        y, mean, var = self._train(x, scale, bias)
+        if not self.is_initializing():
+            m = self.momentum
+            ra_mean.value = self._put(ra_mean.value, precision, m * self._take(ra_mean.value, precision) + (1.0 - m) * mean)
+            ra_var.value = self._put(ra_var.value, precision, m * self._take(ra_var.value, precision) + (1.0 - m) * var)
+        return y
 
 
 # ----------------------------------------------------------------------------------------------
@@ -627,12 +689,12 @@ class BranchSelection:
                          jnp.asarray(self.full_weight_slot, jnp.int32)[precision])
         return full, onehot, slot
 
-
-def _selected_order(selection: BranchSelection, precision: int) -> list[int]:
-    """The branches a static precision computes, in the selected layout's order: the full
-    branches ascending, then the partial one (the official code's concatenation order)."""
-    full = [b for b in range(selection.num_branches) if selection.full[precision][b]]
-    return full + ([selection.partial[precision]] if selection.partial[precision] >= 0 else [])
+    def order(self, precision: int) -> list[int]:
+        """The branches a static precision computes, in the order the branch-list layout keeps
+        them: the full branches ascending, then the partial one (the official code's
+        concatenation order)."""
+        full = [b for b in range(self.num_branches) if self.full[precision][b]]
+        return full + ([self.partial[precision]] if self.partial[precision] >= 0 else [])
 
 
 _ARCSINE_HALF_NORMAL = 1.0 / (1.0 - 2.0 / 3.141592653589793) ** 0.5  # 1/sqrt(1 - 2/pi)
@@ -761,7 +823,7 @@ class MultiBranchConv(nn.Module):
         """The same function as the masked path for a static precision, computing only the
         selected branches (deselected slots are zeros that no conv produced)."""
         sel, g = self.selection, self.selection.num_branches
-        order = _selected_order(sel, precision)
+        order = sel.order(precision)
         pb = sel.partial[precision]
         chunks = [x[..., branch, :p_in] if branch == pb else x[..., branch, :] for branch in order]
         ys = self._branch_convs(chunks, kernel, precision, intervals, bit_width)
@@ -773,14 +835,14 @@ class MultiBranchConv(nn.Module):
         return jnp.stack([outputs.get(branch, zeros) for branch in range(g)], axis=3)
 
     def _branch_convs(self, chunks, kernel, precision: int, intervals, bit_width) -> list:
-        """The convs of a static precision's selected branches, in `_selected_order` (full
+        """The convs of a static precision's selected branches, in `BranchSelection.order` (full
         branches ascending, then the partial): ``chunks`` are their inputs (the partial's sliced to
         ``p_in`` channels); returns their outputs (``features`` wide, the partial's ``p_out``)."""
         w_lower, w_upper, a_lower, a_upper = intervals
         sel, g = self.selection, self.selection.num_branches
         pb = sel.partial[precision]
         outputs = []
-        for branch, chunk in zip(_selected_order(sel, precision), chunks):
+        for branch, chunk in zip(sel.order(precision), chunks):
             if branch == pb:
                 slot, act = sel.partial_weight_slot[precision], g
                 p_in, p_out = chunk.shape[-1], self.features if self.partial_out is None else self.partial_out
@@ -792,35 +854,35 @@ class MultiBranchConv(nn.Module):
             outputs.append(self._conv(xq, wq, bit_width=bit_width, dtype=chunk.dtype))  # the input's dtype
         return outputs
 
-    def selected_branches(self, x: jax.Array, precision: int) -> jax.Array:
-        """The static-precision forward on the selected branches only, in the *selected layout*:
-        ``x`` is ``(N, H, W, k * C_in + w)``, the k full branches' inputs (ascending branch) then
-        the partial branch's first ``w >= partial_in`` channels (``w = 0`` without one), along
-        channels; the output is ``(N, H, W, k * features + partial_out)`` in the same order. The
-        same convs as `__call__` at that precision (which returns them in their ``G`` slots, with
-        zeros elsewhere); reads the parameters ``__call__`` created, so the module must have
-        been initialised (its ``__call__`` runs at ``init``)."""
+    def selected_branches(self, xs: Sequence[jax.Array], precision: int) -> list[jax.Array]:
+        """The static-precision forward on the selected branches only, in the *branch-list
+        layout*: ``xs`` holds one ``(N, H, W, C)`` input per selected branch in
+        `BranchSelection.order` (the k full branches ascending, ``C_in`` channels each, then the
+        partial branch's first ``w >= partial_in`` channels); returns their outputs in the same
+        order (``features`` channels each, the partial's ``partial_out``). The same convs as
+        `__call__` at that precision (which returns them in their ``G`` slots, with zeros
+        elsewhere); reads the parameters ``__call__`` created, so the module must have been
+        initialised (its ``__call__`` runs at ``init``)."""
         sel = self.selection
         if not isinstance(precision, (int, np.integer)):
             raise ConfigError("MultiBranchConv.selected_branches needs a static (Python int) precision")
         precision = int(precision)
-        if q.is_low_precision(x.dtype):
-            _check_exact_codes(self, x.dtype)
         kernel = self.get_variable("params", "kernel")
         intervals = tuple(self.get_variable("params", name)
                           for name in ("weight_lower", "weight_upper", "act_lower", "act_upper"))
         c_in = kernel.shape[-2]
         p_in = c_in if self.partial_in is None else self.partial_in
-        full = [b for b in _selected_order(sel, precision) if b != sel.partial[precision]]
-        width = x.shape[-1] - len(full) * c_in
-        if width < (p_in if sel.partial[precision] >= 0 else 0) or (sel.partial[precision] < 0 and width):
-            raise ConfigError(f"selected-layout input of {x.shape[-1]} channels does not hold {len(full)} branches "
-                              f"of {c_in} (and a partial of at least {p_in}) at precision {precision}")
-        chunks = [x[..., i * c_in:(i + 1) * c_in] for i in range(len(full))]
-        if sel.partial[precision] >= 0:
-            chunks.append(x[..., len(full) * c_in:len(full) * c_in + p_in])
-        ys = self._branch_convs(chunks, kernel, precision, intervals, _bits_at(self.bits, precision))
-        return ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=-1)
+        order = sel.order(precision)
+        widths = tuple(x.shape[-1] for x in xs)
+        wanted = tuple(p_in if branch == sel.partial[precision] else c_in for branch in order)
+        if len(widths) != len(wanted) or any(w < need if branch == sel.partial[precision] else w != need
+                                             for branch, w, need in zip(order, widths, wanted)):
+            raise ConfigError(f"selected-branch inputs of {widths} channels do not match branches {order} of "
+                              f"{c_in} channels (the partial at least {p_in}) at precision {precision}")
+        if q.is_low_precision(xs[0].dtype):
+            _check_exact_codes(self, xs[0].dtype)
+        chunks = [x[..., :need] if x.shape[-1] > need else x for x, need in zip(xs, wanted)]
+        return self._branch_convs(chunks, kernel, precision, intervals, _bits_at(self.bits, precision))
 
     def _initial_intervals(self, x, kernel, precision, p_in: int, p_out: int, intervals):
         """MBQuant's data-dependent init at one precision (`methods.mbquant.initialize_intervals`):

@@ -204,5 +204,5 @@ def test_bf16_run_trains_digits_to_the_float32_band(tmp_path, capsys):
         accuracy[dtype] = json.loads((tmp_path / dtype / "results.json").read_text())["accuracy"]
     assert set(accuracy["bfloat16"]) == {"2", "4", "8", "32"}
     for bits, reference in accuracy["float32"].items():
-        assert reference > 0.25  # it learned something to compare against
+        assert reference > 0.2  # it learned something to compare against (chance: 0.1)
         assert abs(accuracy["bfloat16"][bits] - reference) <= 0.06, (bits, accuracy)

@@ -4,6 +4,7 @@ and with plain `jax.lax` ops (convolution), never by the layer under test."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
 import jax
@@ -13,7 +14,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 from jaxquant.errors import BitWidthError, ConfigError, JaxquantError
-from jaxquant.layers import (FULL_PRECISION, PrecisionBatchNorm, QuantConv, QuantDense, QuantSpec,
+from jaxquant.layers import (FULL_PRECISION, PrecisionBatchNorm, QuantConv, QuantDense, QuantSpec, batch_norm_train,
                              precision_conv)
 
 BITS = (2, 4, 8)
@@ -278,6 +279,69 @@ def test_precision_batchnorm_train_under_jit_and_custom_momentum():
     new = np.asarray(updates["batch_stats"]["mean"])
     assert_array_equal(new[:2], old[:2])
     assert_allclose(new[2], 0.5 * old[2] + 0.5 * x.astype(np.float64).mean(0), rtol=1e-5, atol=1e-6)
+
+
+def _np_batch_norm_loss(x, scale, bias, c, c_mean, c_var, eps=1e-5):
+    """float64 NumPy: sum(c y) + sum(c_mean mean) + sum(c_var var) of training BatchNorm."""
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axis=axes)
+    var = ((x - mean) ** 2).mean(axis=axes)
+    y = (x - mean) / np.sqrt(var + eps) * scale + bias
+    return (c * y).sum() + (c_mean * mean).sum() + (c_var * var).sum()
+
+
+def _central_difference(fn, value, h=1e-6):
+    grad = np.zeros_like(value)
+    for index in np.ndindex(value.shape):
+        up, down = value.copy(), value.copy()
+        up[index] += h
+        down[index] -= h
+        grad[index] = (fn(up) - fn(down)) / (2 * h)
+    return grad
+
+
+def test_batch_norm_train_values_and_written_out_gradients_match_finite_differences():
+    """`batch_norm_train`'s hand-written backward against float64 central differences of the
+    NumPy formula, with cotangents on all three outputs (y, mean, var)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 3, 3, 4)) * 2 + 1
+    scale, bias = rng.uniform(0.5, 2.0, size=4), rng.normal(size=4)
+    c, c_mean, c_var = rng.normal(size=x.shape), rng.normal(size=4), rng.normal(size=4)
+
+    def loss(x, scale, bias):
+        y, mean, var = batch_norm_train(x, scale, bias, jnp.float32(1e-5))
+        return jnp.sum(y * f32(c)) + jnp.sum(mean * f32(c_mean)) + jnp.sum(var * f32(c_var))
+
+    y, mean, var = batch_norm_train(jnp.asarray(f32(x)), jnp.asarray(f32(scale)), jnp.asarray(f32(bias)),
+                                    jnp.float32(1e-5))
+    expected_mean, expected_var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    assert_allclose(np.asarray(mean), expected_mean, rtol=1e-5, atol=1e-6)
+    assert_allclose(np.asarray(var), expected_var, rtol=1e-5, atol=1e-6)
+    assert_allclose(np.asarray(y), (x - expected_mean) / np.sqrt(expected_var + 1e-5) * scale + bias,
+                    rtol=1e-4, atol=1e-5)
+    dx, dscale, dbias = jax.grad(loss, (0, 1, 2))(jnp.asarray(f32(x)), jnp.asarray(f32(scale)),
+                                                  jnp.asarray(f32(bias)))
+    np_loss = functools.partial(_np_batch_norm_loss, c=c, c_mean=c_mean, c_var=c_var)
+    assert_allclose(np.asarray(dx), _central_difference(lambda v: np_loss(v, scale, bias), x), rtol=1e-3, atol=1e-4)
+    assert_allclose(np.asarray(dscale), _central_difference(lambda v: np_loss(x, v, bias), scale), rtol=1e-3, atol=1e-4)
+    assert_allclose(np.asarray(dbias), _central_difference(lambda v: np_loss(x, scale, v), bias), rtol=1e-3, atol=1e-4)
+
+
+def test_precision_batchnorm_axis_name_equals_the_whole_batch():
+    """With ``axis_name``, statistics are those of every device's rows together (here two
+    vmapped "devices"): output and running averages equal one BatchNorm over the whole batch."""
+    rng = np.random.default_rng(4)
+    variables = _bn_variables(rng)
+    x = jnp.asarray(f32(rng.normal(size=(2, 3, 5, 4)) * 3 + 1))  # (devices, rows, ..., C)
+    synced = jax.vmap(lambda part: PrecisionBatchNorm(num_precisions=3, axis_name="devices").apply(
+        variables, part, 1, True, mutable=["batch_stats"]), axis_name="devices")
+    y, updates = synced(x)
+    whole, whole_updates = PrecisionBatchNorm(num_precisions=3).apply(
+        variables, x.reshape(6, 5, 4), 1, True, mutable=["batch_stats"])
+    assert_allclose(np.asarray(y).reshape(6, 5, 4), np.asarray(whole), rtol=1e-5, atol=1e-5)
+    for name in ("mean", "var"):
+        assert_allclose(np.asarray(updates["batch_stats"][name][0]), np.asarray(whole_updates["batch_stats"][name]),
+                        rtol=1e-5, atol=1e-6)
 
 
 def test_precision_batchnorm_eval_uses_row_p():

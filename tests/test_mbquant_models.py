@@ -480,7 +480,7 @@ def _read_stats(layer: str, leaf, model, p):
                          ids=["cnn", "resnet8", "imagenet"])
 def test_static_selected_layout_equals_traced(build, shape, bits, traced_tol, monkeypatch):
     """The unrolled step's static precision carries only the selected branches' channels through
-    conv, BatchNorm, ReLU, residual and merge (`models.multibranch._Selected`); the traced one
+    conv, BatchNorm, ReLU, residual and merge (`models.multibranch._Branches`); the traced one
     all G slots with masks, and so did the static one before (`_Slots`, still used at init).
     Same logits, same gradient of every parameter (zero where the precision does not read), and
     the same running statistics wherever the precision reads them; the selected layout leaves

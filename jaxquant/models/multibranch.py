@@ -8,15 +8,15 @@ tables are the method's, `jaxquant.methods.mbquant.branch_selection`).
 **Two layouts, one function.** With a traced precision (``precision_mode='vmap'``), at `init`
 and in the data-dependent interval init, the body runs in the slot layout above with masks.
 With a static Python-int precision (``precision_mode='unroll'``, MBQuant's default) it runs in
-the *selected layout* ``(N, H, W, k C + w)``: only the k full branches (ascending) and the
-partial branch's first w channels, concatenated along channels (the official code's order),
-through conv (`MultiBranchConv.selected_branches`, one conv per branch), BatchNorm (the
-precision's row, the selected channels' parameters and statistics only), ReLU, residual and
-merge; what the slot layout masks to zero is simply absent. At bits 2/4/6/8 that is 10 of the
-16 branch slots; the CIFAR ResNet-20 step measured 1.26x faster than in the slot layout on a
-2-core CPU, its convolutions now 0.70 of it (``benchmarks/README.md``). The one difference: in the selected layout the running statistics
-of a precision's *deselected* channels stay unchanged, where the slot layout drifts them
-towards mean 0, var 0 of their zero inputs; they are never read at that precision (its own
+the *branch-list layout*: a list of ``(N, H, W, C)`` arrays, the k full branches (ascending)
+then the partial branch's first w channels (the official code's concatenation order, kept as
+separate arrays so that no slice or concatenation copies them), through conv
+(`MultiBranchConv.selected_branches`, one conv per branch), BatchNorm (the precision's row, the
+selected channels' parameters and statistics only), ReLU, residual and merge; what the slot
+layout masks to zero is simply absent. At bits 2/4/6/8 that is 10 of the 16 branch slots
+(speed: ``benchmarks/README.md``). The one difference: in the branch-list layout the running
+statistics of a precision's *deselected* channels stay unchanged, where the slot layout drifts
+them towards mean 0, var 0 of their zero inputs; they are never read at that precision (its own
 row, other channels), so logits, gradients and every statistic that is read are the same
 (tested against the traced path).
 
@@ -38,7 +38,7 @@ The pieces, as in the official code (digest part A2) unless said otherwise:
   the add). Their parameters get exactly zero gradient and changing them
   leaves the logits unchanged (tested). Deselected channels' BatchNorm running statistics
   move in the slot layout (towards mean 0, var 0 of their zero inputs) and stay put in the
-  selected layout; either way they are never read at that precision.
+  branch-list layout; either way they are never read at that precision.
 - **Partial branch** (odd b): the top-left slice of the next branch. Per conv it reads
   ``partial_in`` and writes ``partial_out`` channels of its slot: the first conv reads the full
   stem copy, a stage-entry conv (and its 1x1 shortcut) reads the previous stage's partial width,
@@ -159,29 +159,32 @@ class BranchBatchNorm(nn.Module):
     """`PrecisionBatchNorm` over the flattened ``G * C`` channels of ``(N, H, W, G, C)`` inputs
     (private to each precision, as the official ``SwitchableBatchNorm2d``).
 
-    ``selected=(G * C, ranges)``: the input is the selected layout ``(N, H, W, n)`` of a static
-    precision, its channels the flattened channels ``ranges`` (``(start, stop)`` pairs, in order);
-    only those channels' parameters are read and only their running statistics move."""
+    ``selected=(G * C, ranges)``: the input is the branch-list layout of a static precision (a
+    list of ``(N, H, W, n_i)`` chunks), chunk i the flattened channels ``ranges[i]``
+    (``(start, stop)``); only those channels' parameters are read and only their running
+    statistics move."""
     num_precisions: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, precision, train: bool, selected=None) -> jax.Array:
         if selected is not None:
             total, ranges = selected
-            return _SelectedChannelsBatchNorm(num_precisions=self.num_precisions, total=total, ranges=tuple(ranges),
-                                              name="bn")(x, precision, train)
+            return _BranchListBatchNorm(num_precisions=self.num_precisions, total=total, ranges=tuple(ranges),
+                                        name="bn")(x, precision, train)
         flat = x.reshape(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))
         y = PrecisionBatchNorm(num_precisions=self.num_precisions, name="bn")(flat, precision, train)
         return y.reshape(x.shape)
 
 
-class _SelectedChannelsBatchNorm(PrecisionBatchNorm):
-    """`PrecisionBatchNorm`'s variables (``(P, total)``) and formulas, on the channels ``ranges``
-    of row ``precision`` (static) only: the input holds just those channels, in that order."""
+class _BranchListBatchNorm(PrecisionBatchNorm):
+    """`PrecisionBatchNorm`'s variables (``(P, total)``) and formulas on the branch-list layout
+    of a static precision: the input is a list of chunks, chunk i holding the flattened channels
+    ``ranges[i]`` (``(start, stop)``); only those channels' parameters are read and only their
+    running statistics move."""
     total: int = 0
     ranges: tuple[tuple[int, int], ...] = ()
 
-    def _num_channels(self, x: jax.Array) -> int:
+    def _num_channels(self, x) -> int:
         return self.total
 
     def _take(self, value: jax.Array, precision: int) -> jax.Array:
@@ -194,6 +197,23 @@ class _SelectedChannelsBatchNorm(PrecisionBatchNorm):
             value = value.at[precision, a:b].set(new[start:start + b - a])
             start += b - a
         return value
+
+    def _chunks(self, xs, *per_channel):
+        """Each chunk with its slice of every per-channel vector in ``per_channel``."""
+        start = 0
+        for x in xs:
+            part = slice(start, start + x.shape[-1])
+            start = part.stop
+            yield (x,) + tuple(v[part] for v in per_channel)
+
+    def _normalize(self, xs, mean, var, scale, bias):
+        return [PrecisionBatchNorm._normalize(self, *chunk) for chunk in self._chunks(xs, mean, var, scale, bias)]
+
+    def _train(self, xs, scale, bias):
+        if self.axis_name is not None:
+            raise ConfigError("the branch-list BatchNorm has no cross-device statistics (axis_name)")
+        ys, means, variances = zip(*(PrecisionBatchNorm._train(self, *chunk) for chunk in self._chunks(xs, scale, bias)))
+        return list(ys), jnp.concatenate(means), jnp.concatenate(variances)
 
 
 class _Slots:
@@ -211,6 +231,9 @@ class _Slots:
 
     def bn(self, module: BranchBatchNorm, x, train: bool, channels: int):
         return module(x, self.precision, train)
+
+    def relu(self, x):
+        return relu(x)
 
     def mask(self, x, channels: int, width: int):  # 0/1 in x's dtype: a bfloat16 body stays bfloat16
         return x * branch_channel_mask(self.selection, self.precision, channels, width).astype(x.dtype)
@@ -231,98 +254,87 @@ class _Slots:
         return x
 
 
-class _Selected:
-    """The selected layout of a static (Python int) precision: ``(N, H, W, k * C + w)``, only the
-    k full branches (ascending) and the partial branch's first w channels (the official code's
-    concatenation), so conv, BatchNorm, ReLU, residual and merge touch only what the precision
-    reads. A channel the `_Slots` layout masks to zero is simply absent here (exactly zero
-    there, wherever it is read), so both compute the same function."""
+class _Branches:
+    """The branch-list layout of a static (Python int) precision: a list of ``(N, H, W, C)`` chunks,
+    the k full branches (ascending) then the partial branch's first w channels (the official
+    code's concatenation order, kept apart), so conv, BatchNorm, ReLU, residual and merge touch
+    only what the precision reads. A channel the `_Slots` layout masks to zero is simply absent
+    here (exactly zero there, wherever it is read), so both compute the same function."""
 
     def __init__(self, selection: BranchSelection, precision: int):
         self.selection, self.precision = selection, int(precision)
-        self.branches = [b for b in range(selection.num_branches) if selection.full[self.precision][b]]
+        self.order = selection.order(self.precision)
         self.partial = selection.partial[self.precision]
 
-    def _partial_width(self, x, channels: int) -> int:
-        width = x.shape[-1] - len(self.branches) * channels
-        assert width >= 0 and (self.partial >= 0 or width == 0), (x.shape, channels)
-        return width
-
-    def _fit(self, x, channels: int, width: int):
-        """The partial chunk cut or zero-padded to ``width`` (exact: past its width it is zero)."""
-        have = self._partial_width(x, channels)
+    def _fit(self, xs, width: int):
+        """The partial chunk (the last) cut or zero-padded to ``width`` (exact: past its width it
+        is zero)."""
         if self.partial < 0:
-            return x
+            return list(xs)
+        *full, part = xs
+        have = part.shape[-1]
         if have > width:
-            return x[..., :x.shape[-1] - have + width]
-        if have < width:
-            return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - have)])
-        return x
+            part = part[..., :width]
+        elif have < width:
+            part = jnp.pad(part, [(0, 0)] * (part.ndim - 1) + [(0, width - have)])
+        return [*full, part]
 
     def tile(self, x):
-        return jnp.concatenate([x] * (len(self.branches) + (self.partial >= 0)), axis=-1)
+        return [x] * len(self.order)
 
-    def conv(self, module: MultiBranchConv, x):
-        return module.selected_branches(x, self.precision)
+    def conv(self, module: MultiBranchConv, xs):
+        return module.selected_branches(xs, self.precision)
 
-    def bn(self, module: BranchBatchNorm, x, train: bool, channels: int):
-        chunks = [(b, channels) for b in self.branches]
-        if self.partial >= 0:
-            chunks.append((self.partial, self._partial_width(x, channels)))
-        ranges = []
-        for branch, width in chunks:  # merge contiguous runs: fewer slices of the parameters
-            if ranges and ranges[-1][1] == branch * channels:
-                ranges[-1] = (ranges[-1][0], branch * channels + width)
-            else:
-                ranges.append((branch * channels, branch * channels + width))
-        return module(x, self.precision, train, selected=(self.selection.num_branches * channels, ranges))
+    def bn(self, module: BranchBatchNorm, xs, train: bool, channels: int):
+        ranges = tuple((b * channels, b * channels + x.shape[-1]) for b, x in zip(self.order, xs))
+        return module(xs, self.precision, train, selected=(self.selection.num_branches * channels, ranges))
 
-    def mask(self, x, channels: int, width: int):
+    def relu(self, xs):
+        return [relu(x) for x in xs]
+
+    def mask(self, xs, channels: int, width: int):
         # Only ever after a conv that wrote ``width`` partial channels (and its BatchNorm), or
         # wider: the slots layout's masked channels are the ones cut here.
-        assert self.partial < 0 or self._partial_width(x, channels) >= width
-        return self._fit(x, channels, width)
+        assert self.partial < 0 or xs[-1].shape[-1] >= width
+        return self._fit(xs, width)
 
     def add(self, out, shortcut, channels: int):
-        return out + self._fit(shortcut, channels, self._partial_width(out, channels))
+        return [o + s for o, s in zip(out, self._fit(shortcut, out[-1].shape[-1]))]
 
-    def pool(self, x):
-        return max_pool_2x2(x)
+    def pool(self, xs):
+        return [max_pool_2x2(x) for x in xs]
 
-    def merge(self, x, channels: int):
-        x = self._fit(x, channels, channels)
-        count = len(self.branches) + (self.partial >= 0)
-        return x.reshape(x.shape[:-1] + (count, channels)).sum(axis=-2) / count
+    def merge(self, xs, channels: int):
+        return functools.reduce(jnp.add, self._fit(xs, channels)) / len(self.order)
 
-    def _order(self, x, channels: int) -> list[int]:
-        """Flattened slot-layout index of every channel of the selected layout."""
-        order = [b * channels + c for b in self.branches for c in range(channels)]
-        if self.partial >= 0:
-            order += [self.partial * channels + c for c in range(self._partial_width(x, channels))]
-        return order
+    def _flat_order(self, xs, channels: int) -> list[int]:
+        """Flattened slot-layout index of every channel of the chunks, in order."""
+        return [b * channels + c for b, x in zip(self.order, xs) for c in range(x.shape[-1])]
 
-    def shuffle(self, x, indices: np.ndarray, channels: int):
-        row, order = np.asarray(indices)[self.precision], self._order(x, channels)
+    def shuffle(self, xs, indices: np.ndarray, channels: int):
+        row, order = np.asarray(indices)[self.precision], self._flat_order(xs, channels)
         position = {flat: i for i, flat in enumerate(order)}
         permutation = np.asarray([position[int(row[flat])] for flat in order])
         if np.array_equal(permutation, np.arange(permutation.size)):
-            return x
-        return jnp.take(x, permutation, axis=-1)
+            return xs
+        shuffled = jnp.take(jnp.concatenate(xs, axis=-1), permutation, axis=-1)
+        return jnp.split(shuffled, np.cumsum([x.shape[-1] for x in xs])[:-1], axis=-1)
 
-    def slots(self, x, channels: int):
+    def slots(self, xs, channels: int):
         """Back to ``(N, H, W, G, C)`` with zeros where the slots layout masks."""
+        x = jnp.concatenate(xs, axis=-1)
         flat = jnp.zeros(x.shape[:-1] + (self.selection.num_branches * channels,), x.dtype)
-        flat = flat.at[..., np.asarray(self._order(x, channels))].set(x)
+        flat = flat.at[..., np.asarray(self._flat_order(xs, channels))].set(x)
         return flat.reshape(x.shape[:-1] + (self.selection.num_branches, channels))
 
 
 def _layout(module: nn.Module, selection: BranchSelection, precision):
-    """`_Selected` for a static precision in an ordinary apply; `_Slots` for a traced one, at
+    """`_Branches` for a static precision in an ordinary apply; `_Slots` for a traced one, at
     `init` (which creates every parameter through `MultiBranchConv.__call__`) and in the
     data-dependent interval init (`MultiBranchConv._initial_intervals` reads all slots)."""
     if (isinstance(precision, (int, np.integer)) and not module.is_initializing()
             and not module.is_mutable_collection(INTERVAL_INIT)):
-        return _Selected(selection, precision)
+        return _Branches(selection, precision)
     return _Slots(selection, precision)
 
 
@@ -390,8 +402,8 @@ class MultiBranchCNN(nn.Module):
             x = ops.conv(MultiBranchConv(width, sel, tuple(self.bits), partial_in=p_in, partial_out=p_out,
                                          conv_batching=self.conv_batching, weight_gradient=self.weight_gradient,
                                          name=f"conv{i}"), x)
-            x = ops.mask(relu(ops.bn(bn(name=f"bn{i}"), x, train, width)), width, p_out)
-            if min(x.shape[1:3]) >= 4:
+            x = ops.mask(ops.relu(ops.bn(bn(name=f"bn{i}"), x, train, width)), width, p_out)
+            if min(jax.tree.leaves(x)[0].shape[1:3]) >= 4:  # either layout
                 x = ops.pool(x)
             p_in = p_out
         x = avg_pool_all(ops.merge(x, body[-1]))
@@ -458,10 +470,10 @@ class MultiBranchCifarResNet(nn.Module):
                     shortcut = x  # identity per branch (masked already)
                 out = ops.conv(conv(features, strides=strides, partial_in=p_prev, partial_out=p,
                                     name=f"{name}_conv0"), x)
-                out = ops.mask(relu(ops.bn(bn(name=f"{name}_bn0"), out, train, features)), features, p)
+                out = ops.mask(ops.relu(ops.bn(bn(name=f"{name}_bn0"), out, train, features)), features, p)
                 out = ops.conv(conv(features, partial_in=p, partial_out=p_block_out, name=f"{name}_conv1"), out)
                 out = ops.bn(bn(name=f"{name}_bn1"), out, train, features)
-                x = ops.mask(relu(ops.add(out, shortcut, features)), features, p_block_out)
+                x = ops.mask(ops.relu(ops.add(out, shortcut, features)), features, p_block_out)
                 p_prev, channels = p, features
         x = avg_pool_all(ops.merge(x, channels))
         return QuantDense(self.num_classes, spec=FULL_PRECISION, name="classifier")(x, 0)
@@ -561,12 +573,12 @@ class MultiBranchResNet(nn.Module):
                     shortcut = x  # identity per branch (masked already)
                 out = ops.conv(conv(features, strides=strides, partial_in=p_prev, partial_out=p,
                                     name=f"{name}_conv0"), x)
-                out = ops.mask(relu(ops.bn(bn(name=f"{name}_bn0"), out, train, features)), features, p)
+                out = ops.mask(ops.relu(ops.bn(bn(name=f"{name}_bn0"), out, train, features)), features, p)
                 out = ops.conv(conv(features, partial_in=p, partial_out=p_block_out, name=f"{name}_conv1"), out)
                 out = ops.bn(bn(name=f"{name}_bn1"), out, train, features)
                 if projection and self.channel_shuffle:
                     out = ops.shuffle(out, shuffles[name], features)
-                x = ops.mask(relu(ops.add(out, shortcut, features)), features, p_block_out)
+                x = ops.mask(ops.relu(ops.add(out, shortcut, features)), features, p_block_out)
                 p_prev, channels = p, features
             if self.is_mutable_collection("intermediates"):
                 self.sow("intermediates", f"stage{stage}", ops.slots(x, channels))
