@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxquant import cli
 from jaxquant.config import apply_overrides, load_config
-from jaxquant.export import load_run
+from jaxquant.runs import load_run
 from jaxquant.methods import binreg
 from jaxquant.report import format_table, plot_accuracy
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxquant import regularizers
-from jaxquant.export import load_run
+from jaxquant.runs import load_run
 from jaxquant.methods import binreg
 from jaxquant.training import multi_precision_loss
 

@@ -25,7 +25,8 @@ import numpy as np
 
 from jaxquant import cli
 from jaxquant import quantizers as q
-from jaxquant.export import export_vertical, load_run, load_vertical, with_bits
+from jaxquant.export import export_vertical, load_vertical
+from jaxquant.runs import load_run, with_bits
 from jaxquant.methods import build_model, vertical
 from jaxquant.report import format_table, plot_accuracy
 from jaxquant.training import accuracy
@@ -50,7 +51,7 @@ def msb_sliced_accuracy(run, dataset, rounded: bool, slice_weights: bool = True)
     (`methods.vertical.msb_sliced_weights`: floor, or rounded by the next bit) and activations at k bits with the 8-bit step scaled
     by ``Qp_8 / Qp_k`` (the same clipping range); BatchNorm of the 8-bit model, untouched.
     ``slice_weights=False`` keeps the 8-bit weights: only the activations go to k bits.
-    ``run``: the dedicated model's `jaxquant.export.load_run`."""
+    ``run``: the dedicated model's `jaxquant.runs.load_run`."""
     config, _, trainer, state, _ = run
     source_bits = int(config.bits[0])
     spec = vertical.frozen_weight_spec(trainer.model.spec)
@@ -72,7 +73,7 @@ def msb_sliced_accuracy(run, dataset, rounded: bool, slice_weights: bool = True)
 def code_usage(run) -> str:
     """How much of its 8-bit range the dedicated model's weights use: mean |q_8| and the share of
     codes that a floor slice to 4 bits sends to 0 or -1 (|q_8| < 16): why slicing collapses.
-    ``run``: the dedicated model's `jaxquant.export.load_run`."""
+    ``run``: the dedicated model's `jaxquant.runs.load_run`."""
     config, _, _, state, _ = run
     source_bits = int(config.bits[0])
     codes = []

@@ -147,7 +147,7 @@ def train(args, overrides: dict[str, str]) -> int:
 
 
 def evaluate_workdir(args) -> int:
-    from jaxquant.export import load_run
+    from jaxquant.runs import load_run
     config, dataset, trainer, state, step = load_run(args.workdir)
     print(f"jaxquant eval: {args.workdir} at step {step}")
     accuracies = _accuracies(config, dataset, trainer, state, args.recalibrate_batches)
@@ -158,7 +158,8 @@ def evaluate_workdir(args) -> int:
 def export_workdir(args) -> int:
     """Write the artefact, then load it at every bit-width: bytes read and test accuracy."""
     from jaxquant.data import load_config_dataset
-    from jaxquant.export import config_from_json, export_vertical, load_vertical
+    from jaxquant.export import export_vertical, load_vertical
+    from jaxquant.runs import config_from_json
     from jaxquant.training import batches_accuracy
     config = config_from_json(pathlib.Path(args.workdir) / "config.json")
     dataset = load_config_dataset(config)
@@ -183,7 +184,7 @@ def bins_workdir(args) -> int:
     import numpy as np
 
     from jaxquant.errors import BitWidthError, ConfigError
-    from jaxquant.export import load_run
+    from jaxquant.runs import load_run
     from jaxquant.methods import binreg
     runs = [load_run(args.workdir)]
     config, dataset, trainer, state, step = runs[0]

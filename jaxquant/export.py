@@ -28,67 +28,13 @@ import numpy as np
 
 from jaxquant import nesting
 from jaxquant import quantizers as q
-from jaxquant.checkpoint import Checkpointer
 from jaxquant.errors import BitWidthError, CheckpointError, ConfigError
 from jaxquant.layers import QuantSpec
+from jaxquant.runs import load_run, with_bits
 
 MAGIC = b"JQVL"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<4sIQ")  # magic, version, header length
-
-
-# ----------------------------------------------------------------------------------------------
-# Restoring a training run.
-
-def config_from_json(path: pathlib.Path) -> ml_collections.ConfigDict:
-    """A run's ``config.json`` as a ConfigDict: the tuples JSON turned into lists are tuples
-    again, and keys added to jaxquant after the run was written take their defaults."""
-    if not path.is_file():
-        raise CheckpointError(f"{path.parent} has no config.json; is it a `jaxquant train` workdir?")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); restore it or retrain") from e
-    from jaxquant.configs.base import base_config
-    return ml_collections.ConfigDict(_with_defaults(raw, base_config()))
-
-
-def _with_defaults(raw: dict, defaults: ml_collections.ConfigDict) -> dict:
-    out = dict(raw)
-    for key, default in defaults.items():
-        if isinstance(default, ml_collections.ConfigDict):
-            out[key] = _with_defaults(raw.get(key, {}), default)
-        elif key not in raw:
-            out[key] = default
-        elif isinstance(default, tuple) and isinstance(raw[key], list):
-            out[key] = tuple(raw[key])
-    return out
-
-
-def load_run(workdir: str | pathlib.Path, dataset=None):
-    """``(config, dataset, trainer, state, step)`` of the latest checkpoint of a training run."""
-    from jaxquant.data import load_config_dataset
-    from jaxquant.methods import build_trainer
-    workdir = pathlib.Path(workdir)
-    config = config_from_json(workdir / "config.json")
-    dataset = dataset or load_config_dataset(config)
-    trainer = build_trainer(config, dataset, max(dataset.train_size // config.batch_size, 1))
-    # Shapes only: one example stands in for the batch (init traces the model, nothing is trained).
-    template = trainer.init(jax.random.key(0), jnp.asarray(dataset.train_examples(np.arange(1))[0]))
-    checkpointer = Checkpointer(workdir)
-    try:
-        state = checkpointer.restore(template)
-        step = checkpointer.latest_step()
-    finally:
-        checkpointer.close()
-    return config, dataset, trainer, state, step
-
-
-def with_bits(config, bits) -> ml_collections.ConfigDict:
-    """A copy of ``config`` for another tuple of bit-widths."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.bits = tuple(bits)
-    return config
 
 
 # ----------------------------------------------------------------------------------------------

@@ -728,7 +728,7 @@ def plot_ptq(accuracy_table: dict[str, dict[str, float]], settings: Sequence[str
 def fp_network(workdir: str | pathlib.Path, dataset=None):
     """``(run config, dataset, Network, variables)`` of a trained run's full-precision model
     (its bit-width 32; train one with ``--config.bits=(32,)``)."""
-    from jaxquant.export import load_run
+    from jaxquant.runs import load_run
     run_config, dataset, trainer, state, _ = load_run(workdir, dataset)
     bits = tuple(int(b) for b in run_config.bits)
     if FP_BITS not in bits:

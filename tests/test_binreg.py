@@ -314,7 +314,7 @@ def test_bins_command_prints_writes_json_and_plots(runs, capsys):
     payload = json.loads((workdir / "bins.json").read_text())
     stats = payload["bits"]["2"]["conv0"]
     # MSE and bins by hand from the checkpoint.
-    from jaxquant.export import load_run
+    from jaxquant.runs import load_run
     _, _, _, state, _ = load_run(workdir)
     kernel, step = state.params["conv0"]["kernel"], state.params["conv0"]["weight_step"][0]
     w_hat = q.lsq_quantize(kernel, step, 2, signed=True)
@@ -332,7 +332,7 @@ def test_bins_command_prints_writes_json_and_plots(runs, capsys):
 
 
 def test_bin_report_totals_and_format(runs):
-    from jaxquant.export import load_run
+    from jaxquant.runs import load_run
     _, dataset, trainer, state, _ = load_run(runs / "lsq")
     layers = binreg.model_layers(trainer.model, jnp.asarray(dataset.train_images[:1]))
     report = binreg.bin_report(state.params, layers, 0)

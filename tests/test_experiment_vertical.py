@@ -11,7 +11,7 @@ import pytest
 from jaxquant import cli
 from jaxquant import quantizers as q
 from jaxquant.data import load_digits
-from jaxquant.export import load_run
+from jaxquant.runs import load_run
 from jaxquant.methods import vertical
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

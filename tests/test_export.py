@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from jaxquant import cli, export
+from jaxquant import cli, export, runs
 from jaxquant import quantizers as q
 from jaxquant.errors import BitWidthError, CheckpointError, ConfigError
 from helpers import assert_user_error
@@ -33,11 +33,11 @@ def run(tmp_path_factory):
     path = tmp / "model.vl"
     summary = export.export_vertical(workdir, path, log=lambda _: None)
 
-    config, dataset, trainer, state, step = export.load_run(workdir, None)
+    config, dataset, trainer, state, step = runs.load_run(workdir, None)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     variables, _ = export.expanded_variables(config, dataset.num_classes, variables, BITS, dataset.image_shape)
     spec = method_module("vertical").quant_spec(config)
-    model = build_model(export.with_bits(config, BITS), dataset.num_classes, spec)
+    model = build_model(runs.with_bits(config, BITS), dataset.num_classes, spec)
     preprocess = make_preprocess(dataset.mean, dataset.std)
     apply = jax.jit(lambda v, x, p: model.apply(v, preprocess(x, False, None), p, train=False))
     images = np.asarray(dataset.test_images[:96])
@@ -274,5 +274,5 @@ def test_a_run_config_written_before_a_key_existed_gets_its_default(tmp_path):
     del old["image_size"], old["data_workers"]  # keys added with ImageNet streaming
     old["bits"] = [2, 32]
     (tmp_path / "config.json").write_text(json.dumps(old))
-    config = export.config_from_json(tmp_path / "config.json")
+    config = runs.config_from_json(tmp_path / "config.json")
     assert config.image_size == 224 and config.data_workers == 8 and config.bits == (2, 32)
