@@ -3,7 +3,7 @@
 The entry points are attributes of this package (``dir(jaxquant)`` lists them, so a notebook's
 tab completion shows them); each is imported on first use, so ``import jaxquant`` stays light.
 """
-from jaxquant.errors import (BitWidthError, CheckpointError, ConfigError, DatasetNotFoundError,
+from jaxquant.errors import (BitWidthError, CheckpointError, ConfigError, DatasetNotFoundError,  # noqa: F401
                              JaxquantError, NonFiniteLossError)
 
 __version__ = "0.1.0"

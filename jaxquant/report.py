@@ -55,6 +55,11 @@ def plot_accuracy(results: Mapping[str, Mapping[int, float]], path: str | pathli
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | pathlib.Path) -> pathlib.Path:
+    """``fig`` (a bare matplotlib ``Figure``) laid out tightly and saved to ``path``."""
     fig.tight_layout()
     path = pathlib.Path(path)
     fig.savefig(path)

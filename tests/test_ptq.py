@@ -49,7 +49,7 @@ def test_calibration_rows_satisfy_y_equals_x_w_before_quantization(resnet):
     network, variables, images, layers = resnet
     quantizer = ptq.Quantizer(network, layers)
     rows, samples = ptq.sample_rows(np.random.default_rng(1), layers, 40, 200, 100)
-    captured = quantizer.capture(variables, jnp.asarray(images), ptq._act_arrays(layers, {}), rows, samples,
+    captured = quantizer.capture(variables, jnp.asarray(images), ptq.act_arrays(layers, {}), rows, samples,
                                  train=False)
     for layer in layers:
         x, y = np.asarray(captured[layer.name]["x"]), np.asarray(captured[layer.name]["y"])
@@ -88,7 +88,7 @@ def test_batchnorm_reestimation_scan_over_stacked_batches_equals_the_loop(resnet
     assert data.bn_stack is not None and data.bn_stack.shape == (4, 8, 8, 8, 3)
     np.testing.assert_array_equal(np.asarray(data.bn_stack), np.stack([np.asarray(x) for x in data.bn_batches()]))
     quantizer = ptq.Quantizer(network, layers)
-    act = ptq._act_arrays(layers, {})
+    act = ptq.act_arrays(layers, {})
     scanned = ptq.reestimate_batchnorm(quantizer, variables, data, act)["batch_stats"]
     looped = ptq.reestimate_batchnorm(quantizer, variables, ptq.CalibrationData(data.calibration, data.bn_batches),
                                       act)["batch_stats"]
@@ -100,7 +100,7 @@ def test_batchnorm_reestimation_scan_over_stacked_batches_equals_the_loop(resnet
 
 def test_batchnorm_batches_too_large_to_stack_stream(resnet, monkeypatch):
     network, _, images, _ = resnet
-    monkeypatch.setattr(ptq, "BN_STACK_BYTES", 1000)
+    monkeypatch.setattr(ptq.calibration, "BN_STACK_BYTES", 1000)
     data = ptq.CalibrationData.from_arrays(network, images, tiny_config(bn_batches=4, bn_batch_size=8))
     assert data.bn_stack is None and len(list(data.bn_batches())) == 4
 
@@ -169,7 +169,7 @@ def test_quantize_model_puts_weights_on_the_grid_and_sets_the_input_quantizers(d
     quantizer = ptq.Quantizer(network, layers)
     rows, samples = ptq.sample_rows(np.random.default_rng(0), layers, 32, config.calibration_rows,
                                     config.activation_samples)
-    fp_rows = quantizer.capture(variables, data.calibration, ptq._act_arrays(layers, {}), rows, samples, train=False)
+    fp_rows = quantizer.capture(variables, data.calibration, ptq.act_arrays(layers, {}), rows, samples, train=False)
     model = ptq.quantize_model(quantizer, variables, data, fp_rows, method, 3, 6, config, rows, samples)
     for layer in layers:
         fitted = model.weights[layer.name]
@@ -217,10 +217,10 @@ def test_a_plain_linen_model_with_nn_conv_and_dense_is_quantized():
     assert [(layer.name, layer.kind) for layer in layers] == [("Conv_0", "conv"), ("Dense_0", "dense")]
     quantizer = ptq.Quantizer(network, layers)
     rows, samples = ptq.sample_rows(np.random.default_rng(0), layers, 24, 100, 1000)
-    fp_rows = quantizer.capture(variables, data.calibration, ptq._act_arrays(layers, {}), rows, samples, train=False)
+    fp_rows = quantizer.capture(variables, data.calibration, ptq.act_arrays(layers, {}), rows, samples, train=False)
     model_q = ptq.quantize_model(quantizer, variables, data, fp_rows, "bitsplit", 4, 8, config, rows, samples)
     assert set(model_q.activations) == {"Dense_0"}
-    logits = quantizer.predict(model_q.variables, jnp.asarray(images), ptq._act_arrays(layers, model_q.activations))
+    logits = quantizer.predict(model_q.variables, jnp.asarray(images), ptq.act_arrays(layers, model_q.activations))
     assert logits.shape == (24, 4) and np.all(np.isfinite(np.asarray(logits)))
 
 

@@ -46,6 +46,7 @@ from jaxquant import regularizers
 from jaxquant.errors import ConfigError
 from jaxquant.layers import QuantConv, QuantDense, QuantSpec
 from jaxquant.regularizers import LayerQuantizer, get_path
+from jaxquant.report import save_figure
 
 NAME = "binreg"
 DEFAULT_DISTILLATION = "none"
@@ -304,7 +305,4 @@ def plot_bins(panels: Sequence[tuple[str, Mapping[str, Any], LayerQuantizer, int
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = pathlib.Path(path)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)

@@ -268,6 +268,11 @@ def compiled_ofwa_rr(num_planes: int, out_features: int, fan_in: int, epochs: in
     return _COMPILED[key]
 
 
+def compiled_count() -> int:
+    """How many `ofwa_rr` programs `compiled_ofwa_rr` holds (one per layer shape and settings)."""
+    return len(_COMPILED)
+
+
 def ofwa_rr(x: jax.Array, y: jax.Array, planes: jax.Array, alpha: jax.Array, epochs: int = 100,
             block: int = 64, sequential: bool = False):
     """Response reconstruction on calibration rows ``x`` ``[K, N]`` (im2col input) and ``y``
