@@ -170,7 +170,8 @@ def unrolled_convs(trainer, images):
     branch. ``shared``: the FP stem reading the images, kept once (every precision reads the
     same images with the same kernel)."""
     from jaxquant import layers
-    record, original = [], layers.precision_conv
+    lowering = getattr(layers, "conv", layers)  # the conv module (older packages: layers itself)
+    record, original = [], lowering.precision_conv
 
     def recording(x, kernel, strides=(1, 1), padding="SAME", batching="auto", weight_gradient="auto", groups=1):
         record.append((tuple(x.shape), tuple(kernel.shape), tuple(strides), padding, int(groups),
@@ -178,13 +179,13 @@ def unrolled_convs(trainer, images):
         return original(x, kernel, strides, padding, batching, weight_gradient, groups)
 
     variables = jax.eval_shape(lambda: trainer.model.init(jax.random.key(0), images, 0, train=True))
-    layers.precision_conv = recording
+    lowering.precision_conv = recording
     try:
         for p in range(len(trainer.bits)):
             jax.eval_shape(lambda v, p=p: trainer.model.apply(v, images, p, train=True, mutable=["batch_stats"]),
                            variables)
     finally:
-        layers.precision_conv = original
+        lowering.precision_conv = original
     shared = [r for r in record if r[-1]][:1]
     return shared + [r for r in record if not r[-1]]
 

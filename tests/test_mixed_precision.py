@@ -179,7 +179,7 @@ def recorded_operands(monkeypatch):
         jax.debug.callback(lambda a, b: calls.append((np.asarray(a), np.asarray(b))), x, kernel)
         return original(x, kernel, *args, **kwargs)
 
-    monkeypatch.setattr(layers, "precision_conv", recording)
+    monkeypatch.setattr(layers.conv, "precision_conv", recording)
     return calls
 
 

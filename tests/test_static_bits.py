@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,9 +100,9 @@ def test_static_bits_trace_only_the_branch_used():
 def test_bits_at_is_a_python_int_for_a_static_precision():
     bits = (1, 2, 32)
     for p in (0, 2, np.int64(1), -1):
-        got = layers._bits_at(bits, p)
+        got = layers.bits_at(bits, p)
         assert type(got) is int and got == bits[p]
-    traced = jax.jit(lambda p: layers._bits_at(bits, p))(jnp.int32(2))
+    traced = jax.jit(lambda p: layers.bits_at(bits, p))(jnp.int32(2))
     assert isinstance(traced, jax.Array) and int(traced) == 32
 
 
@@ -112,8 +113,8 @@ def test_layers_static_precision_equal_traced_precision(spec):
     bits = (2, 4, 32)
     x = jax.random.uniform(jax.random.key(3), (2, 6, 6, 3), minval=-0.5, maxval=1.5)
 
-    class Net(layers.nn.Module):
-        @layers.nn.compact
+    class Net(nn.Module):
+        @nn.compact
         def __call__(self, x, precision):
             y = QuantConv(4, bits=bits, spec=spec)(x, precision)
             return QuantDense(3, bits=bits, spec=spec)(y.reshape(y.shape[0], -1), precision)

@@ -87,4 +87,12 @@ from jaxquant.ptq.report import (
     plot_ptq,
 )
 
-__all__ = ["ptq_config", "METHODS", "METHOD_LABELS", "validate_config", "parse_setting", "LAYER_TYPES", "Layer", "layer_matrix", "matrix_kernel", "im2col_rows", "output_rows", "layer_params", "get_kernel", "set_kernels", "Network", "find_layers", "fake_quantize", "activation_range", "ActivationQuant", "act_arrays", "quantizing", "Quantizer", "mse_step", "sample_rows", "BN_STACK_BYTES", "CalibrationData", "reestimate_batchnorm", "QuantizedModel", "classifier_name", "reconstructs", "weight_placement", "activation_placement", "quantize_model", "accuracy", "batches_accuracy", "format_ptq_table", "draw_ptq_bars", "plot_ptq", "save_quantized", "load_quantized", "fp_network", "warm_up", "run"]
+__all__ = ["ptq_config", "METHODS", "METHOD_LABELS", "validate_config", "parse_setting",
+           "LAYER_TYPES", "Layer", "layer_matrix", "matrix_kernel", "im2col_rows", "output_rows",
+           "layer_params", "get_kernel", "set_kernels", "Network", "find_layers", "fake_quantize",
+           "activation_range", "ActivationQuant", "act_arrays", "quantizing", "Quantizer",
+           "mse_step", "sample_rows", "BN_STACK_BYTES", "CalibrationData", "reestimate_batchnorm",
+           "QuantizedModel", "classifier_name", "reconstructs", "weight_placement",
+           "activation_placement", "quantize_model", "accuracy", "batches_accuracy",
+           "format_ptq_table", "draw_ptq_bars", "plot_ptq", "save_quantized", "load_quantized",
+           "fp_network", "warm_up", "run"]

@@ -1,0 +1,66 @@
+"""Flax Linen layers whose precision is data (one idea per module: `spec`, `conv`, `quant`,
+`batchnorm`, `multibranch`; every public name is importable from here).
+
+A layer is built for a static tuple of bit-widths ``bits`` (``P = len(bits)``) and called with a
+precision **index** ``precision`` (a traced int) into that tuple. State that differs per
+precision (LSQ step sizes, BatchNorm statistics and affine) carries a leading axis of size P and
+is gathered with the index, so ``jax.vmap`` over ``precision`` runs every sub-network at once.
+
+Swap ``nn.Conv`` for `QuantConv` and ``nn.Dense`` for `QuantDense` in your own model, and
+``nn.BatchNorm`` for `PrecisionBatchNorm` (switchable BN). `MultiBranchConv` is a conv of G
+branches of fixed 2-bit weights selected per precision by a `BranchSelection` (the tables are the
+method's: `jaxquant.methods.mbquant`).
+
+**Dtypes: the compute dtype follows the input.** Parameters (and BatchNorm statistics) are
+float32 and initialised from ``x.astype(float32)``, so a bfloat16 init equals a float32 one.
+A layer returns its input's dtype; quantizer arithmetic and BatchNorm run in float32; convs and
+matmuls take operands in the input dtype and accumulate in float32.
+
+**Exact grid in bfloat16.** A fake-quantized tensor is ``x_hat = n * s`` (n integer-valued,
+s the grid's scale: `quantizers.grid_integers`). bfloat16 (8 significant bits) would move
+``n * s`` off its grid, so with bfloat16 inputs a quantized layer computes
+``y = conv(n_x, n_w) * (s_x * s_w)``: the integer operands are exact in bfloat16 for
+``|n| <= 256``, the conv accumulates in float32 and the scales (``s_w`` per output channel with
+``per_channel``) are applied after, in float32. Gradients are those of ``conv(x_hat, w_hat)``:
+``n = x_hat / stop_gradient(s)`` snapped to the integer, times ``stop_gradient(s_x s_w)``, so step
+sizes get their gradients only through the quantizers. Full precision (``bits >= 32``): s = 1,
+nothing snapped. A bfloat16 layer with a quantized bit-width above 8 raises `ConfigError`
+(use float32 for 9..16 bits).
+
+**Conv batching** (``conv_batching``, `resolve_conv_batching`): ``auto`` (default) is ``unroll``
+on CPU and ``native`` on GPU/TPU; ``weight_gradient`` ``auto`` is ``im2col`` on CPU and ``xla``
+elsewhere (`resolve_weight_gradient`).
+"""
+from jaxquant.layers.batchnorm import PrecisionBatchNorm, batch_norm_train
+from jaxquant.layers.conv import (
+    CONV_BATCHINGS,
+    WEIGHT_GRADIENTS,
+    conv_backward,
+    conv_forward,
+    conv_weight_gradient,
+    precision_conv,
+    resolve_conv_batching,
+    resolve_weight_gradient,
+)
+from jaxquant.layers.multibranch import (
+    INTERVAL_INIT,
+    WEIGHT_INTERVAL_STDS,
+    BranchSelection,
+    MultiBranchConv,
+)
+from jaxquant.layers.quant import QuantConv, QuantDense, bits_at, check_exact_codes
+from jaxquant.layers.spec import (
+    ACTIVATION_QUANTIZERS,
+    EXECUTIONS,
+    FULL_PRECISION,
+    QUANTIZER_PARAM_NAMES,
+    WEIGHT_QUANTIZERS,
+    QuantSpec,
+)
+
+__all__ = ["WEIGHT_QUANTIZERS", "EXECUTIONS", "ACTIVATION_QUANTIZERS", "QUANTIZER_PARAM_NAMES",
+           "QuantSpec", "FULL_PRECISION", "CONV_BATCHINGS", "WEIGHT_GRADIENTS",
+           "resolve_conv_batching", "resolve_weight_gradient", "conv_forward", "conv_backward",
+           "conv_weight_gradient", "precision_conv", "bits_at", "check_exact_codes", "QuantConv",
+           "QuantDense", "batch_norm_train", "PrecisionBatchNorm", "INTERVAL_INIT",
+           "WEIGHT_INTERVAL_STDS", "BranchSelection", "MultiBranchConv"]

@@ -1,0 +1,111 @@
+"""Switchable BatchNorm (`PrecisionBatchNorm`) and training BatchNorm with its backward
+written out (`batch_norm_train`)."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxquant import quantizers as q
+
+
+@jax.custom_vjp
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon) -> tuple[jax.Array, ...]:
+    """Training-mode BatchNorm over all axes but the last: ``(y, mean, var)`` with
+    ``y = x_hat scale + bias``, ``x_hat = (x - mean) r``, ``r = 1/sqrt(var + eps)``, ``mean``
+    and the biased ``var`` of the batch, computed in float32 (``y`` in ``x``'s dtype).
+
+    The backward is written out (the autodiff of these formulas, in M = rows reduced):
+    ``dx = r scale (g - mean(g) - x_hat mean(g x_hat)) + g_mean/M + g_var 2 (x - mean)/M``,
+    ``dscale = sum(g x_hat)``, ``dbias = sum(g)``; it keeps only ``x`` (and the statistics) from
+    the forward, where autodiff keeps ``x - mean`` and ``x_hat`` as tensors too."""
+    return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon):
+    x32 = q.as_float32(x)
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x32, axis=axes)
+    var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+    y = (x32 - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias
+    return (y.astype(x.dtype), mean, var), (x, mean, var, scale, epsilon)
+
+
+def _batch_norm_train_bwd(res, cotangents):
+    x, mean, var, scale, epsilon = res
+    g, g_mean, g_var = cotangents
+    x32, g = q.as_float32(x), q.as_float32(g)
+    axes = tuple(range(x.ndim - 1))
+    rows = x32.size // x32.shape[-1]
+    r = jax.lax.rsqrt(var + epsilon)
+    centered = x32 - mean
+    d_bias = jnp.sum(g, axis=axes)
+    d_scale = jnp.sum(g * centered, axis=axes) * r
+    # dx = a g + b (x - mean) + c per channel.
+    a = r * scale
+    b = -a * r * d_scale / rows + 2.0 * g_var / rows
+    c = -a * d_bias / rows + g_mean / rows
+    dx = a * g + b * centered + c
+    return dx.astype(x.dtype), d_scale, d_bias, jnp.zeros_like(epsilon)
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
+class PrecisionBatchNorm(nn.Module):
+    """Switchable BatchNorm: statistics and affine per precision (leading axis P), row
+    ``precision`` used. In training, only that row's running averages move
+    (``ra = momentum * ra + (1 - momentum) * batch``, Flax's convention: PyTorch's 0.1 is 0.9).
+    Statistics and normalisation in float32 (running stats are float32); output in the input's
+    dtype. Training without ``axis_name`` runs `batch_norm_train` (its backward written out)."""
+    num_precisions: int = 1
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    use_scale: bool = True
+    use_bias: bool = True
+    axis_name: str | None = None
+
+    def _num_channels(self, x: jax.Array) -> int:
+        """The channels of the stored variables (``(P, C)``)."""
+        return x.shape[-1]
+
+    def _take(self, value: jax.Array, precision) -> jax.Array:
+        """The row of ``value`` (``(P, C)``) that ``x``'s channels use."""
+        return value[precision]
+
+    def _put(self, value: jax.Array, precision, new: jax.Array) -> jax.Array:
+        """``value`` with ``new`` written where `_take` reads."""
+        return value.at[precision].set(new)
+
+    def _normalize(self, x, mean, var, scale, bias):
+        """``(x - mean) / sqrt(var + eps) * scale + bias`` in float32, the result in ``x``'s dtype."""
+        return ((q.as_float32(x) - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias).astype(x.dtype)
+
+    def _train(self, x, scale, bias):
+        """``(y, mean, var)`` of the batch."""
+        if self.axis_name is None:
+            return batch_norm_train(x, scale, bias, jnp.float32(self.epsilon))
+        # Statistics over every device: autodiff through pmean.
+        x32 = q.as_float32(x)
+        axes = tuple(range(x.ndim - 1))
+        mean = jax.lax.pmean(jnp.mean(x32, axis=axes), self.axis_name)
+        var = jax.lax.pmean(jnp.mean(jnp.square(x32 - mean), axis=axes), self.axis_name)
+        return self._normalize(x, mean, var, scale, bias), mean, var
+
+    @nn.compact
+    def __call__(self, x: jax.Array, precision, train: bool) -> jax.Array:
+        shape = (self.num_precisions, self._num_channels(x))
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
+        scale = self.param("scale", nn.initializers.ones, shape) if self.use_scale else jnp.ones(shape, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, shape) if self.use_bias else jnp.zeros(shape, jnp.float32)
+        scale, bias = self._take(scale, precision), self._take(bias, precision)
+        if not train:
+            return self._normalize(x, self._take(ra_mean.value, precision), self._take(ra_var.value, precision),
+                                   scale, bias)
+        y, mean, var = self._train(x, scale, bias)
+        if not self.is_initializing():
+            m = self.momentum
+            ra_mean.value = self._put(ra_mean.value, precision, m * self._take(ra_mean.value, precision) + (1.0 - m) * mean)
+            ra_var.value = self._put(ra_var.value, precision, m * self._take(ra_var.value, precision) + (1.0 - m) * var)
+        return y

@@ -1,0 +1,218 @@
+"""`QuantConv` and `QuantDense`: weights and inputs quantized at a (traced) precision index,
+and the shared quantization of a layer's operands."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxquant import quantizers as q
+from jaxquant.errors import ConfigError
+from jaxquant.layers import conv as lowering  # called through the module: one place to swap it
+from jaxquant.layers.spec import QuantSpec
+
+
+def bits_at(bits: Sequence[int], precision) -> int | jax.Array:
+    """``bits[precision]``: a Python int for a static (Python or NumPy int) precision, as the
+    unrolled step passes, so the quantizers pick their branch in Python; else a traced gather."""
+    if isinstance(precision, (int, np.integer)):
+        return int(bits[precision])
+    return jnp.asarray(bits, jnp.int32)[precision]
+
+
+def _quantize_weight(module: nn.Module, kernel: jax.Array, precision) -> jax.Array:
+    return _weight_on_grid(module, kernel, precision)[0]
+
+
+def _weight_on_grid(module: nn.Module, kernel: jax.Array, precision):
+    """``(w_hat, s, b)``: the fake-quantized kernel, its grid scale (`quantizers.grid_integers`)
+    and the bit-width that decides full precision (``FP_BITS`` for ``weight='none'``)."""
+    spec, bits = module.spec, module.bits
+    bit_width = bits_at(bits, precision)
+    if spec.weight == "none":
+        return kernel, 1.0, q.FP_BITS
+    if spec.weight == "dorefa":
+        return q.dorefa_weight(kernel, bit_width), q.dorefa_weight_grid_scale(kernel, bit_width), bit_width
+    if spec.weight == "codes":
+        raise ConfigError("weight='codes' is an inference form of QuantConv only")
+    axis = tuple(range(kernel.ndim - 1)) if spec.per_channel else None
+    if spec.weight == "vertical":
+        # One source step at B bits shared by every precision (not per precision).
+        step = module.param("weight_step", lambda _: q.lsq_init_step(
+            kernel, spec.source_bits, signed=True, axis=axis).reshape((-1,) if spec.per_channel else ()))
+        return (q.vertical_weight(kernel, step, bit_width, source_bits=spec.source_bits, cascade=spec.cascade),
+                q.vertical_grid_scale(step, bit_width, source_bits=spec.source_bits, cascade=spec.cascade), bit_width)
+    # LSQ: one step per precision, shape (P,), or (P, out_features) per channel.
+    all_bits = jnp.asarray(bits, jnp.int32)
+    step = module.param(
+        "weight_step",
+        lambda _: jax.vmap(lambda b: q.lsq_init_step(kernel, b, signed=True, axis=axis).reshape(
+            (-1,) if spec.per_channel else ()))(all_bits))
+    return (q.lsq_quantize(kernel, step[precision], bit_width, signed=True),
+            q.lsq_grid_scale(step[precision], bit_width), bit_width)
+
+
+def _act_step(module: nn.Module, x: jax.Array) -> jax.Array:
+    """The LSQ activation steps of a layer, shape (P,), initialised from ``x`` (as float32) at
+    every bit-width."""
+    x = q.as_float32(x)
+    all_bits = jnp.asarray(module.bits, jnp.int32)
+    signed = module.spec.signed_activations
+    return module.param(
+        "act_step", lambda _: jax.vmap(lambda b: q.lsq_init_step(x, b, signed=signed))(all_bits))
+
+
+def _quantize_input(module: nn.Module, x: jax.Array, precision) -> jax.Array:
+    return _input_on_grid(module, x, precision)[0]
+
+
+def _input_on_grid(module: nn.Module, x: jax.Array, precision):
+    """``(x_hat, s, b)`` of the layer's input, as `_weight_on_grid`."""
+    spec, bits = module.spec, module.bits
+    bit_width = bits_at(bits, precision)
+    if spec.activation == "none":
+        return x, 1.0, q.FP_BITS
+    if spec.activation == "dorefa":
+        return q.dorefa_activation(x, bit_width), q.unit_grid_scale(bit_width), bit_width
+    step = _act_step(module, x)
+    # LSQ's N for activations: the features of one example (the batch does not count).
+    per_example = max(x.size // max(x.shape[0], 1), 1) if x.ndim > 1 else x.size
+    return (q.lsq_quantize(x, step[precision], bit_width, signed=spec.signed_activations, num_elements=per_example),
+            q.lsq_grid_scale(step[precision], bit_width), bit_width)
+
+
+def check_exact_codes(module: nn.Module, dtype) -> None:
+    """A low-precision compute dtype holds integer codes exactly only up to `q.max_exact_bits`
+    (bfloat16: 8 bits): raise `ConfigError` for a quantized bit-width above that."""
+    limit = q.max_exact_bits(dtype)
+    wide = tuple(b for b in module.bits if limit < b < q.FP_BITS)
+    if wide:
+        name = jnp.dtype(dtype).name
+        raise ConfigError(f"{type(module).__name__} {module.name}: bits {wide} with {name} inputs: {name} carries "
+                          f"integer codes exactly only up to {limit} bits; use dtype float32 for "
+                          f"{limit + 1}..16 bits")
+
+
+def _grid_operands(module: nn.Module, x: jax.Array, kernel: jax.Array, precision):
+    """``(n_x, n_w, scale)`` for a low-precision ``x``: the integer-valued operands in ``x``'s
+    dtype and ``stop_gradient(s_x * s_w)``, so ``conv(n_x, n_w) * scale`` is ``conv(x_hat, w_hat)``
+    on the exact grid (module docstring). Quantizes ``x.astype(float32)``."""
+    dtype = x.dtype
+    if module.spec.weight != "none" or module.spec.activation != "none":
+        check_exact_codes(module, dtype)
+    x_hat, s_x, b_x = _input_on_grid(module, x.astype(jnp.float32), precision)
+    w_hat, s_w, b_w = _weight_on_grid(module, kernel, precision)
+    n_x = q.grid_integers(x_hat, s_x, b_x).astype(dtype)
+    n_w = q.grid_integers(w_hat, s_w, b_w).astype(dtype)
+    return n_x, n_w, jax.lax.stop_gradient(jnp.asarray(s_x, jnp.float32) * jnp.asarray(s_w, jnp.float32))
+
+
+def _integer_conv(x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        preferred_element_type=jnp.int32)
+
+
+class QuantConv(nn.Module):
+    """2-D convolution (NHWC) with quantized weights and inputs at ``bits[precision]``;
+    ``feature_group_count`` > 1 makes it grouped (``= C_in``: depthwise, as MobileNetV2's).
+    Output in the input's dtype; bfloat16 inputs run the exact-grid conv (module docstring).
+    ``conv_batching``/``weight_gradient``: `precision_conv`'s (``auto``: per backend)."""
+    features: int
+    kernel_size: Sequence[int] = (3, 3)
+    strides: Sequence[int] = (1, 1)
+    padding: Any = "SAME"
+    use_bias: bool = False
+    bits: tuple[int, ...] = (q.FP_BITS,)
+    spec: QuantSpec = QuantSpec()
+    conv_batching: str = "auto"
+    weight_gradient: str = "auto"
+    kernel_init: Callable = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+    feature_group_count: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, precision) -> jax.Array:
+        groups = self.feature_group_count
+        if groups < 1 or x.shape[-1] % groups or self.features % groups:
+            raise ConfigError(f"QuantConv: {x.shape[-1]} input and {self.features} output channels do not "
+                              f"split into {groups} groups")
+        shape = tuple(self.kernel_size) + (x.shape[-1] // groups, self.features)
+        if self.spec.weight == "codes":
+            if groups != 1:
+                raise ConfigError("weight='codes' (the vertical-layered artefact) supports ungrouped convs only")
+            y = self._codes_conv(q.as_float32(x), precision, shape)
+        else:
+            y = self._conv(x, precision, shape)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+        return y.astype(x.dtype)
+
+    def _codes_conv(self, x, precision, shape):
+        """Inference from stored k-bit offset-binary codes ``u``: ``w = (u - (2^k-1)/2) s_k``.
+
+        Integer execution with LSQ activation codes ``a = round(clip(x/s_a, 0, 2^k-1))``:
+        ``y = s_a s_k / 2 * (2 conv(a, u) - (2^k-1) conv(a, 1))`` with int32 accumulation (the
+        mid-rise offset is a zero point); bit-serial replaces ``conv(a, u)`` by
+        ``sum_i 2^i conv(a, plane_i)`` over the weight's bit planes.
+        Computes in float32 (a bfloat16 input is cast up; the layer casts the output back).
+        """
+        codes = self.param("codes", nn.initializers.zeros, shape, jnp.int32)
+        code_step = self.param("code_step", nn.initializers.ones,
+                               (self.features,) if self.spec.per_channel else (), jnp.float32)
+        bit_width = bits_at(self.bits, precision)
+        if self.spec.execution == "fake_quant":
+            kernel = q.midrise_dequantize(codes, code_step, bit_width)
+            return lowering.precision_conv(_quantize_input(self, x, precision), kernel.astype(x.dtype), self.strides,
+                                  self.padding, self.conv_batching, self.weight_gradient)
+        act_step = _act_step(self, x)[precision]
+        a = q.lsq_codes(x, act_step, bit_width, signed=False)
+        strides = tuple(self.strides)
+        if self.spec.execution == "integer":
+            accumulated = _integer_conv(a, codes, strides, self.padding)
+        else:
+            planes = max(b for b in self.bits if b < q.FP_BITS)  # codes have at most this many bits
+            accumulated = sum(jnp.left_shift(_integer_conv(a, jnp.right_shift(codes, i) & 1, strides, self.padding), i)
+                              for i in range(planes))
+        window_sums = _integer_conv(a, jnp.ones(shape[:-1] + (1,), jnp.int32), strides, self.padding)
+        odd_levels = 2 * accumulated - (jnp.left_shift(1, bit_width) - 1) * window_sums  # 2 (u - c) summed
+        return odd_levels.astype(jnp.float32) * (act_step * code_step * 0.5)
+
+    def _conv(self, x, precision, shape):
+        kernel = self.param("kernel", self.kernel_init, shape)
+        conv = functools.partial(lowering.precision_conv, strides=self.strides, padding=self.padding,
+                                 batching=self.conv_batching, weight_gradient=self.weight_gradient,
+                                 groups=self.feature_group_count)
+        if q.is_low_precision(x.dtype):  # exact grid: conv(n_x, n_w) * s_x s_w, float32
+            n_x, n_w, scale = _grid_operands(self, x, kernel, precision)
+            return conv(n_x, n_w) * scale
+        x = _quantize_input(self, x, precision)
+        kernel = _quantize_weight(self, kernel, precision)
+        return conv(x, kernel.astype(x.dtype))
+
+
+class QuantDense(nn.Module):
+    """Dense layer with quantized weights and inputs at ``bits[precision]``; output in the
+    input's dtype (bfloat16: ``(n_x @ n_w) * s_x s_w`` on the exact grid, float32 accumulation)."""
+    features: int
+    use_bias: bool = True
+    bits: tuple[int, ...] = (q.FP_BITS,)
+    spec: QuantSpec = QuantSpec()
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, precision) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+        dtype = x.dtype
+        if q.is_low_precision(dtype):
+            n_x, n_w, scale = _grid_operands(self, x, kernel, precision)
+            y = jnp.matmul(n_x, n_w, preferred_element_type=jnp.float32) * scale
+        else:
+            x = _quantize_input(self, x, precision)
+            kernel = _quantize_weight(self, kernel, precision)
+            y = x @ kernel.astype(x.dtype)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+        return y.astype(dtype)
