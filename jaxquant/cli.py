@@ -99,7 +99,7 @@ def _report(config, dataset, accuracies: dict, workdir: pathlib.Path, seconds: f
 def _accuracies(config, dataset, trainer, state, recalibrate_batches: int = 0) -> dict[int, float]:
     """Test accuracy per trained bit-width; a vertical run, at every bit-width 2..B it can run at."""
     if config.method == "vertical":
-        from jaxquant.export import evaluate_every_bit_width
+        from jaxquant.methods.vertical import evaluate_every_bit_width
         return evaluate_every_bit_width(config, dataset, trainer, state, recalibrate_batches)
     from jaxquant.training import evaluate_dataset
     return evaluate_dataset(trainer, state, dataset, config.eval_batch_size)

@@ -38,63 +38,6 @@ _PREFIX = struct.Struct("<4sIQ")  # magic, version, header length
 
 
 # ----------------------------------------------------------------------------------------------
-# Any-bit-width evaluation of a vertical run (trained on a subset or not).
-
-def expanded_variables(config, num_classes: int, variables, target_bits, image_shape):
-    """Variables of the model built for ``target_bits`` (see `methods.vertical.select_precisions`:
-    an untrained bit-width borrows BatchNorm and a rescaled activation step)."""
-    from jaxquant.methods import build_model, method_module, vertical
-    spec = method_module(config.method).quant_spec(config)
-    sample = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-    per_precision = vertical.per_precision_leaves(
-        lambda b: build_model(with_bits(config, b), num_classes, spec), tuple(config.bits), sample)
-    return vertical.select_precisions(variables, per_precision, tuple(config.bits), tuple(target_bits),
-                                      spec.signed_activations), per_precision
-
-
-def variables_for_bits(config, dataset, state, target_bits, recalibrate_batches: int = 0,
-                       log: Callable[[str], None] = print):
-    """``(variables, per_precision)`` of a vertical run's model built for ``target_bits``: trained
-    rows copied, untrained bit-widths given borrowed BatchNorm and a rescaled activation step,
-    whose BatchNorm statistics are then re-estimated from ``recalibrate_batches`` training
-    batches when asked (`methods.vertical.recalibrate_batch_norm`)."""
-    from jaxquant.methods import build_model, method_module, vertical
-    target_bits = tuple(target_bits)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    variables, per_precision = expanded_variables(config, dataset.num_classes, variables, target_bits,
-                                                  dataset.image_shape)
-    untrained = [i for i, b in enumerate(target_bits) if b not in config.bits]
-    if recalibrate_batches and untrained:
-        from jaxquant.data import batch_indices, make_preprocess
-        spec = method_module(config.method).quant_spec(config)
-        model = build_model(with_bits(config, target_bits), dataset.num_classes, spec)
-        n = dataset.train_size
-        batches = (dataset.train_examples(batch_indices(config.seed + 1, i, n, config.batch_size), config.seed + 1, i)[0]
-                   for i in range(recalibrate_batches))
-        variables = vertical.recalibrate_batch_norm(model, variables, batches, untrained,
-                                                    make_preprocess(dataset.mean, dataset.std))
-        log(f"re-estimated BatchNorm of untrained bit-widths {[target_bits[i] for i in untrained]} "
-            f"from {recalibrate_batches} batches")
-    return variables, per_precision
-
-
-def evaluate_every_bit_width(config, dataset, trainer, state, recalibrate_batches: int = 0,
-                             log: Callable[[str], None] = print) -> dict[int, float]:
-    """Test accuracy of a vertical run at every bit-width 2..B (and FP when trained), including
-    bit-widths it was not trained on (see `variables_for_bits`)."""
-    from jaxquant.methods import build_model, method_module, vertical
-    from jaxquant.training import TrainState, evaluate_dataset
-    spec = method_module(config.method).quant_spec(config)
-    bits = vertical.evaluation_bits(tuple(config.bits), spec.source_bits)
-    variables, _ = variables_for_bits(config, dataset, state, bits, recalibrate_batches, log)
-    model = build_model(with_bits(config, bits), dataset.num_classes, spec)
-    every = dataclasses.replace(trainer, model=model, bits=bits, loss_weights=None)
-    state = TrainState(step=state.step, params=variables["params"], batch_stats=variables["batch_stats"],
-                       opt_state=None)
-    return evaluate_dataset(every, state, dataset, config.eval_batch_size)
-
-
-# ----------------------------------------------------------------------------------------------
 # Export.
 
 def _crc(data: bytes) -> int:
@@ -145,7 +88,7 @@ def export_vertical(workdir: str | pathlib.Path, out: str | pathlib.Path, basic_
     if not 1 <= basic_bits <= source_bits:
         raise BitWidthError(f"basic_bits must be in 1..{source_bits}, got {basic_bits}")
     bits = tuple(range(basic_bits, source_bits + 1))
-    variables, per_precision = variables_for_bits(config, dataset, state, bits, recalibrate_batches, log)
+    variables, per_precision = vertical.variables_for_bits(config, dataset, state, bits, recalibrate_batches, log)
 
     layers = vertical.quantized_layers(variables["params"])
     layer_set = set(layers)

@@ -33,6 +33,7 @@ where bit-widths differ most).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Iterable, Sequence
 
 import flax.linen as nn
@@ -44,6 +45,7 @@ from jaxquant import nesting
 from jaxquant import quantizers as q
 from jaxquant.errors import BitWidthError, ConfigError
 from jaxquant.layers import QuantSpec
+from jaxquant.runs import with_bits
 
 NAME = "vertical"
 DEFAULT_DISTILLATION = "none"
@@ -143,6 +145,63 @@ def recalibrate_batch_norm(model: nn.Module, variables, batches: Iterable[jax.Ar
     for images in batches:
         stats = update(stats, jnp.asarray(images))
     return {**variables, "batch_stats": stats}
+
+
+# ----------------------------------------------------------------------------------------------
+# Any-bit-width evaluation of a run (trained on a subset of the bit-widths or not).
+
+def expanded_variables(config, num_classes: int, variables, target_bits, image_shape):
+    """Variables of the model built for ``target_bits`` (see `select_precisions`:
+    an untrained bit-width borrows BatchNorm and a rescaled activation step)."""
+    from jaxquant.methods import build_model
+    spec = quant_spec(config)
+    sample = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+    per_precision = per_precision_leaves(
+        lambda b: build_model(with_bits(config, b), num_classes, spec), tuple(config.bits), sample)
+    return select_precisions(variables, per_precision, tuple(config.bits), tuple(target_bits),
+                                      spec.signed_activations), per_precision
+
+
+def variables_for_bits(config, dataset, state, target_bits, recalibrate_batches: int = 0,
+                       log: Callable[[str], None] = print):
+    """``(variables, per_precision)`` of a vertical run's model built for ``target_bits``: trained
+    rows copied, untrained bit-widths given borrowed BatchNorm and a rescaled activation step,
+    whose BatchNorm statistics are then re-estimated from ``recalibrate_batches`` training
+    batches when asked (`recalibrate_batch_norm`)."""
+    from jaxquant.methods import build_model
+    target_bits = tuple(target_bits)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables, per_precision = expanded_variables(config, dataset.num_classes, variables, target_bits,
+                                                  dataset.image_shape)
+    untrained = [i for i, b in enumerate(target_bits) if b not in config.bits]
+    if recalibrate_batches and untrained:
+        from jaxquant.data import batch_indices, make_preprocess
+        spec = quant_spec(config)
+        model = build_model(with_bits(config, target_bits), dataset.num_classes, spec)
+        n = dataset.train_size
+        batches = (dataset.train_examples(batch_indices(config.seed + 1, i, n, config.batch_size), config.seed + 1, i)[0]
+                   for i in range(recalibrate_batches))
+        variables = recalibrate_batch_norm(model, variables, batches, untrained,
+                                                    make_preprocess(dataset.mean, dataset.std))
+        log(f"re-estimated BatchNorm of untrained bit-widths {[target_bits[i] for i in untrained]} "
+            f"from {recalibrate_batches} batches")
+    return variables, per_precision
+
+
+def evaluate_every_bit_width(config, dataset, trainer, state, recalibrate_batches: int = 0,
+                             log: Callable[[str], None] = print) -> dict[int, float]:
+    """Test accuracy of a vertical run at every bit-width 2..B (and FP when trained), including
+    bit-widths it was not trained on (see `variables_for_bits`)."""
+    from jaxquant.methods import build_model
+    from jaxquant.training import TrainState, evaluate_dataset
+    spec = quant_spec(config)
+    bits = evaluation_bits(tuple(config.bits), spec.source_bits)
+    variables, _ = variables_for_bits(config, dataset, state, bits, recalibrate_batches, log)
+    model = build_model(with_bits(config, bits), dataset.num_classes, spec)
+    every = dataclasses.replace(trainer, model=model, bits=bits, loss_weights=None)
+    state = TrainState(step=state.step, params=variables["params"], batch_stats=variables["batch_stats"],
+                       opt_state=None)
+    return evaluate_dataset(every, state, dataset, config.eval_batch_size)
 
 
 # ----------------------------------------------------------------------------------------------
