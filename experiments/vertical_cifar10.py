@@ -26,7 +26,8 @@ import numpy as np
 from jaxquant import cli
 from jaxquant import quantizers as q
 from jaxquant.export import export_vertical, load_vertical
-from jaxquant.runs import load_run, with_bits
+from jaxquant.config import with_bits
+from jaxquant.runs import load_run
 from jaxquant.methods import build_model, vertical
 from jaxquant.report import format_table, plot_accuracy
 from jaxquant.training import accuracy

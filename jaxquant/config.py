@@ -86,3 +86,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
 def to_dict(config: ml_collections.ConfigDict) -> dict:
     """A JSON-friendly copy (tuples become lists)."""
     return config.to_dict()
+
+
+def with_bits(config, bits) -> ml_collections.ConfigDict:
+    """A copy of ``config`` for another tuple of bit-widths."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.bits = tuple(bits)
+    return config

@@ -30,7 +30,8 @@ from jaxquant import nesting
 from jaxquant import quantizers as q
 from jaxquant.errors import BitWidthError, CheckpointError, ConfigError
 from jaxquant.layers import QuantSpec
-from jaxquant.runs import load_run, with_bits
+from jaxquant.config import with_bits
+from jaxquant.runs import load_run
 
 MAGIC = b"JQVL"
 FORMAT_VERSION = 1

@@ -56,10 +56,3 @@ def load_run(workdir: str | pathlib.Path, dataset=None):
     finally:
         checkpointer.close()
     return config, dataset, trainer, state, step
-
-
-def with_bits(config, bits) -> ml_collections.ConfigDict:
-    """A copy of ``config`` for another tuple of bit-widths."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.bits = tuple(bits)
-    return config

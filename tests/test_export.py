@@ -12,6 +12,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 from jaxquant import cli, export, runs
+from jaxquant import config as config_lib
 from jaxquant import quantizers as q
 from jaxquant.errors import BitWidthError, CheckpointError, ConfigError
 from helpers import assert_user_error
@@ -37,7 +38,7 @@ def run(tmp_path_factory):
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     variables, _ = vertical.expanded_variables(config, dataset.num_classes, variables, BITS, dataset.image_shape)
     spec = method_module("vertical").quant_spec(config)
-    model = build_model(runs.with_bits(config, BITS), dataset.num_classes, spec)
+    model = build_model(config_lib.with_bits(config, BITS), dataset.num_classes, spec)
     preprocess = make_preprocess(dataset.mean, dataset.std)
     apply = jax.jit(lambda v, x, p: model.apply(v, preprocess(x, False, None), p, train=False))
     images = np.asarray(dataset.test_images[:96])

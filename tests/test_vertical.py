@@ -419,7 +419,7 @@ def test_source_precision():
 def trained_248(trainer_and_state):
     """Variables of a model for bits (2, 4, 8) whose per-precision rows all differ (the first
     three rows of the (2, 4, 8, 32) state, perturbed)."""
-    from jaxquant.runs import with_bits
+    from jaxquant.config import with_bits
     from jaxquant.methods import build_model
     config = vertical_config((2, 4, 8))
     spec = vertical.quant_spec(config)

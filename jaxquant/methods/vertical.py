@@ -45,7 +45,7 @@ from jaxquant import nesting
 from jaxquant import quantizers as q
 from jaxquant.errors import BitWidthError, ConfigError
 from jaxquant.layers import QuantSpec
-from jaxquant.runs import with_bits
+from jaxquant.config import with_bits
 
 NAME = "vertical"
 DEFAULT_DISTILLATION = "none"
