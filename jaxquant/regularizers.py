@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxquant import quantizers as q
+from jaxquant.params import get_path, quantized_layer_paths
 
 UNITS = ("weight", "code")
 REDUCTIONS = ("sum", "mean")
@@ -203,23 +204,7 @@ class LayerQuantizer:
 def lsq_layers(params, bits) -> dict[tuple[str, ...], LayerQuantizer]:
     """The LSQ-quantized layers of a params tree (a ``kernel`` beside a ``weight_step``) by path,
     each at the model's ``bits``."""
-    found = {}
-
-    def walk(tree, path):
-        if "kernel" in tree and "weight_step" in tree:
-            found[path] = LayerQuantizer(tuple(bits))
-        for name, child in tree.items():
-            if hasattr(child, "items"):
-                walk(child, path + (name,))
-
-    walk(params, ())
-    return found
-
-
-def get_path(tree, path: tuple[str, ...]):
-    for name in path:
-        tree = tree[name]
-    return tree
+    return {path: LayerQuantizer(tuple(bits)) for path in quantized_layer_paths(params)}
 
 
 def layer_bins(layer_params: Mapping[str, Any], layer: LayerQuantizer, precision, *, units: str = "weight",

@@ -45,7 +45,8 @@ import numpy as np
 from jaxquant import regularizers
 from jaxquant.errors import ConfigError
 from jaxquant.layers import QuantConv, QuantDense, QuantSpec
-from jaxquant.regularizers import LayerQuantizer, get_path
+from jaxquant.params import get_path
+from jaxquant.regularizers import LayerQuantizer
 from jaxquant.report import save_figure
 
 NAME = "binreg"

@@ -45,6 +45,8 @@ from jaxquant import nesting
 from jaxquant import quantizers as q
 from jaxquant.errors import BitWidthError, ConfigError
 from jaxquant.layers import QuantSpec
+from jaxquant.params import get_path, replace_path
+from jaxquant.params import quantized_layer_paths as quantized_layers
 from jaxquant.config import with_bits
 
 NAME = "vertical"
@@ -206,41 +208,6 @@ def evaluate_every_bit_width(config, dataset, trainer, state, recalibrate_batche
 
 # ----------------------------------------------------------------------------------------------
 # Quantized layers and their k-bit weights.
-
-def quantized_layers(params) -> list[tuple[str, ...]]:
-    """Paths of the layers with a quantized kernel (a ``kernel`` beside a ``weight_step``)."""
-    found = []
-
-    def walk(tree, path):
-        if isinstance(tree, dict) or hasattr(tree, "items"):
-            if "kernel" in tree and "weight_step" in tree:
-                found.append(path)
-            for name, child in tree.items():
-                if hasattr(child, "items"):
-                    walk(child, path + (name,))
-
-    walk(params, ())
-    return found
-
-
-def get_path(tree, path):
-    for name in path:
-        tree = tree[name]
-    return tree
-
-
-def replace_path(tree, path, **values):
-    """A copy of nested dict ``tree`` whose dict at ``path`` has ``values`` set (None deletes)."""
-    if not path:
-        new = dict(tree)
-        for k, v in values.items():
-            if v is None:
-                new.pop(k, None)
-            else:
-                new[k] = v
-        return new
-    return {**tree, path[0]: replace_path(tree[path[0]], path[1:], **values)}
-
 
 def frozen_weight_spec(spec: QuantSpec) -> QuantSpec:
     """The spec of a model whose quantized kernels are given already quantized (no weight
