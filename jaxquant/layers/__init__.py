@@ -31,7 +31,7 @@ nothing snapped. A bfloat16 layer with a quantized bit-width above 8 raises `Con
 on CPU and ``native`` on GPU/TPU; ``weight_gradient`` ``auto`` is ``im2col`` on CPU and ``xla``
 elsewhere (`resolve_weight_gradient`).
 """
-from jaxquant.layers.batchnorm import PrecisionBatchNorm, batch_norm_train
+from jaxquant.layers.batchnorm import PrecisionBatchNorm, batch_moments, batch_norm_train, normalize
 from jaxquant.layers.conv import (
     CONV_BATCHINGS,
     WEIGHT_GRADIENTS,
@@ -62,5 +62,5 @@ __all__ = ["WEIGHT_QUANTIZERS", "EXECUTIONS", "ACTIVATION_QUANTIZERS", "QUANTIZE
            "QuantSpec", "FULL_PRECISION", "CONV_BATCHINGS", "WEIGHT_GRADIENTS",
            "resolve_conv_batching", "resolve_weight_gradient", "conv_forward", "conv_backward",
            "conv_weight_gradient", "precision_conv", "bits_at", "check_exact_codes", "QuantConv",
-           "QuantDense", "batch_norm_train", "PrecisionBatchNorm", "INTERVAL_INIT",
-           "WEIGHT_INTERVAL_STDS", "BranchSelection", "MultiBranchConv"]
+           "QuantDense", "batch_norm_train", "batch_moments", "normalize", "PrecisionBatchNorm",
+           "INTERVAL_INIT", "WEIGHT_INTERVAL_STDS", "BranchSelection", "MultiBranchConv"]

@@ -22,13 +22,23 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon) -
     return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
 
 
-def _batch_norm_train_fwd(x, scale, bias, epsilon):
+def batch_moments(x: jax.Array, average=lambda v: v) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and biased variance over all axes but the last, in float32;
+    ``average`` combines each statistic across devices (e.g. a ``pmean``) before it is used."""
     x32 = q.as_float32(x)
     axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(x32, axis=axes)
-    var = jnp.mean(jnp.square(x32 - mean), axis=axes)
-    y = (x32 - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias
-    return (y.astype(x.dtype), mean, var), (x, mean, var, scale, epsilon)
+    mean = average(jnp.mean(x32, axis=axes))
+    return mean, average(jnp.mean(jnp.square(x32 - mean), axis=axes))
+
+
+def normalize(x: jax.Array, mean, var, scale, bias, epsilon) -> jax.Array:
+    """``(x - mean) / sqrt(var + eps) * scale + bias`` in float32, the result in ``x``'s dtype."""
+    return ((q.as_float32(x) - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias).astype(x.dtype)
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon):
+    mean, var = batch_moments(x)
+    return (normalize(x, mean, var, scale, bias, epsilon), mean, var), (x, mean, var, scale, epsilon)
 
 
 def _batch_norm_train_bwd(res, cotangents):
@@ -78,18 +88,15 @@ class PrecisionBatchNorm(nn.Module):
         return value.at[precision].set(new)
 
     def _normalize(self, x, mean, var, scale, bias):
-        """``(x - mean) / sqrt(var + eps) * scale + bias`` in float32, the result in ``x``'s dtype."""
-        return ((q.as_float32(x) - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias).astype(x.dtype)
+        """`normalize` with this layer's epsilon."""
+        return normalize(x, mean, var, scale, bias, self.epsilon)
 
     def _train(self, x, scale, bias):
         """``(y, mean, var)`` of the batch."""
         if self.axis_name is None:
             return batch_norm_train(x, scale, bias, jnp.float32(self.epsilon))
         # Statistics over every device: autodiff through pmean.
-        x32 = q.as_float32(x)
-        axes = tuple(range(x.ndim - 1))
-        mean = jax.lax.pmean(jnp.mean(x32, axis=axes), self.axis_name)
-        var = jax.lax.pmean(jnp.mean(jnp.square(x32 - mean), axis=axes), self.axis_name)
+        mean, var = batch_moments(x, lambda v: jax.lax.pmean(v, self.axis_name))
         return self._normalize(x, mean, var, scale, bias), mean, var
 
     @nn.compact

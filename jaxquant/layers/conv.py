@@ -141,9 +141,7 @@ def conv_weight_gradient(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ..
     choice. Low-precision ``x`` (bfloat16): ``g`` is cast to it and the matmuls accumulate in
     float32; the result has ``x``'s dtype.
     """
-    low_precision = q.is_low_precision(x.dtype)
-    if low_precision:
-        g = g.astype(x.dtype)
+    g = g.astype(x.dtype)  # bfloat16 x: bfloat16 operands; the matmuls accumulate in float32
     kh, kw, c, o = kernel_shape
     n = x.shape[0]
     oh, ow = g.shape[1:3]

@@ -43,11 +43,11 @@ import numpy as np
 
 from jaxquant import nesting
 from jaxquant import quantizers as q
+from jaxquant.config import with_bits
 from jaxquant.errors import BitWidthError, ConfigError
 from jaxquant.layers import QuantSpec
 from jaxquant.params import get_path, replace_path
 from jaxquant.params import quantized_layer_paths as quantized_layers
-from jaxquant.config import with_bits
 
 NAME = "vertical"
 DEFAULT_DISTILLATION = "none"
@@ -161,7 +161,7 @@ def expanded_variables(config, num_classes: int, variables, target_bits, image_s
     per_precision = per_precision_leaves(
         lambda b: build_model(with_bits(config, b), num_classes, spec), tuple(config.bits), sample)
     return select_precisions(variables, per_precision, tuple(config.bits), tuple(target_bits),
-                                      spec.signed_activations), per_precision
+                             spec.signed_activations), per_precision
 
 
 def variables_for_bits(config, dataset, state, target_bits, recalibrate_batches: int = 0,
@@ -184,7 +184,7 @@ def variables_for_bits(config, dataset, state, target_bits, recalibrate_batches:
         batches = (dataset.train_examples(batch_indices(config.seed + 1, i, n, config.batch_size), config.seed + 1, i)[0]
                    for i in range(recalibrate_batches))
         variables = recalibrate_batch_norm(model, variables, batches, untrained,
-                                                    make_preprocess(dataset.mean, dataset.std))
+                                           make_preprocess(dataset.mean, dataset.std))
         log(f"re-estimated BatchNorm of untrained bit-widths {[target_bits[i] for i in untrained]} "
             f"from {recalibrate_batches} batches")
     return variables, per_precision

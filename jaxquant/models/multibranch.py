@@ -210,8 +210,6 @@ class _BranchListBatchNorm(PrecisionBatchNorm):
         return [PrecisionBatchNorm._normalize(self, *chunk) for chunk in self._chunks(xs, mean, var, scale, bias)]
 
     def _train(self, xs, scale, bias):
-        if self.axis_name is not None:
-            raise ConfigError("the branch-list BatchNorm has no cross-device statistics (axis_name)")
         ys, means, variances = zip(*(PrecisionBatchNorm._train(self, *chunk) for chunk in self._chunks(xs, scale, bias)))
         return list(ys), jnp.concatenate(means), jnp.concatenate(variances)
 
