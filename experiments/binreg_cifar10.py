@@ -48,9 +48,9 @@ class Run:
 PLAN = tuple(
     [run for b in (2, 3, 4) for run in (Run("LSQ", f"lsq_{b}", b, (("method", "lsq"),)),
                                        Run("LSQ + BR (two-stage)", f"binreg_{b}", b))]
-    + [Run("LSQ + BR, joint from the start", "binreg_2_joint", 2, (("binreg_schedule", "joint"),), "ablation"),
-       Run("LSQ + BR, alternating epochs", "binreg_2_alternating", 2, (("binreg_schedule", "alternating"),), "ablation"),
-       Run("LSQ + BR (two-stage), code units", "binreg_2_code", 2, (("binreg_units", "code"),), "ablation")])
+    + [Run("LSQ + BR, joint from the start", "binreg_2_joint", 2, (("binreg.schedule", "joint"),), "ablation"),
+       Run("LSQ + BR, alternating epochs", "binreg_2_alternating", 2, (("binreg.schedule", "alternating"),), "ablation"),
+       Run("LSQ + BR (two-stage), code units", "binreg_2_code", 2, (("binreg.units", "code"),), "ablation")])
 
 
 def train_argv(run: Run, root: pathlib.Path, args) -> list[str]:

@@ -4,9 +4,9 @@ for a trained run: the norm of ``lambda * dBR/dkernel`` and ``lambda * dBR/dstep
 
   python experiments/binreg_gradient_scale.py --workdir runs/binreg_cifar10/binreg_2 [--lam 0.5]
 
-The numbers quoted in `jaxquant.methods.binreg`'s docstring come from this script on a 3-epoch,
+The numbers quoted in docs/methods/binreg.md come from this script on a 3-epoch,
 2-bit digits run (``jaxquant train --config.method=binreg --config.bits=2 --config.epochs=3
---config.widths="(16, 32)" --config.binreg_schedule=joint``).
+--config.widths="(16, 32)" --config.binreg.schedule=joint``).
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 TITLE = "CIFAR-10 (JPEG-rebuilt) test accuracy (%), 10,000 test images"
 RUNS = {  # row label: (config file, overrides)
     "MBQuant, amortised selection, distillation": ("cifar10_mbquant_cpu.py", []),
-    "MBQuant, naive selection, distillation": ("cifar10_mbquant_cpu.py", ["--config.selection=naive"]),
+    "MBQuant, naive selection, distillation": ("cifar10_mbquant_cpu.py", ["--config.mbquant.selection=naive"]),
     "MBQuant, amortised selection, no distillation": ("cifar10_mbquant_cpu.py", ["--config.distillation=none"]),
     "Any-Precision DNN, same quantized-body size": ("cifar10_anyprecision_cpu.py", []),
 }
@@ -65,7 +65,7 @@ def quantized_body_weights(config_file: str) -> int:
 
 def bitops_lines(config_file: str) -> list[str]:
     config = load_config(HERE / "configs" / config_file)
-    convs = mbquant.multibranch_cnn_convs(tuple(config.widths), tuple(config.partial_widths), 32, config.stem_pool)
+    convs = mbquant.multibranch_cnn_convs(tuple(config.widths), tuple(config.mbquant.partial_widths), 32, config.stem_pool)
     table = mbquant.bitops_table(convs, tuple(config.bits))
     return [f"{b}-bit {ours / 1e6:.1f} M ({ratio:.3f} x b*b)" for b, (ours, _, ratio) in table.items()]
 

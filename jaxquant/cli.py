@@ -97,10 +97,12 @@ def _report(config, dataset, accuracies: dict, workdir: pathlib.Path, seconds: f
 
 
 def _accuracies(config, dataset, trainer, state, recalibrate_batches: int = 0) -> dict[int, float]:
-    """Test accuracy per trained bit-width; a vertical run, at every bit-width 2..B it can run at."""
-    if config.method == "vertical":
-        from jaxquant.methods.vertical import evaluate_every_bit_width
-        return evaluate_every_bit_width(config, dataset, trainer, state, recalibrate_batches)
+    """Test accuracy per trained bit-width, or the method's own evaluation (`Method.evaluate`; a
+    vertical run: every bit-width 2..B it can run at)."""
+    from jaxquant.methods import get_method
+    method = get_method(config.method)
+    if method.evaluate is not None:
+        return method.evaluate(config, dataset, trainer, state, recalibrate_batches)
     from jaxquant.training import evaluate_dataset
     return evaluate_dataset(trainer, state, dataset, config.eval_batch_size)
 

@@ -30,7 +30,39 @@ def load_config(path: str | pathlib.Path | None = None) -> ml_collections.Config
         sys.path.remove(str(path.parent.resolve()))
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} has no get_config() function")
-    return module.get_config()
+    return upgrade_legacy_keys(module.get_config())
+
+
+def legacy_keys() -> dict[str, str]:
+    """``{old flat key: 'method.key'}``: the keys older configs set at the top level that now
+    live in a method's section (`jaxquant.methods.Method.legacy_keys`)."""
+    from jaxquant.methods import METHODS
+    return {old: f"{m.name}.{new}" for m in METHODS.values() for old, new in m.legacy_keys.items()}
+
+
+def _deprecated(old: str, new: str) -> None:
+    print(f"jaxquant: config.{old} is deprecated and will be removed in the next release; "
+          f"use config.{new}", file=sys.stderr)
+
+
+def upgrade_legacy_keys(config: ml_collections.ConfigDict, warn: bool = True) -> ml_collections.ConfigDict:
+    """Move the flat keys of an older config into their method's section, in place (a one-line
+    deprecation message each unless ``warn`` is False, as for a stored run); return the config."""
+    for old, new in legacy_keys().items():
+        if old not in config:
+            continue
+        name, key = new.split(".")
+        value = config[old]
+        del config[old]
+        if name not in config:
+            from jaxquant.methods import get_method
+            config[name] = ml_collections.ConfigDict(dict(get_method(name).section))
+        if isinstance(config[name][key], tuple) and isinstance(value, list):
+            value = tuple(value)
+        config[name][key] = value
+        if warn:
+            _deprecated(old, new)
+    return config
 
 
 def _parse_value(text: str):
@@ -51,7 +83,12 @@ def _all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
 
 
 def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
-    """Set ``config.<key>`` (dotted) from command-line text, keeping the field's type."""
+    """Set ``config.<key>`` (dotted) from command-line text, keeping the field's type. A flat key
+    of an older config is set in its method's section, with a deprecation message."""
+    renamed = legacy_keys().get(key) if "." not in key and key not in config else None
+    if renamed:
+        _deprecated(key, renamed)
+        key = renamed
     *parents, leaf = key.split(".")
     node = config
     for part in parents:

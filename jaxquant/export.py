@@ -75,12 +75,12 @@ def export_vertical(workdir: str | pathlib.Path, out: str | pathlib.Path, basic_
     ``recalibrate_batches``: re-estimate the BatchNorm statistics of bit-widths that were not
     trained from that many training batches (`methods.vertical.recalibrate_batch_norm`).
     """
-    from jaxquant.methods import vertical
+    from jaxquant.methods import get_method, vertical
     config, dataset, trainer, state, step = load_run(workdir, dataset)
-    if config.method != "vertical":
+    if get_method(config.method) is not vertical.METHOD:
         raise ConfigError(f"{workdir} trained method {config.method!r}; only a vertical run has bit planes")
-    if config.cascade != "floor":
-        raise ConfigError(f"cascade {config.cascade!r} has no clean bit planes (its residual is in "
+    if config.vertical.cascade != "floor":
+        raise ConfigError(f"cascade {config.vertical.cascade!r} has no clean bit planes (its residual is in "
                           "{-1, 0, 1}); export needs cascade='floor'")
     if config.first_last_bits:
         raise ConfigError("export needs full-precision first and last layers (first_last_bits=0)")
@@ -243,7 +243,7 @@ def load_vertical(path: str | pathlib.Path, bits: int, execution: str = "fake_qu
         node["codes"] = codes
     config = ml_collections.ConfigDict(header["config"])
     config.widths = tuple(config.widths)
-    spec = QuantSpec(weight="codes", activation="lsq", per_channel=bool(config.per_channel), execution=execution)
+    spec = QuantSpec(q.StoredCodes(per_channel=bool(config.per_channel)), q.LSQ.for_activations(), execution=execution)
     model = build_model(with_bits(config, (bits,)), header["num_classes"], spec)
     preprocess = make_preprocess(header["mean"], header["std"])
     variables = jax.tree_util.tree_map(jnp.asarray, variables)

@@ -23,8 +23,10 @@ def config_from_json(path: pathlib.Path) -> ml_collections.ConfigDict:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); restore it or retrain") from e
+    from jaxquant.config import upgrade_legacy_keys
     from jaxquant.configs.base import base_config
-    return ml_collections.ConfigDict(_with_defaults(raw, base_config()))
+    # A run written before the method sections has flat keys: they win over the defaults.
+    return upgrade_legacy_keys(ml_collections.ConfigDict(_with_defaults(raw, base_config())), warn=False)
 
 
 def _with_defaults(raw: dict, defaults: ml_collections.ConfigDict) -> dict:

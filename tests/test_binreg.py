@@ -227,15 +227,19 @@ def tiny_config(method="binreg", **overrides):
     config = base_config()
     config.method, config.bits, config.widths, config.epochs = method, (2, 4), (4, 8), 3
     config.distillation = "none"
-    for key, value in overrides.items():
-        config[key] = value
+    for key, value in overrides.items():  # binreg__schedule=... sets config.binreg.schedule
+        section, _, leaf = key.partition("__")
+        if leaf:
+            config[section][leaf] = value
+        else:
+            config[key] = value
     return config
 
 
 def test_train_step_adds_lambda_times_br_and_reports_it():
     dataset = tiny_dataset()
     images, labels = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
-    trainer = build_trainer(tiny_config(binreg_schedule="two_stage", binreg_start_epochs=1.0), dataset, steps_per_epoch=2)
+    trainer = build_trainer(tiny_config(binreg__schedule="two_stage", binreg__start_epochs=1.0), dataset, steps_per_epoch=2)
     state = jax.jit(trainer.init)(jax.random.key(0), images)
     step = jax.jit(trainer.train_step)
     _, during_ce = step(state, images, labels, jax.random.key(1))  # step 0 < 2: CE only
@@ -254,7 +258,7 @@ def test_train_step_adds_lambda_times_br_and_reports_it():
 def test_binreg_lambda_applies_to_multi_precision_methods(method):
     dataset = tiny_dataset()
     images = jnp.asarray(dataset.train_images)
-    trainer = build_trainer(tiny_config(method=method, bits=(2, 4, 32), binreg_lambda=0.5, binreg_schedule="joint"),
+    trainer = build_trainer(tiny_config(method=method, bits=(2, 4, 32), binreg__lambda_=0.5, binreg__schedule="joint"),
                             dataset, steps_per_epoch=2)
     assert trainer.regularizer is not None
     state = trainer.init(jax.random.key(0), images)
@@ -262,18 +266,18 @@ def test_binreg_lambda_applies_to_multi_precision_methods(method):
     values = np.asarray(reg["regularizer_per_precision"])
     assert values.shape == (3,) and np.all(values[:2] > 0) and values[2] == 0.0  # FP contributes nothing
     layers = binreg.model_layers(trainer.model, images[:1])
-    assert {layer.weight for layer in layers.values()} == {"vertical" if method == "vertical" else "dorefa"}
+    assert {layer.weight.name for layer in layers.values()} == {"vertical" if method == "vertical" else "dorefa"}
     assert build_trainer(tiny_config(method=method), dataset, steps_per_epoch=2).regularizer is None  # default off
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (dict(method="mbquant", binreg_lambda=0.5), "does not apply to method 'mbquant'"),
-    (dict(binreg_schedule="cyclic"), "unknown binreg_schedule"),
-    (dict(binreg_units="bits"), "unknown binreg_units"),
-    (dict(binreg_layer_reduction="max"), "unknown binreg_layer_reduction"),
-    (dict(binreg_start_epochs=3.0), "leaves no epoch of BR"),
-    (dict(binreg_schedule="alternating", binreg_alternate_epochs=0.0), "positive block length"),
-    (dict(binreg_lambda=-0.5), "use a weight >= 0"),
+    (dict(method="mbquant", binreg__lambda_=0.5), "does not apply to method 'mbquant'"),
+    (dict(binreg__schedule="cyclic"), "unknown binreg.schedule"),
+    (dict(binreg__units="bits"), "unknown binreg.units"),
+    (dict(binreg__layer_reduction="max"), "unknown binreg.layer_reduction"),
+    (dict(binreg__start_epochs=3.0), "leaves no epoch of BR"),
+    (dict(binreg__schedule="alternating", binreg__alternate_epochs=0.0), "positive block length"),
+    (dict(binreg__lambda_=-0.5), "use a weight >= 0"),
     (dict(bits=(32,)), "found no quantized weights"),
 ])
 def test_configs_br_cannot_run_are_refused(overrides, match):
@@ -298,7 +302,7 @@ def runs(tmp_path_factory):
     standing in for a second run to compare with."""
     root = tmp_path_factory.mktemp("binreg")
     assert cli.main(["train", "--workdir", str(root / "binreg"), "--config.method=binreg", "--config.bits=2",
-                     "--config.binreg_schedule=joint", "--config.epochs=1", "--config.widths=(8, 8)",
+                     "--config.binreg.schedule=joint", "--config.epochs=1", "--config.widths=(8, 8)",
                      "--config.batch_size=128", "--config.distillation=none", "--no-progress"]) == 0
     shutil.copytree(root / "binreg", root / "lsq")
     return root
@@ -356,7 +360,7 @@ def test_bins_command_user_errors(runs, capsys, argv, match):
 def test_cpu_config_sizes_and_schedules():
     config = load_config(ROOT / "experiments" / "configs" / "cifar10_binreg_cpu.py")
     assert config.method == "binreg" and config.dataset == "cifar10" and tuple(config.widths) == (16, 32, 64, 64)
-    assert config.binreg_schedule == "two_stage" and binreg.resolve_lambda(config) == 0.5
+    assert config.binreg.schedule == "two_stage" and binreg.resolve_lambda(config) == 0.5
     assert 0 < binreg.resolve_start_epochs(config) < config.epochs
 
 
@@ -375,7 +379,7 @@ def test_experiment_plan_and_train_arguments(experiment):
     assert len(plan) == 9 and len({run.name for run in plan}) == 9
     main = [(run.label, run.bits) for run in plan if run.table == "main"]
     assert sorted(main) == sorted((label, b) for b in (2, 3, 4) for label in ("LSQ", "LSQ + BR (two-stage)"))
-    assert {dict(run.overrides).get("binreg_schedule", "two_stage") for run in plan if run.bits == 2} == {
+    assert {dict(run.overrides).get("binreg.schedule", "two_stage") for run in plan if run.bits == 2} == {
         "two_stage", "joint", "alternating"}
     args = experiment.argparse.Namespace(data_dir="/data", epochs=1, no_progress=True)
     argv = experiment.train_argv(plan[0], pathlib.Path("/r"), args)

@@ -7,6 +7,7 @@ import pathlib
 import pytest
 
 from jaxquant.config import load_config
+from jaxquant.config import override as override_key
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -31,14 +32,14 @@ def test_runs_share_budget_and_bits(experiment):
         config = load_config(ROOT / "experiments" / "configs" / config_file)
         for override in overrides:
             key, value = override[len("--config."):].split("=")
-            setattr(config, key, value)
+            override_key(config, key, value)
         configs[label] = config
     assert {c.epochs for c in configs.values()} == {2} and {c.batch_size for c in configs.values()} == {128}
     assert {tuple(c.bits) for c in configs.values()} == {tuple(range(2, 9))}
     labels = list(configs)
-    assert configs[labels[0]].selection == "amortised" and configs[labels[0]].distillation == "largest"
-    assert configs[labels[1]].selection == "naive" and configs[labels[1]].distillation == "largest"
-    assert configs[labels[2]].selection == "amortised" and configs[labels[2]].distillation == "none"
+    assert configs[labels[0]].mbquant.selection == "amortised" and configs[labels[0]].distillation == "largest"
+    assert configs[labels[1]].mbquant.selection == "naive" and configs[labels[1]].distillation == "largest"
+    assert configs[labels[2]].mbquant.selection == "amortised" and configs[labels[2]].distillation == "none"
     assert configs[labels[3]].method == "anyprecision"
 
 

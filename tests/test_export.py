@@ -26,7 +26,7 @@ def run(tmp_path_factory):
     """A finished vertical run (bits 2, 4, 8, FP), its artefact and the trained model for 2..8 bits
     built the way export builds it (untrained 3, 5, 6, 7 bits borrow BatchNorm)."""
     from jaxquant.data import make_preprocess
-    from jaxquant.methods import build_model, method_module, vertical
+    from jaxquant.methods import build_model, get_method, vertical
     tmp = tmp_path_factory.mktemp("vertical")
     workdir = tmp / "w"
     assert cli.main(["train", "--config.method=vertical", "--config.bits=(2, 4, 8, 32)", *TINY,
@@ -37,7 +37,7 @@ def run(tmp_path_factory):
     config, dataset, trainer, state, step = runs.load_run(workdir, None)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     variables, _ = vertical.expanded_variables(config, dataset.num_classes, variables, BITS, dataset.image_shape)
-    spec = method_module("vertical").quant_spec(config)
+    spec = get_method("vertical").quant_spec(config)
     model = build_model(config_lib.with_bits(config, BITS), dataset.num_classes, spec)
     preprocess = make_preprocess(dataset.mean, dataset.std)
     apply = jax.jit(lambda v, x, p: model.apply(v, preprocess(x, False, None), p, train=False))

@@ -529,8 +529,8 @@ def test_precision_conv_invalid_batching():
 # QuantSpec.
 
 def test_quant_spec_rejects_unknown_quantizers():
-    for kwargs in ({"weight": "interval"}, {"activation": "interval"}, {"weight": "LSQ"},
-                   {"activation": "pact"}, {"weight": ""}):
+    for kwargs in ({"weight": "pact"}, {"activation": "vertical"}, {"weight": "LSQ"},
+                   {"activation": "pact"}, {"weight": ""}, {"weight": 3}, {"activation": 1.5}):
         with pytest.raises(ConfigError):
             QuantSpec(**kwargs)
     assert issubclass(ConfigError, JaxquantError) and issubclass(ConfigError, ValueError)

@@ -224,9 +224,9 @@ def test_merge_is_the_mean_of_the_selected_chunks():
 
 def _config(**overrides) -> ml_collections.ConfigDict:
     c = base_config()
-    c.method, c.bits, c.widths, c.partial_widths = "mbquant", (2, 3, 8), (6, 8, 6), (3,)
-    for k, v in overrides.items():
-        setattr(c, k, v)
+    c.method, c.bits, c.widths, c.mbquant.partial_widths = "mbquant", (2, 3, 8), (6, 8, 6), (3,)
+    for k, v in overrides.items():  # MBQuant's own keys go to its section
+        setattr(c.mbquant if k in c.mbquant else c, k, v)
     return c
 
 

@@ -209,9 +209,9 @@ def test_quant_conv_bf16_operands_are_grid_integers_and_output_matches_f32(case,
         (n_x, n_w), = recorded_operands
         assert n_x.dtype == n_w.dtype == BF16
         if b == 32:  # full precision: the values themselves (DoReFa's FP input is ReLU(x))
-            assert_array_equal(np.asarray(n_x), np.asarray(jax.nn.relu(x) if spec.activation == "dorefa" else x))
+            assert_array_equal(np.asarray(n_x), np.asarray(jax.nn.relu(x) if isinstance(spec.activation, q.DoReFaActivation) else x))
             kernel = variables["params"]["kernel"]
-            fp_kernel = q.dorefa_weight(kernel, 32) if spec.weight == "dorefa" else kernel
+            fp_kernel = q.dorefa_weight(kernel, 32) if isinstance(spec.weight, q.DoReFaWeight) else kernel
             assert_array_equal(np.asarray(n_w), np.asarray(fp_kernel.astype(BF16)))
         else:  # |n| <= 2^b - 1 on every grid
             _assert_integers_within(n_x, 2 ** b - 1)

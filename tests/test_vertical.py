@@ -331,7 +331,7 @@ def trainer_and_state(digits):
 def test_vertical_model_layout(trainer_and_state):
     trainer, state = trainer_and_state
     spec = trainer.model.spec
-    assert (spec.weight, spec.activation, spec.source_bits, spec.cascade) == ("vertical", "lsq", 8, "floor")
+    assert (spec.weight.name, spec.activation.name, spec.source_bits, spec.cascade) == ("vertical", "lsq", 8, "floor")
     for layer in ("conv0", "conv1"):
         assert state.params[layer]["weight_step"].shape == ()  # one shared source step, not per precision
         assert state.params[layer]["act_step"].shape == (4,)

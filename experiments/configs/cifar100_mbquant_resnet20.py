@@ -24,9 +24,9 @@ def get_config():
     c.model = "resnet20"
     c.width = 1
     c.bits = (2, 4, 6, 8)
-    c.selection = "amortised"
+    c.mbquant.selection = "amortised"
     c.distillation = "largest"
-    c.interval_init = "batches"
+    c.mbquant.interval_init = "batches"
     c.augment = "crop_flip"
     c.crop_padding = 4
     c.epochs = 200

@@ -15,9 +15,9 @@ def get_config():
     c = lsq_config()
     c.method = "binreg"
     c.bits = (2,)
-    c.binreg_lambda = -1.0          # the method's: 0.5 for binreg (the paper), 0 for the --config.method=lsq baseline
-    c.binreg_schedule = "two_stage"
-    c.binreg_start_epochs = -1.0     # a third of the 200 epochs
-    c.binreg_units = "weight"
-    c.binreg_layer_reduction = "sum"
+    c.binreg.lambda_ = -1.0          # the method's: 0.5 for binreg (the paper), 0 for the --config.method=lsq baseline
+    c.binreg.schedule = "two_stage"
+    c.binreg.start_epochs = -1.0     # a third of the 200 epochs
+    c.binreg.units = "weight"
+    c.binreg.layer_reduction = "sum"
     return c

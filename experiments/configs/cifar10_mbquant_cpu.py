@@ -23,9 +23,9 @@ def get_config():
     c.stem_pool = True
     c.augment = "none"
     c.bits = (2, 3, 4, 5, 6, 7, 8)
-    c.selection = "amortised"
+    c.mbquant.selection = "amortised"
     c.distillation = "largest"
-    c.interval_init = "batches"
+    c.mbquant.interval_init = "batches"
     c.precision_mode = "unroll"
     c.epochs = 2
     c.batch_size = 128

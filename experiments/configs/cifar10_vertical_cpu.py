@@ -17,8 +17,8 @@ def get_config():
     c.stem_pool = True
     c.augment = "none"
     c.bits = (2, 3, 4, 5, 6, 7, 8, 32)
-    c.source_bits = 8
-    c.cascade = "floor"
+    c.vertical.source_bits = 8
+    c.vertical.cascade = "floor"
     c.distillation = "none"
     c.precision_mode = "unroll"
     c.epochs = 4

@@ -36,8 +36,8 @@ def get_config():
     c.first_last_bits = 0            # FP stem and classifier (the artefact needs this)
     c.per_channel = False
     c.bits = (2, 3, 4, 5, 6, 7, 8, 32)
-    c.source_bits = 8
-    c.cascade = "floor"
+    c.vertical.source_bits = 8
+    c.vertical.cascade = "floor"
     c.distillation = "none"
     c.precision_mode = "vmap"
     c.epochs = 200

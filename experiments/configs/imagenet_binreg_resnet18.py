@@ -25,11 +25,11 @@ def get_config():
     c.epochs = 90
     c.batch_size = 256
     c.eval_batch_size = 250
-    c.binreg_lambda = -1.0          # the method's: 0.5 for binreg (the paper), 0 for the --config.method=lsq baseline
-    c.binreg_schedule = "two_stage"
-    c.binreg_start_epochs = 30.0
-    c.binreg_units = "weight"
-    c.binreg_layer_reduction = "sum"
+    c.binreg.lambda_ = -1.0          # the method's: 0.5 for binreg (the paper), 0 for the --config.method=lsq baseline
+    c.binreg.schedule = "two_stage"
+    c.binreg.start_epochs = 30.0
+    c.binreg.units = "weight"
+    c.binreg.layer_reduction = "sum"
     c.optimizer.optimizer = "sgd"
     c.optimizer.learning_rate = 0.01
     c.optimizer.momentum = 0.9

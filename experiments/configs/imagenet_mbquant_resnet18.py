@@ -12,7 +12,7 @@ training batch per bit-width (``init_quant_model``).
 
 ``channel_shuffle=True`` for parity with the code, whose downsample blocks shuffle the residual
 path's channels across the selected branches (`jaxquant.models.multibranch.channel_shuffle_indices`);
-the paper calls the branches independent, so ``--config.channel_shuffle=False`` is the clean variant.
+the paper calls the branches independent, so ``--config.mbquant.channel_shuffle=False`` is the clean variant.
 
 Ours, not the code's: per-bit-width stem BN (the code shares one), ``weight_slots='branch'`` and
 ``weight_interval_std='chunk'`` (set ``'position'`` and ``'filter'`` for the code's interval
@@ -30,11 +30,11 @@ def get_config():
     c.dataset = "imagenet2012"
     c.model = "resnet18"
     c.bits = (2, 4, 6, 8)
-    c.selection = "amortised"
-    c.partial_widths = ()            # the model's default: the code's (40, 76, 184, 396)
-    c.channel_shuffle = True         # the code's cross-branch shuffle in downsample blocks (parity)
+    c.mbquant.selection = "amortised"
+    c.mbquant.partial_widths = ()            # the model's default: the code's (40, 76, 184, 396)
+    c.mbquant.channel_shuffle = True         # the code's cross-branch shuffle in downsample blocks (parity)
     c.distillation = "largest"
-    c.interval_init = "batches"
+    c.mbquant.interval_init = "batches"
     c.augment = "none"               # RandomResizedCrop + flip happen in the input pipeline
     c.epochs = 90
     c.batch_size = 256

@@ -1,4 +1,8 @@
-"""Every key a run understands, with its default. Configs start from `base_config()`."""
+"""Every key a run understands, with its default. Configs start from `base_config()`.
+
+The keys every method shares are here; each method's own keys are its section,
+``config.<method>.<key>`` (``config.mbquant.selection``, ``config.binreg.lambda_``), whose
+defaults the method's file defines (`jaxquant.methods.Method.section`)."""
 import ml_collections
 
 
@@ -19,15 +23,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.quantize_shortcut = False      # quantize 1x1 projection shortcuts
     c.first_last_bits = 0            # 0: FP stem conv and classifier; else their fixed bit-width
     c.per_channel = False            # LSQ / vertical: one weight step per output channel
-    c.source_bits = 8                # vertical: the source bit-width B every precision nests in
-    c.cascade = "floor"              # vertical: floor (bit planes) | round_clip | round_clip_direct
-    c.branches = 4                   # mbquant: branches per body conv (the selection tables are for 4)
-    c.selection = "amortised"        # mbquant: amortised (the paper's) | naive (branch 0 always, the ablation)
-    c.weight_slots = "branch"        # mbquant: weight intervals per physical branch | position (the official code)
-    c.interval_init = "batches"      # mbquant: batches (one training batch per bit-width, ascending, as the code) | none
-    c.weight_interval_std = "chunk"  # mbquant: weight-interval init from the chunk's std | filter (the code's per-filter quirk)
-    c.partial_widths = ()            # mbquant: odd-b partial branch widths (() = the model's default, see models/multibranch.py)
-    c.channel_shuffle = False        # mbquant resnet18/34: the official code's channel shuffle in downsample blocks (mixes the branches; True for code parity)
     c.dtype = "float32"              # compute dtype: float32 | bfloat16 (convs, matmuls, activations; params, optimizer state, loss stay float32; bf16 needs bits <= 8)
     c.conv_batching = "auto"         # auto (CPU: unroll, GPU/TPU: native) | unroll (one plain conv per precision under vmap) | native (XLA's: one grouped conv for all P)
     c.conv_weight_gradient = "auto"  # auto (CPU: im2col, GPU/TPU: xla) | im2col | xla: conv weight gradients
@@ -35,14 +30,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.distillation = "auto"          # auto (the method's: mbquant largest, anyprecision recursive, else none) | none | largest | recursive
     c.loss_weights = ()              # lambda_b per bit-width; () = all ones
     c.precision_mode = "auto"        # auto (mbquant: unroll; others: unroll on CPU, vmap on GPU/TPU) | vmap | unroll
-    # Bin Regularization (methods/binreg.py): L = CE + lambda * L_BR on the quantized weights.
-    c.binreg_lambda = -1.0           # lambda; -1 = the method's (binreg 0.5, the paper's Table 7; others 0 = off); > 0 adds BR to lsq, vertical, anyprecision
-    c.binreg_schedule = "two_stage"  # two_stage (CE only for binreg_start_epochs, then CE + BR) | joint (BR from the start) | alternating (CE-only and CE + BR blocks of binreg_alternate_epochs, CE-only first)
-    c.binreg_start_epochs = -1.0     # two_stage: CE-only epochs first; -1 = a third of epochs (the paper: 30 of 90)
-    c.binreg_alternate_epochs = 1.0  # alternating: length of each block in epochs (fractions allowed)
-    c.binreg_units = "weight"        # weight (w vs code*s, the re-implementation's) | code (w/s vs the integer code)
-    c.binreg_stop_step_gradient = False  # True: BR's gradient does not reach the step sizes
-    c.binreg_layer_reduction = "sum"  # sum (the re-implementation's reading of the paper) | mean over layers
     c.epochs = 10
     c.batch_size = 128               # global batch, split over all devices
     c.eval_batch_size = 500
@@ -66,4 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
     o.quantizer_optimizer = "adam"   # quantizer parameters (LSQ steps, intervals)
     o.quantizer_learning_rate = 1e-3
     o.quantizer_schedule = "cosine"
+    # Each registered method's section (function-local import: the methods register on import).
+    from jaxquant.methods import METHODS
+    for method in METHODS.values():
+        if method.section:
+            c[method.name] = ml_collections.ConfigDict(dict(method.section))
     return c

@@ -48,19 +48,18 @@ from jaxquant.layers.multibranch import (
     BranchSelection,
     MultiBranchConv,
 )
-from jaxquant.layers.quant import QuantConv, QuantDense, bits_at, check_exact_codes
+from jaxquant.layers.quant import QuantConv, QuantDense, bits_at, check_exact_codes, quantizer_params
 from jaxquant.layers.spec import (
-    ACTIVATION_QUANTIZERS,
     EXECUTIONS,
     FULL_PRECISION,
-    QUANTIZER_PARAM_NAMES,
-    WEIGHT_QUANTIZERS,
+    QUANTIZER_PARAM_PREFIXES,
     QuantSpec,
+    is_quantizer_param,
 )
 
-__all__ = ["WEIGHT_QUANTIZERS", "EXECUTIONS", "ACTIVATION_QUANTIZERS", "QUANTIZER_PARAM_NAMES",
+__all__ = ["EXECUTIONS", "QUANTIZER_PARAM_PREFIXES", "is_quantizer_param",
            "QuantSpec", "FULL_PRECISION", "CONV_BATCHINGS", "WEIGHT_GRADIENTS",
            "resolve_conv_batching", "resolve_weight_gradient", "conv_forward", "conv_backward",
-           "conv_weight_gradient", "precision_conv", "bits_at", "check_exact_codes", "QuantConv",
+           "conv_weight_gradient", "precision_conv", "bits_at", "check_exact_codes", "quantizer_params", "QuantConv",
            "QuantDense", "batch_norm_train", "batch_moments", "normalize", "PrecisionBatchNorm",
            "INTERVAL_INIT", "WEIGHT_INTERVAL_STDS", "BranchSelection", "MultiBranchConv"]

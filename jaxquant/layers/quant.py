@@ -24,65 +24,29 @@ def bits_at(bits: Sequence[int], precision) -> int | jax.Array:
     return jnp.asarray(bits, jnp.int32)[precision]
 
 
+def quantizer_params(module: nn.Module, quantizer: q.Quantizer, role: str, x: jax.Array) -> dict:
+    """The learned parameters of ``quantizer`` in ``module``, stored as ``{role}_{name}`` and
+    initialised from ``x`` (as float32) at every bit-width of ``module.bits``."""
+    bits = tuple(module.bits)
+    return {name: module.param(f"{role}_{name}", lambda _, n=name: quantizer.init(q.as_float32(x), bits)[n])
+            for name in quantizer.param_names}
+
+
+def _on_grid(module: nn.Module, quantizer: q.Quantizer, role: str, x: jax.Array, precision):
+    """``(x_hat, s, b)``: ``x`` fake-quantized by ``quantizer`` at ``bits[precision]``, its grid
+    scale (`quantizers.grid_integers`) and the bit-width that decides full precision."""
+    bit_width = bits_at(module.bits, precision)
+    params = quantizer.at(quantizer_params(module, quantizer, role, x), precision)
+    return (quantizer.quantize(x, params, bit_width), quantizer.grid_scale(x, params, bit_width),
+            quantizer.effective_bits(bit_width))
+
+
 def _quantize_weight(module: nn.Module, kernel: jax.Array, precision) -> jax.Array:
-    return _weight_on_grid(module, kernel, precision)[0]
-
-
-def _weight_on_grid(module: nn.Module, kernel: jax.Array, precision):
-    """``(w_hat, s, b)``: the fake-quantized kernel, its grid scale (`quantizers.grid_integers`)
-    and the bit-width that decides full precision (``FP_BITS`` for ``weight='none'``)."""
-    spec, bits = module.spec, module.bits
-    bit_width = bits_at(bits, precision)
-    if spec.weight == "none":
-        return kernel, 1.0, q.FP_BITS
-    if spec.weight == "dorefa":
-        return q.dorefa_weight(kernel, bit_width), q.dorefa_weight_grid_scale(kernel, bit_width), bit_width
-    if spec.weight == "codes":
-        raise ConfigError("weight='codes' is an inference form of QuantConv only")
-    axis = tuple(range(kernel.ndim - 1)) if spec.per_channel else None
-    if spec.weight == "vertical":
-        # One source step at B bits shared by every precision (not per precision).
-        step = module.param("weight_step", lambda _: q.lsq_init_step(
-            kernel, spec.source_bits, signed=True, axis=axis).reshape((-1,) if spec.per_channel else ()))
-        return (q.vertical_weight(kernel, step, bit_width, source_bits=spec.source_bits, cascade=spec.cascade),
-                q.vertical_grid_scale(step, bit_width, source_bits=spec.source_bits, cascade=spec.cascade), bit_width)
-    # LSQ: one step per precision, shape (P,), or (P, out_features) per channel.
-    all_bits = jnp.asarray(bits, jnp.int32)
-    step = module.param(
-        "weight_step",
-        lambda _: jax.vmap(lambda b: q.lsq_init_step(kernel, b, signed=True, axis=axis).reshape(
-            (-1,) if spec.per_channel else ()))(all_bits))
-    return (q.lsq_quantize(kernel, step[precision], bit_width, signed=True),
-            q.lsq_grid_scale(step[precision], bit_width), bit_width)
-
-
-def _act_step(module: nn.Module, x: jax.Array) -> jax.Array:
-    """The LSQ activation steps of a layer, shape (P,), initialised from ``x`` (as float32) at
-    every bit-width."""
-    x = q.as_float32(x)
-    all_bits = jnp.asarray(module.bits, jnp.int32)
-    signed = module.spec.signed_activations
-    return module.param(
-        "act_step", lambda _: jax.vmap(lambda b: q.lsq_init_step(x, b, signed=signed))(all_bits))
+    return _on_grid(module, module.spec.weight, "weight", kernel, precision)[0]
 
 
 def _quantize_input(module: nn.Module, x: jax.Array, precision) -> jax.Array:
-    return _input_on_grid(module, x, precision)[0]
-
-
-def _input_on_grid(module: nn.Module, x: jax.Array, precision):
-    """``(x_hat, s, b)`` of the layer's input, as `_weight_on_grid`."""
-    spec, bits = module.spec, module.bits
-    bit_width = bits_at(bits, precision)
-    if spec.activation == "none":
-        return x, 1.0, q.FP_BITS
-    if spec.activation == "dorefa":
-        return q.dorefa_activation(x, bit_width), q.unit_grid_scale(bit_width), bit_width
-    step = _act_step(module, x)
-    # LSQ's N for activations: the features of one example (the batch does not count).
-    per_example = max(x.size // max(x.shape[0], 1), 1) if x.ndim > 1 else x.size
-    return (q.lsq_quantize(x, step[precision], bit_width, signed=spec.signed_activations, num_elements=per_example),
-            q.lsq_grid_scale(step[precision], bit_width), bit_width)
+    return _on_grid(module, module.spec.activation, "act", x, precision)[0]
 
 
 def check_exact_codes(module: nn.Module, dtype) -> None:
@@ -102,10 +66,10 @@ def _grid_operands(module: nn.Module, x: jax.Array, kernel: jax.Array, precision
     dtype and ``stop_gradient(s_x * s_w)``, so ``conv(n_x, n_w) * scale`` is ``conv(x_hat, w_hat)``
     on the exact grid (module docstring). Quantizes ``x.astype(float32)``."""
     dtype = x.dtype
-    if module.spec.weight != "none" or module.spec.activation != "none":
+    if not all(isinstance(qz, q.FullPrecision) for qz in (module.spec.weight, module.spec.activation)):
         check_exact_codes(module, dtype)
-    x_hat, s_x, b_x = _input_on_grid(module, x.astype(jnp.float32), precision)
-    w_hat, s_w, b_w = _weight_on_grid(module, kernel, precision)
+    x_hat, s_x, b_x = _on_grid(module, module.spec.activation, "act", x.astype(jnp.float32), precision)
+    w_hat, s_w, b_w = _on_grid(module, module.spec.weight, "weight", kernel, precision)
     n_x = q.grid_integers(x_hat, s_x, b_x).astype(dtype)
     n_w = q.grid_integers(w_hat, s_w, b_w).astype(dtype)
     return n_x, n_w, jax.lax.stop_gradient(jnp.asarray(s_x, jnp.float32) * jnp.asarray(s_w, jnp.float32))
@@ -140,7 +104,7 @@ class QuantConv(nn.Module):
             raise ConfigError(f"QuantConv: {x.shape[-1]} input and {self.features} output channels do not "
                               f"split into {groups} groups")
         shape = tuple(self.kernel_size) + (x.shape[-1] // groups, self.features)
-        if self.spec.weight == "codes":
+        if isinstance(self.spec.weight, q.StoredCodes):
             if groups != 1:
                 raise ConfigError("weight='codes' (the vertical-layered artefact) supports ungrouped convs only")
             y = self._codes_conv(q.as_float32(x), precision, shape)
@@ -161,13 +125,13 @@ class QuantConv(nn.Module):
         """
         codes = self.param("codes", nn.initializers.zeros, shape, jnp.int32)
         code_step = self.param("code_step", nn.initializers.ones,
-                               (self.features,) if self.spec.per_channel else (), jnp.float32)
+                               (self.features,) if self.spec.weight.per_channel else (), jnp.float32)
         bit_width = bits_at(self.bits, precision)
         if self.spec.execution == "fake_quant":
             kernel = q.midrise_dequantize(codes, code_step, bit_width)
             return lowering.precision_conv(_quantize_input(self, x, precision), kernel.astype(x.dtype), self.strides,
                                   self.padding, self.conv_batching, self.weight_gradient)
-        act_step = _act_step(self, x)[precision]
+        act_step = quantizer_params(self, self.spec.activation, "act", x)["step"][precision]
         a = q.lsq_codes(x, act_step, bit_width, signed=False)
         strides = tuple(self.strides)
         if self.spec.execution == "integer":

@@ -1,27 +1,26 @@
-"""Methods: each module owns its quantizer choice and defaults; `build_trainer` wires a config
-into a model and a `MultiPrecisionTrainer` (the step itself is shared)."""
+"""Methods: each module defines its `Method` (quantizers, config section, hooks) and registers
+it; `build_trainer` wires a config into a model and a `MultiPrecisionTrainer` through those
+fields alone (the step itself is shared)."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from jaxquant.config import upgrade_legacy_keys
 from jaxquant.data import ArrayDataset, StreamingDataset, make_preprocess
 from jaxquant.errors import ConfigError
 from jaxquant.layers import QuantSpec
 from jaxquant.quantizers import FP_BITS, max_exact_bits
-from jaxquant.methods import anyprecision, binreg, lsq, mbquant, vertical
+from jaxquant.methods import anyprecision, binreg, lsq, mbquant, vertical  # noqa: F401  (they register)
+from jaxquant.methods.base import METHODS, Method, get_method, register, section, unregister
 from jaxquant.models import CifarResNet, MobileNetV2, ResNet, SmallCNN
 from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, make_optimizer
 
-METHODS = {anyprecision.NAME: anyprecision, binreg.NAME: binreg, lsq.NAME: lsq, mbquant.NAME: mbquant,
-           vertical.NAME: vertical}
+__all__ = ["METHODS", "MODELS", "Method", "build_model", "build_trainer", "get_method", "optimizer_config",
+           "register", "resolve_distillation", "resolve_dtype", "resolve_precision_mode", "section", "unregister",
+           "whole_width"]
+
 MODELS = ("small_cnn", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34", "mobilenet_v2")
-
-
-def method_module(name: str):
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
-    return METHODS[name]
 
 
 def whole_width(config) -> int:
@@ -33,10 +32,11 @@ def whole_width(config) -> int:
 
 
 def build_model(config, num_classes: int, spec: QuantSpec):
-    """The model named by ``config.model`` for ``config.bits`` with the method's quantizers
-    (MBQuant: the multi-branch variant, `mbquant.build_model`)."""
-    if config.method == mbquant.NAME:
-        return mbquant.build_model(config, num_classes)
+    """The model named by ``config.model`` for ``config.bits`` with the quantizers ``spec``, or
+    the method's own model (`Method.build_model`; MBQuant: the multi-branch variant)."""
+    method = get_method(config.method)
+    if method.build_model is not None:
+        return method.build_model(config, num_classes, spec)
     bits = tuple(config.bits)
     common = dict(num_classes=num_classes, bits=bits, spec=spec,
                   first_last_bits=config.first_last_bits or None, conv_batching=config.conv_batching,
@@ -64,7 +64,7 @@ def resolve_distillation(config) -> str:
     """``config.distillation``, with ``'auto'`` replaced by the method's own default
     (MBQuant: ``largest``; Any-Precision: ``recursive``; LSQ and Vertical Layering: ``none``)."""
     if config.distillation == "auto":
-        return method_module(config.method).DEFAULT_DISTILLATION
+        return get_method(config.method).distillation
     return str(config.distillation)
 
 
@@ -75,7 +75,7 @@ def resolve_precision_mode(config, backend: str | None = None) -> str:
     ``benchmarks/step_speed.py``), ``vmap`` on GPU/TPU (one batched program; to be measured,
     ``benchmarks/accelerator.py``). ``backend`` defaults to ``jax.default_backend()``."""
     if config.precision_mode == "auto":
-        method_default = getattr(method_module(config.method), "DEFAULT_PRECISION_MODE", None)
+        method_default = get_method(config.method).precision_mode
         if method_default is not None:
             return method_default
         backend = backend or jax.default_backend()
@@ -103,24 +103,21 @@ def resolve_dtype(config):
 
 def build_trainer(config, dataset: ArrayDataset | StreamingDataset, steps_per_epoch: int) -> MultiPrecisionTrainer:
     """Model, optimizer and on-device preprocessing for ``config`` on ``dataset``."""
+    upgrade_legacy_keys(config)  # a config built in code with an older flat key
     if isinstance(dataset, StreamingDataset) and config.augment != "none":
         raise ConfigError(f"{dataset.name} is augmented on the host as it streams (RandomResizedCrop + flip); "
                           f"set --config.augment=none (now {config.augment!r})")
-    method = method_module(config.method)
+    method = get_method(config.method)
     spec = method.quant_spec(config)
     # A method with its own bit-width rule (MBQuant: 2..8) checks it; the others, their quantizers.
-    bits = method.validate_bits(config.bits) if hasattr(method, "validate_bits") else spec.validate(config.bits)
+    bits = method.validate_bits(config, spec) if method.validate_bits else spec.validate(config.bits)
     if config.first_last_bits:
         spec.validate((config.first_last_bits,))
     model = build_model(config, dataset.num_classes, spec)
     total_steps = steps_per_epoch * config.epochs
     optimizer = make_optimizer(optimizer_config(config), total_steps, steps_per_epoch)
-    init_from_batches = None
-    if config.method == mbquant.NAME:
-        if config.interval_init not in mbquant.INTERVAL_INITS:
-            raise ConfigError(f"unknown interval_init {config.interval_init!r}; choose one of {mbquant.INTERVAL_INITS}")
-        init_from_batches = mbquant.initialize_intervals if config.interval_init == "batches" else None
-    # Bin Regularization: method 'binreg', or binreg_lambda > 0 on lsq / vertical / anyprecision.
+    init_from_batches = method.init_from_batches(config) if method.init_from_batches else None
+    # Bin Regularization: method 'binreg', or binreg.lambda_ > 0 on a method it applies to.
     regularizer, regularizer_weight = binreg.make_regularizer(config, model, dataset.image_shape, steps_per_epoch)
     return MultiPrecisionTrainer(
         model=model, bits=bits, optimizer=optimizer, distillation=resolve_distillation(config),

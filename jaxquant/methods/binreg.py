@@ -1,35 +1,15 @@
-"""LSQ with Bin Regularization (Han et al., "Improving Low-Precision Network Quantization via Bin
-Regularization", ICCV 2021; no official code).
-
-The model and quantizers are LSQ's (`jaxquant.methods.lsq`); the loss adds the bin regulariser
-of the quantized weights (`jaxquant.regularizers`, which states the formula and the flags)::
+"""LSQ with Bin Regularization (Han et al., ICCV 2021; no official code): LSQ's model and
+quantizers (`jaxquant.methods.lsq`), plus the bin regulariser of the quantized weights
+(`jaxquant.regularizers`)::
 
     L = CE + lambda * schedule(step) * sum_p L_BR(weights at precision p)
 
-with ``lambda = 0.5`` by default (the paper's Table 7). ``config.binreg_lambda > 0`` adds the
-same term to ``lsq``, ``vertical`` (bins of the cascaded k-bit codes) and ``anyprecision``
-(bins of the DoReFa codes, our extension: see `regularizers.dorefa_bins`); MBQuant's fixed 2-bit
-interval weights are not covered (a `ConfigError` says so). A multi-precision model sums the
-regulariser over its precisions, each at its own bit-width.
-
-Schedules (``config.binreg_schedule``), in optimizer steps, ``E`` steps per epoch:
-
-- ``two_stage`` (the paper's choice, its "S2"): CE only for the first ``binreg_start_epochs``
-  (default a third of the run: the paper trains 30 of 90 epochs without BR), then CE + BR.
-- ``joint``: CE + BR from the first step.
-- ``alternating``: blocks of ``binreg_alternate_epochs`` epochs (default 1) alternate between CE
-  only and CE + BR, CE only first: BR is on during step t iff ``floor(t / (a E))`` is odd.
-  **Our definition**: the digest records that the paper ablates the schedule but not how its
-  alternative alternates; this is the reading that differs from both others in one knob.
-
-The step size keeps LSQ's gradient from the CE term; BR adds its own unless
-``binreg_stop_step_gradient``. Scale, measured once (2-bit SmallCNN 16/32 on digits after 3
-epochs, lambda 0.5): in weight units BR's gradient on the kernel is about 1% of CE's, on the
-step about 20 times CE's (LSQ scales CE's step gradient by ``1/sqrt(N Qp)``), so BR acts mostly
-through the step; in code units its kernel gradient is about as large as CE's. Hence the
-experiment measures both units. Measurements the paper reports are here too: per-layer weight
-quantization MSE and per-bin statistics (`bin_report`), and the weight distribution of one layer
-coloured by bin (`plot_bins`); ``jaxquant bins --workdir DIR`` prints and writes them.
+``lambda = 0.5`` (the paper's Table 7). Schedules (``binreg.schedule``): ``two_stage`` (the
+paper's: CE only for ``binreg.start_epochs``, default a third of the run, then CE + BR),
+``joint`` (BR from the first step), ``alternating`` (our definition: blocks of
+``binreg.alternate_epochs`` epochs alternate CE only / CE + BR, CE only first).
+``binreg.lambda_ > 0`` adds BR to ``lsq``, ``vertical`` and ``anyprecision``.
+Details: docs/methods/binreg.md
 """
 from __future__ import annotations
 
@@ -43,8 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxquant import regularizers
+from jaxquant.methods import lsq
+from jaxquant.methods.base import METHODS, Method, get_method, register, section
 from jaxquant.errors import ConfigError
-from jaxquant.layers import QuantConv, QuantDense, QuantSpec
+from jaxquant.layers import QuantConv, QuantDense
 from jaxquant.params import get_path
 from jaxquant.regularizers import LayerQuantizer
 from jaxquant.report import save_figure
@@ -53,36 +35,35 @@ NAME = "binreg"
 DEFAULT_DISTILLATION = "none"
 DEFAULT_LAMBDA = 0.5
 SCHEDULES = ("two_stage", "joint", "alternating")
-COVERED_METHODS = ("lsq", "binreg", "vertical", "anyprecision")
-
-# Defaults of the config keys, for workdirs written before these keys existed.
-_DEFAULTS = {"binreg_lambda": -1.0, "binreg_schedule": "two_stage", "binreg_start_epochs": -1.0,
-             "binreg_alternate_epochs": 1.0, "binreg_units": "weight", "binreg_stop_step_gradient": False,
-             "binreg_layer_reduction": "sum"}
-
-
-def quant_spec(config) -> QuantSpec:
-    """LSQ weights and activations, as `methods.lsq` (per tensor unless ``config.per_channel``)."""
-    return QuantSpec(weight="lsq", activation="lsq", per_channel=bool(config.per_channel))
+SECTION = {
+    "lambda_": -1.0,            # lambda; -1 = the method's (binreg 0.5, the paper's Table 7; others 0 = off)
+    "schedule": "two_stage",    # two_stage | joint | alternating (see the module docstring)
+    "start_epochs": -1.0,       # two_stage: CE-only epochs first; -1 = a third of epochs (the paper: 30 of 90)
+    "alternate_epochs": 1.0,    # alternating: length of each block in epochs (fractions allowed)
+    "units": "weight",          # weight (w vs code*s, the re-implementation's) | code (w/s vs the integer code)
+    "stop_step_gradient": False,  # True: BR's gradient does not reach the step sizes
+    "layer_reduction": "sum",   # sum (the re-implementation's reading of the paper) | mean over layers
+}
+"""``config.binreg``: read by every method whose `Method.bin_regularization` is not None."""
 
 
 def _get(config, key: str):
-    return config.get(key, _DEFAULTS[key]) if hasattr(config, "get") else getattr(config, key, _DEFAULTS[key])
+    return section(config, METHOD)[key]
 
 
 def resolve_lambda(config) -> float:
-    """``config.binreg_lambda``, with -1 replaced by the method's default (binreg 0.5, else 0)."""
-    lam = float(_get(config, "binreg_lambda"))
+    """``config.binreg.lambda_``, with -1 replaced by the method's default (binreg 0.5, else 0)."""
+    lam = float(_get(config, "lambda_"))
     if lam == -1.0:
-        return DEFAULT_LAMBDA if config.method == NAME else 0.0
+        return get_method(config.method).bin_regularization or 0.0
     if lam < 0:
-        raise ConfigError(f"binreg_lambda is {lam}; use a weight >= 0 (or -1 for the method's default)")
+        raise ConfigError(f"binreg.lambda_ is {lam}; use a weight >= 0 (or -1 for the method's default)")
     return lam
 
 
 def resolve_start_epochs(config) -> float:
     """Two-stage: the CE-only epochs, with -1 replaced by a third of ``config.epochs``."""
-    start = float(_get(config, "binreg_start_epochs"))
+    start = float(_get(config, "start_epochs"))
     return config.epochs / 3.0 if start == -1.0 else start
 
 
@@ -91,7 +72,7 @@ def schedule_weight(step, *, lam: float, schedule: str, steps_per_epoch: int, st
     """The weight of BR at optimizer step ``step`` (may be traced): ``lam`` when BR is on, else 0
     (see the module docstring for the schedules)."""
     if schedule not in SCHEDULES:
-        raise ConfigError(f"unknown binreg_schedule {schedule!r}; choose one of {SCHEDULES}")
+        raise ConfigError(f"unknown binreg.schedule {schedule!r}; choose one of {SCHEDULES}")
     step = jnp.asarray(step, jnp.int32)
     if schedule == "joint":
         on = jnp.ones((), bool)
@@ -107,8 +88,8 @@ def schedule_weight(step, *, lam: float, schedule: str, steps_per_epoch: int, st
 # Which layers carry quantized weights, and the regulariser of a model.
 
 def model_layers(model: nn.Module, sample: jax.Array) -> dict[tuple[str, ...], LayerQuantizer]:
-    """Every `QuantConv`/`QuantDense` of ``model`` whose kernel is quantized (LSQ, vertical or
-    DoReFa), by its path in the params tree, with the layer's own bit-widths (a first/last layer
+    """Every `QuantConv`/`QuantDense` of ``model`` whose kernel is quantized by a quantizer with
+    bins (LSQ, vertical, DoReFa), by its path in the params tree, with the layer's own bit-widths (a first/last layer
     at ``first_last_bits`` has one). Found by tracing one abstract forward pass (no compute)."""
     found: dict[tuple[str, ...], LayerQuantizer] = {}
 
@@ -116,9 +97,8 @@ def model_layers(model: nn.Module, sample: jax.Array) -> dict[tuple[str, ...], L
         module = context.module
         if context.method_name == "__call__" and isinstance(module, (QuantConv, QuantDense)):
             spec = module.spec
-            if spec.weight in regularizers.WEIGHT_QUANTIZERS:
-                found[tuple(module.path)] = LayerQuantizer(tuple(module.bits), spec.weight, spec.source_bits,
-                                                           spec.cascade)
+            if spec.weight.has_bins:
+                found[tuple(module.path)] = LayerQuantizer(tuple(module.bits), spec.weight)
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(record):
@@ -135,30 +115,31 @@ def make_regularizer(config, model: nn.Module, image_shape: Sequence[int], steps
     lam = resolve_lambda(config)
     if lam == 0.0:
         return None, None
-    if config.method not in COVERED_METHODS:
+    if get_method(config.method).bin_regularization is None:
+        covered = sorted(m.name for m in METHODS.values() if m.bin_regularization is not None)
         raise ConfigError(f"Bin Regularization does not apply to method {config.method!r} (its weights are not "
-                          f"bins of one quantizer grid); set binreg_lambda=0 or use one of {COVERED_METHODS}")
-    schedule = str(_get(config, "binreg_schedule"))
-    units = str(_get(config, "binreg_units"))
-    reduction = str(_get(config, "binreg_layer_reduction"))
+                          f"bins of one quantizer grid); set binreg.lambda_=0 or use one of {covered}")
+    schedule = str(_get(config, "schedule"))
+    units = str(_get(config, "units"))
+    reduction = str(_get(config, "layer_reduction"))
     if schedule not in SCHEDULES:
-        raise ConfigError(f"unknown binreg_schedule {schedule!r}; choose one of {SCHEDULES}")
+        raise ConfigError(f"unknown binreg.schedule {schedule!r}; choose one of {SCHEDULES}")
     if units not in regularizers.UNITS:
-        raise ConfigError(f"unknown binreg_units {units!r}; choose one of {regularizers.UNITS}")
+        raise ConfigError(f"unknown binreg.units {units!r}; choose one of {regularizers.UNITS}")
     if reduction not in regularizers.REDUCTIONS:
-        raise ConfigError(f"unknown binreg_layer_reduction {reduction!r}; choose one of {regularizers.REDUCTIONS}")
+        raise ConfigError(f"unknown binreg.layer_reduction {reduction!r}; choose one of {regularizers.REDUCTIONS}")
     start = resolve_start_epochs(config)
-    alternate = float(_get(config, "binreg_alternate_epochs"))
+    alternate = float(_get(config, "alternate_epochs"))
     if schedule == "two_stage" and not 0 <= start < config.epochs:
-        raise ConfigError(f"binreg_start_epochs={start:g} leaves no epoch of BR in a {config.epochs}-epoch run; "
+        raise ConfigError(f"binreg.start_epochs={start:g} leaves no epoch of BR in a {config.epochs}-epoch run; "
                           f"use a value in [0, {config.epochs}) (or -1 for a third of the run)")
     if schedule == "alternating" and alternate <= 0:
-        raise ConfigError(f"binreg_alternate_epochs={alternate:g}; use a positive block length in epochs")
+        raise ConfigError(f"binreg.alternate_epochs={alternate:g}; use a positive block length in epochs")
     layers = model_layers(model, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
     if not layers:
         raise ConfigError("Bin Regularization found no quantized weights in the model (every layer is full "
-                          "precision); train integer bit-widths or set binreg_lambda=0")
-    stop = bool(_get(config, "binreg_stop_step_gradient"))
+                          "precision); train integer bit-widths or set binreg.lambda_=0")
+    stop = bool(_get(config, "stop_step_gradient"))
 
     def regularizer(params, precision):
         return regularizers.bin_regularization(params, precision, layers=layers, units=units,
@@ -179,13 +160,13 @@ def describe(config) -> str:
         return ""
     if lam == 0.0:
         return ""
-    schedule = str(_get(config, "binreg_schedule"))
+    schedule = str(_get(config, "schedule"))
     detail = {"two_stage": f"after {resolve_start_epochs(config):g} CE-only epochs",
               "joint": "from the start",
-              "alternating": f"in alternate blocks of {float(_get(config, 'binreg_alternate_epochs')):g} epochs"}
+              "alternating": f"in alternate blocks of {float(_get(config, 'alternate_epochs')):g} epochs"}
     return (f"bin regularization lambda {lam:g} {schedule} ({detail.get(schedule, '')}), "
-            f"{_get(config, 'binreg_units')} units, {_get(config, 'binreg_layer_reduction')} over layers"
-            + (", no gradient to the steps" if _get(config, "binreg_stop_step_gradient") else ""))
+            f"{_get(config, 'units')} units, {_get(config, 'layer_reduction')} over layers"
+            + (", no gradient to the steps" if _get(config, "stop_step_gradient") else ""))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,15 +195,9 @@ def layer_statistics(layer_params: Mapping[str, Any], layer: LayerQuantizer, pre
     levels = lc[:codes_per_grid]
     error_w = jnp.ravel(vw) - lw[jnp.ravel(bw)]
     error_c = jnp.ravel(vc) - lc[jnp.ravel(bc)]
-    if layer.weight == "lsq":
-        index = precision if len(layer.bits) > 1 else 0
-        step = jnp.mean(layer_params["weight_step"][index])
-    elif layer.weight == "vertical":
-        k = min(int(bit_width), layer.max_bits)
-        step = jnp.mean(layer_params["weight_step"]) * 2.0 ** (layer.source_bits - k)
-    else:
-        n = 2.0 ** min(int(bit_width), layer.max_bits) - 1.0
-        step = 2.0 * jnp.mean(jnp.abs(layer_params["kernel"])) / n  # DoReFa: (2c/n - 1) E
+    # The step in weight units per code unit: the spacing of adjacent levels, per grid.
+    grids_w = lw.reshape(-1, codes_per_grid)
+    step = jnp.mean((grids_w[:, 1] - grids_w[:, 0]) / (lc[1] - lc[0]))
     count, mean, variance, levels = map(np.asarray, (count, mean, variance, levels))
     bins = [{"level": float(levels[j]), "count": int(count[j]), "mean_offset": float(mean[j] - levels[j]),
              "variance": float(variance[j])} for j in range(codes_per_grid) if count[j] > 0]
@@ -307,3 +282,8 @@ def plot_bins(panels: Sequence[tuple[str, Mapping[str, Any], LayerQuantizer, int
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
+
+
+METHOD = register(Method(name=NAME, quant_spec=lsq.quant_spec, section=SECTION,
+                         legacy_keys={f"binreg_{key.rstrip('_')}": key for key in SECTION},
+                         bin_regularization=DEFAULT_LAMBDA))

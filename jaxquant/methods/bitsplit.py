@@ -1,42 +1,16 @@
 """Bit-Split and Stitching (Wang et al., ICML 2020; TPAMI 2023): the weight optimisation.
 
-Weights are M-bit, signed, symmetric and per output channel, with ``2^M - 1`` levels::
-
-    W[m, :] ~ alpha_m * q_m,   q_m in {-(2^(M-1) - 1), ..., 2^(M-1) - 1}^N     (W as [M_out, N])
-
-and the integer codes are **split** into ``M - 1`` ternary planes, most significant first::
+M-bit signed per-output-channel weights ``W[m, :] ~ alpha_m q_m``, ``|q_m| <= 2^(M-1) - 1``, the
+codes split into ``M - 1`` ternary planes, most significant first (`split`; `stitch` inverts)::
 
     q = sum_{i=0}^{M-2} 2^(M-2-i) * beta_i,    beta_i in {-1, 0, +1}^N
 
-(the paper's "bit-split"; `stitch` puts them back). The planes are optimised as independent ternary
-vectors, so two planes may carry different signs; any combination is still on the M-bit grid.
-
-- `fwa`: the initial per-channel scale, the fixed point ``alpha = <w, q> / <q, q>`` of
-  round-to-nearest codes ``q = clip(round(w / alpha))`` from ``alpha = max|w| / (2^(M-1) - 1)``.
-- `ofwa`: weight-only alternation (closed-form alpha, then each plane element-wise): the start
-  point of `ofwa_rr`.
-- `ofwa_rr`: **response reconstruction**, the core of the method. With X the layer's im2col
-  input rows and Y its full-precision output rows it minimises
-  ``sum_m || Y[:, m] - alpha_m X (sum_i c_i beta_i[m])^T ||^2`` (``c_i = 2^(M-2-i)``) by 100
-  epochs of: the closed-form least-squares alpha, then for each plane (MSB to LSB) a
-  **sequential** Gauss-Seidel sweep over the N coordinates, every output channel in parallel.
-  A coordinate of plane i, with the others fixed, changes the error by
-  ``s^2 A_nn beta^2 + s beta g`` (``A = X^T X``, ``s = alpha c_i``,
-  ``g = 2 (s (beta A)_n - T_n)``, ``T = R^T X`` the residual without plane i), so the best
-  ternary value is ``-sign(s g)`` when ``|g| >= |s| A_nn`` and 0 otherwise: every step descends.
-
-Everything after the Gram matrix works on ``A = X^T X`` (N x N) and ``X^T Y`` (N x M_out) only,
-so the number of sampled rows costs nothing inside the epochs. The sweep is **blocked**: the
-coupling of a block of coordinates to all the others is one matrix product, and only the
-coupling inside the block is carried sequentially (a rank-1 update per coordinate). That is
-exactly the sequential sweep (the same decisions, up to float rounding), at GEMM speed.
-
-Differences from the official code (``peiswang/BitSplit``), each deliberate:
-- ``M = 2`` (one ternary plane, codes {-1, 0, 1}) is allowed; the code asserts ``M >= 3``.
-- The coordinate rule uses ``sign(s)``, so a negative least-squares alpha still descends; for
-  ``alpha > 0`` (every practical case) it is the code's rule, ties included.
-- A channel whose ``||X b_m|| = 0`` keeps its previous alpha instead of becoming NaN (the code
-  guards this only in its depthwise variant).
+`fwa` (initial scale) -> `ofwa` (weight-only) -> `ofwa_rr`, response reconstruction:
+``min sum_m || Y[:, m] - alpha_m X (sum_i c_i beta_i[m])^T ||^2`` on im2col rows X, by closed-form
+alpha and an exactly sequential Gauss-Seidel sweep per plane, blocked into GEMMs on ``X^T X``.
+Three deliberate differences from the official code (``peiswang/BitSplit``): ``M = 2`` allowed,
+``sign(s)`` in the coordinate rule, a zero channel keeps its alpha.
+Details: docs/methods/bitsplit.md
 """
 from __future__ import annotations
 

@@ -1,102 +1,14 @@
-"""MBQuant (Zhong, Zhou, Chao, Ji, "MBQuant: A novel multi-branch topology method for arbitrary
-bit-width network quantization", Pattern Recognition 2024; arXiv 2305.08117, v1 "MultiQuant").
+"""MBQuant (Zhong et al., Pattern Recognition 2024; arXiv 2305.08117): multi-branch quantization.
 
-**What it is.** Every body conv holds G (4) branches of latent FP weights, each quantized to
-fixed 2-bit levels ``{-1, -1/3, 1/3, 1}``; a b-bit network runs ``floor(b/2)`` full branches
-(2-bit weights, b-bit activations) plus, for odd b, a *partial* branch: the top-left slice of the
-next branch, sized so that its cost is half a branch. The branches are concatenated along
-channels, normalised by a BatchNorm private to b, and averaged after the last block; stem and
-classifier are full precision and shared. *Amortised* selection does not always use branch 0, so
-the training load is spread over the branches. All bit-widths train on every step with in-place
-distillation from the largest.
-
-**Paper vs code.** Only the abstract of the paper was reachable; everything here follows the
-official PyTorch code (``zysxmu/MBQuant`` @ 6148393c, read line by line and run). Where the code has a quirk we implement
-the clean version by default and the faithful one behind a flag:
-
-- **weight-interval slots** (``weight_slots``): the code indexes the 2-bit weight intervals
-  ``[lW, uW]`` by *position* among the selected branches (slot 0 quantizes branch 0 at b=2 but
-  branch 1 at b=4); ``'position'`` is that, ``'branch'`` (default) gives every physical branch
-  its own interval, and the partial slice shares the interval of the branch it is cut from (so
-  its quantized weights are literally the top-left of that branch's).
-- **activation intervals**: one per (b, slot); each has exactly one user in the code too, so the
-  two layouts are the same parametrisation (no flag).
-- **weight-interval init** (``weight_interval_std``): the code sets slot s from the std of the
-  s-th *output filter* of the whole grouped weight (``'filter'``); ``'chunk'`` (default) from the
-  chunk the slot quantizes (the form of the code's unused ``QConv_Tra_Mulit``).
-- **channel shuffle** in ImageNet ResNet-18's downsample blocks (``channel_shuffle``, off by
-  default: it mixes the branches the paper calls independent).
-- the CIFAR code's ``in_channels // G`` branch offset at stride-2 convs (selections straddle
-  branches) and its identity read at offset 0: bugs we do not copy (no flag).
-- **naive selection** (the ``*_234.py`` ablation files) is defined by the code for b = 2, 3, 4
-  only; we extend it by its rule (start at branch 0 always: ``floor(b/2)`` full branches
-  ``[0, k)``, partial of branch k for odd b) so the ablation covers 2..8.
-
-**Models and wiring** (`build_model`, `jaxquant.models.multibranch`): ``config.method='mbquant'``
-builds `MultiBranchCNN` (``model='small_cnn'``, digits/MNIST), `MultiBranchCifarResNet`
-(``resnet20/32/44/56``) or `MultiBranchResNet` (ImageNet ``resnet18/34``, with the code's channel
-shuffle behind ``config.channel_shuffle``) for ``config.bits`` in 2..8 with ``config.selection``
-(``amortised`` | ``naive``), ``config.weight_slots`` and ``config.partial_widths`` (``()``: (11,
-23, 43) times ``width`` for the CIFAR ResNet, the code's 40/76/184/396 and 39/78/188/400 for
-ResNet-18/34, half of each width for the CNN); ``branches`` must be 4. The masks that
-keep deselected branches out are applied after BatchNorm and ReLU (BN turns zeros into beta);
-the selected chunks are averaged before the global pool. `quant_spec` is full precision (the
-shared stem and classifier); the intervals ``weight_/act_lower/upper`` are in the trainer's
-quantizer optimizer group.
-
-**Training, as the code** (the defaults of a ``method='mbquant'`` config):
-
-- every bit-width on every step, the largest as the teacher: ``distillation='auto'`` resolves to
-  `DEFAULT_DISTILLATION` ``'largest'``, ``L_b = 0.5 softCE(z_b, z_max) + 0.5 CE_b``, summed;
-- ``precision_mode='auto'`` resolves to `DEFAULT_PRECISION_MODE` ``'unroll'``: with a static
-  precision, `MultiBranchConv` runs only the selected branches (vmap runs all G with masks);
-- intervals initialised by `initialize_intervals` (``interval_init='batches'``): one new training
-  batch per bit-width, ascending, each conv from its own input; ``weight_interval_std='filter'``
-  reproduces the code's per-output-filter std, ``'chunk'`` (default) uses the slot's own chunk;
-- the optimisers (SGD momentum 0.9 + weight decay 1e-4 on every model parameter, BN included;
-  Adam 1e-4 for the intervals; cosine stepped per epoch) are set by the experiment configs
-  (``experiments/configs/cifar100_mbquant_resnet20.py``, ``imagenet_mbquant_resnet18.py``).
-
-**Selection tables** (`FULL_BRANCHES`, `PARTIAL_BRANCH`, rows indexed by the bit-width itself,
-0..8; rows 0 and 1 select nothing), amortised:
-
-====  =============  ===============
- b    full branches  partial branch
-====  =============  ===============
- 2    {0}            --
- 3    {0}            slice of 1
- 4    {1, 2}         --
- 5    {1, 2}         slice of 3
- 6    {1, 2, 3}      --
- 7    {0, 1, 2}      slice of 3
- 8    {0, 1, 2, 3}   --
-====  =============  ===============
-
-i.e. ``k = floor(b/2)`` full branches from offset ``s = 1`` if b in {4, 5, 6} else 0, the partial
-cut from branch ``s + k``. `branch_mask` and `partial_branch` gather these rows with a traced
-bit-width; `branch_selection` turns them into a `jaxquant.layers.BranchSelection` for a model's
-bit-width tuple.
-
-**BitOPs and the partial widths** (`bitops`, `bitops_table`, `derive_partial_widths`). The
-digest's cost measure: BitOPs of a conv = ``H_out W_out k k C_in C_out * w_bits * a_bits``
-(MACs times bits), summed over the quantized multi-branch convs (the FP stem and classifier are
-shared and excluded); a full branch costs ``MACs * 2 * b``, the partial branch ``MACs_slice * 2 *
-b`` with ``MACs_slice = H_out W_out k k p_in p_out``. The reference is one plain network at b-bit
-weights and activations, ``MACs * b * b``. With ``floor(b/2)`` full branches plus a partial of
-fraction f of a branch's MACs, the ratio is ``2 (floor(b/2) + f) / b``: exactly 1 at even b, and 1
-at odd b iff ``f = 1/2``. So the partial slices are chosen so that their MACs are half a branch's.
-The official ImageNet ResNet-18 widths 40/76/184/396 give f = 0.486 (ratios 0.991, 0.994, 0.996
-at b = 3, 5, 7, reproduced by `bitops`). The official CIFAR ResNet-20 widths (16/24/48, with block
-convs reading 8/16/24 partial channels) give 1.08 at b = 3 per the digest (1.155 in our wiring),
-outside the issue's 2%; `derive_partial_widths` instead searches the stage widths
-(p_1, p_2, p_3) that bring every stage's partial MACs closest to half the stage's branch MACs
-(stage-balanced, so no stage is starved), with the partial branch a narrower copy of the network:
-a stage-entry conv and its 1x1 shortcut read the previous stage's partial width, the first conv
-reads the full stem copy, and the body's last conv outputs the full width (so the partial chunk
-joins the final mean), as in the official ResNet-18. For CIFAR ResNet-20 (16/32/64) this gives
-`CIFAR_RESNET20_PARTIAL_WIDTHS` = (11, 23, 43): f = 0.5058 over the whole body, BitOPs ratios
-1.0038, 1.0023, 1.0016 at b = 3, 5, 7 (1 exactly at even b). Run ``python -m jaxquant.methods.mbquant``
-to print the derivation's tables.
+Every body conv holds G = 4 branches of latent weights at fixed 2-bit levels
+``{-1, -1/3, 1/3, 1}``; a b-bit network runs ``floor(b/2)`` full branches with b-bit activations
+plus, for odd b, a partial branch (the top-left slice of the next one, a fraction ``f`` of its
+MACs), averaged after the last block. BitOPs against a plain b-bit network:
+``2 (floor(b/2) + f) / b``, hence ``f = 1/2``. Amortised selection (`FULL_BRANCHES`) spreads the
+training over the branches; all bit-widths train every step, distilled from the largest. We
+follow the official code (``zysxmu/MBQuant``): its quirks are flags (``weight_slots='position'``,
+``weight_interval_std='filter'``, ``channel_shuffle``), the clean versions the defaults.
+Details: docs/methods/mbquant.md
 """
 from __future__ import annotations
 
@@ -108,6 +20,7 @@ import numpy as np
 
 from jaxquant.errors import BitWidthError, ConfigError
 from jaxquant.layers import FULL_PRECISION, BranchSelection, QuantSpec
+from jaxquant.methods.base import Method, register, section
 from jaxquant.models.multibranch import CIFAR_RESNET20_PARTIAL_WIDTHS, RESNET18_PARTIAL_WIDTHS  # noqa: F401  (re-exported)
 
 NAME = "mbquant"
@@ -231,21 +144,21 @@ def quant_spec(config) -> QuantSpec:
 def build_model(config, num_classes: int):
     """The multi-branch model named by ``config.model`` (``small_cnn`` -> `MultiBranchCNN`,
     ``resnet20/32/44/56`` -> `MultiBranchCifarResNet`, ``resnet18/34`` -> the ImageNet
-    `MultiBranchResNet`, with the code's channel shuffle if ``config.channel_shuffle``) for
-    ``config.bits`` in 2..8, with the ``config.selection`` table and ``config.weight_slots`` layout."""
+    `MultiBranchResNet`, with the code's channel shuffle if ``config.mbquant.channel_shuffle``) for
+    ``config.bits`` in 2..8, with the ``config.mbquant.selection`` table and ``weight_slots`` layout."""
     from jaxquant.models.multibranch import MultiBranchCifarResNet, MultiBranchCNN, MultiBranchResNet
     bits = validate_bits(config.bits)
-    if int(config.branches) != NUM_BRANCHES:
-        raise ConfigError(f"branches={config.branches}: MBQuant's selection tables are defined for "
+    mb = section(config, METHOD)
+    if int(mb.branches) != NUM_BRANCHES:
+        raise ConfigError(f"mbquant.branches={mb.branches}: MBQuant's selection tables are defined for "
                           f"{NUM_BRANCHES} branches; set branches={NUM_BRANCHES}")
     if config.first_last_bits:
         raise ConfigError("MBQuant keeps the stem and classifier full precision; set first_last_bits=0")
-    selection = branch_selection(bits, str(config.selection), str(config.weight_slots),
-                                 str(config.weight_interval_std))
+    selection = branch_selection(bits, str(mb.selection), str(mb.weight_slots), str(mb.weight_interval_std))
     common = dict(num_classes=num_classes, bits=bits, selection=selection,
-                  partial_widths=tuple(int(p) for p in config.partial_widths),
+                  partial_widths=tuple(int(p) for p in mb.partial_widths),
                   conv_batching=config.conv_batching, weight_gradient=config.conv_weight_gradient)
-    if config.channel_shuffle and config.model not in ("resnet18", "resnet34"):
+    if mb.channel_shuffle and config.model not in ("resnet18", "resnet34"):
         raise ConfigError(f"channel_shuffle is the official ImageNet ResNet-18/34's (the CIFAR code has none); "
                           f"set channel_shuffle=False for model {config.model!r}")
     if config.model == "small_cnn":
@@ -254,7 +167,7 @@ def build_model(config, num_classes: int):
         if config.quantize_shortcut:
             raise ConfigError("MBQuant's ImageNet ResNet has multi-branch 2-bit shortcuts; set quantize_shortcut=False")
         stages = (2, 2, 2, 2) if config.model == "resnet18" else (3, 4, 6, 3)
-        model = MultiBranchResNet(stage_sizes=stages, channel_shuffle=bool(config.channel_shuffle), **common)
+        model = MultiBranchResNet(stage_sizes=stages, channel_shuffle=bool(mb.channel_shuffle), **common)
         model.shuffle_indices()  # partial widths the shuffle's groups cannot split fail here
     elif config.model in MODELS:
         if config.preactivation or config.quantize_shortcut:
@@ -306,6 +219,31 @@ def initialize_intervals(trainer, state, batches: Sequence[np.ndarray], key: jax
         flat.update(flax.traverse_util.flatten_dict(fresh))
         params = flax.traverse_util.unflatten_dict(flat)
     return state.replace(params=params, batch_stats=batch_stats)
+
+
+def _init_from_batches(config):
+    init = str(section(config, METHOD).interval_init)
+    if init not in INTERVAL_INITS:
+        raise ConfigError(f"unknown mbquant.interval_init {init!r}; choose one of {INTERVAL_INITS}")
+    return initialize_intervals if init == "batches" else None
+
+
+SECTION = {
+    "branches": NUM_BRANCHES,     # branches per body conv (the selection tables are for 4)
+    "selection": "amortised",     # amortised (the paper's) | naive (branch 0 always, the ablation)
+    "weight_slots": "branch",     # weight intervals per physical branch | position (the official code)
+    "interval_init": "batches",   # batches (one training batch per bit-width, ascending, as the code) | none
+    "weight_interval_std": "chunk",  # weight-interval init from the chunk's std | filter (the code's quirk)
+    "partial_widths": (),         # odd-b partial branch widths (() = the model's default)
+    "channel_shuffle": False,     # resnet18/34: the official code's channel shuffle in downsample blocks
+}
+
+METHOD = register(Method(
+    name=NAME, quant_spec=quant_spec, section=SECTION, legacy_keys={key: key for key in SECTION},
+    distillation=DEFAULT_DISTILLATION, precision_mode=DEFAULT_PRECISION_MODE,
+    validate_bits=lambda config, spec: validate_bits(config.bits),
+    build_model=lambda config, num_classes, spec: build_model(config, num_classes),
+    init_from_batches=_init_from_batches, bin_regularization=None))
 
 
 # ----------------------------------------------------------------------------------------------

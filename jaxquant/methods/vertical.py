@@ -1,35 +1,14 @@
-"""Vertical Layering (Wu et al., "Vertical Layering of Quantized Neural Networks for Heterogeneous
-Inference", TPAMI 2023): once-QAT whose every bit-width is nested in one B-bit weight code.
+"""Vertical Layering (Wu et al., TPAMI 2023): once-QAT whose every bit-width is nested in one
+B-bit weight code. **This is our reading** (the paper's code and full text are not public).
 
-**This is our reading.** The paper's code and full text are not public; its abstract fixes the
-representation (weights stored as bits: the most significant ones are the *basic layer*, each
-further bit an *enhance layer*; precision k = basic layer + enhance layers), the *cascade
-downsampling* (b -> b-1 -> ... from one FP source model) and the multi-objective training (all
-bit-widths update the shared source weights). What we implement:
-
-- One FP latent weight per layer and one learned source step ``s_B`` at ``source_bits`` B (8),
-  with LSQ's gradient; no per-precision weight step.
-- ``cascade='floor'`` (default): B-bit offset-binary codes on a **mid-rise** grid,
-  ``w_B = s_B (u - (2^B-1)/2)``; dropping the LSB (``u >> 1``, ``s -> 2s``) is round-to-nearest on
-  the coarser mid-rise grid, cascading equals slicing, and the k-bit model is literally the top
-  k bit planes (`jaxquant.nesting`). The price: no exact zero level.
-- Alternatives behind the flag: ``round_clip`` (mid-tread, ``q_{b-1} = clip(round(q_b/2))``
-  applied sequentially b -> b-1, the literal reading of "progressively map to the adjacent lower
-  precision"; its residual is in {-1,0,1}, so no clean bit plane and no artefact) and
-  ``round_clip_direct`` (Double Rounding's one-shot ``clip(round(q_B / 2^(B-k)))``).
-- Straight-through gradients through rounding and cascade, so every sub-network's gradient
-  reaches the shared weights and ``s_B``; per-precision BatchNorm and LSQ activation steps;
-  ``L = sum_b lambda_b CE_b`` (``loss_weights``), optional in-place distillation
-  (``distillation='largest'`` or ``'recursive'``); all bit-widths in one vmapped step.
-  First conv and classifier full precision (``first_last_bits`` for 8-bit).
-
-**Bit-widths that were not trained.** The weights of any k in 1..B come from the cascade, but a
-model trained on a subset (say 2, 4, 8) has no BatchNorm or activation step for k = 3. We give
-an untrained k the BatchNorm (affine and running statistics) of the nearest trained bit-width
-*above* it (below, when none is above) and its activation step rescaled to keep the clipping
-range, ``s_k = s_j (2^j - 1) / (2^k - 1)``. `recalibrate_batch_norm` then re-estimates the
-running statistics of chosen precisions from training batches (recommended: BN statistics are
-where bit-widths differ most).
+One FP latent weight and one learned source step ``s_B`` per layer. ``cascade='floor'``
+(default): B-bit offset-binary codes on a mid-rise grid, ``w_B = s_B (u - (2^B-1)/2)``, so
+dropping the LSB (``u >> 1``, ``s -> 2s``) is round-to-nearest and the k-bit model is literally
+the top k bit planes (`jaxquant.nesting`). Alternatives behind the flag: ``round_clip``
+(``q_{b-1} = clip(round(q_b/2))``, sequentially) and ``round_clip_direct`` (Double Rounding's
+``clip(round(q_B / 2^(B-k)))``). An untrained bit-width k borrows the BatchNorm of the nearest
+trained j above it (else below) and the activation step ``s_k = s_j (2^j - 1) / (2^k - 1)``.
+Details: docs/methods/vertical.md
 """
 from __future__ import annotations
 
@@ -46,6 +25,7 @@ from jaxquant import quantizers as q
 from jaxquant.config import with_bits
 from jaxquant.errors import BitWidthError, ConfigError
 from jaxquant.layers import QuantSpec
+from jaxquant.methods.base import Method, register, section
 from jaxquant.params import get_path, replace_path
 from jaxquant.params import quantized_layer_paths as quantized_layers
 
@@ -53,10 +33,18 @@ NAME = "vertical"
 DEFAULT_DISTILLATION = "none"
 
 
+SECTION = {
+    "source_bits": 8,    # the source bit-width B every precision nests in
+    "cascade": "floor",  # floor (bit planes) | round_clip | round_clip_direct
+}
+
+
 def quant_spec(config) -> QuantSpec:
-    """Vertical weights from a ``config.source_bits`` source by ``config.cascade``; LSQ activations."""
-    return QuantSpec(weight="vertical", activation="lsq", per_channel=bool(config.per_channel),
-                     source_bits=int(config.source_bits), cascade=str(config.cascade))
+    """Vertical weights from a ``config.vertical.source_bits`` source by its ``cascade``; LSQ
+    activations."""
+    vl = section(config, METHOD)
+    weight = q.Vertical(source_bits=int(vl.source_bits), cascade=str(vl.cascade), per_channel=bool(config.per_channel))
+    return QuantSpec(weight, q.LSQ.for_activations())
 
 
 def evaluation_bits(trained_bits: Sequence[int], source_bits: int, lowest: int = 2) -> tuple[int, ...]:
@@ -212,19 +200,17 @@ def evaluate_every_bit_width(config, dataset, trainer, state, recalibrate_batche
 def frozen_weight_spec(spec: QuantSpec) -> QuantSpec:
     """The spec of a model whose quantized kernels are given already quantized (no weight
     quantizer), activations quantized as in ``spec``."""
-    return QuantSpec(weight="none", activation=spec.activation, per_channel=spec.per_channel,
-                     signed_activations=spec.signed_activations)
+    return QuantSpec(q.FullPrecision(), spec.activation)
 
 
 def vertical_weights_at(params, k: int, spec: QuantSpec):
     """Params whose quantized kernels hold their k-bit vertical weights, ``weight_step`` dropped:
     the parameters of the ``frozen_weight_spec`` model at k bits."""
-    if spec.weight != "vertical":
+    if not isinstance(spec.weight, q.Vertical):
         raise ConfigError(f"vertical_weights_at needs a vertical model, got weight quantizer {spec.weight!r}")
     for path in quantized_layers(params):
         layer = get_path(params, path)
-        kernel = q.vertical_weight(layer["kernel"], layer["weight_step"], k, source_bits=spec.source_bits,
-                                   cascade=spec.cascade)
+        kernel = spec.weight.quantize(layer["kernel"], {"step": layer["weight_step"]}, k)
         params = replace_path(params, path, kernel=kernel, weight_step=None)
     return params
 
@@ -249,3 +235,7 @@ def msb_sliced_weights(params, k: int, source_bits: int = 8, centred: bool = Fal
             sliced = jnp.right_shift(codes, source_bits - k).astype(jnp.float32) + (0.5 if centred else 0.0)
         params = replace_path(params, path, kernel=sliced * (step * 2.0 ** (source_bits - k)), weight_step=None)
     return params
+
+
+METHOD = register(Method(name=NAME, quant_spec=quant_spec, section=SECTION,
+                         legacy_keys={key: key for key in SECTION}, evaluate=evaluate_every_bit_width))

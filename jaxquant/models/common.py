@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxquant.quantizers import FullPrecision
 from jaxquant.layers import FULL_PRECISION, PrecisionBatchNorm, QuantConv, QuantDense, QuantSpec
 
 
@@ -21,9 +22,7 @@ def first_conv(features, kernel_size, strides, first_last_bits: int | None, spec
     if first_last_bits is None:
         return QuantConv(features, kernel_size, strides, use_bias=False, spec=FULL_PRECISION,
                          weight_gradient=weight_gradient, name=name)
-    stem_spec = QuantSpec(weight=spec.weight,
-                          activation="lsq" if spec.activation == "lsq" else "none",
-                          per_channel=spec.per_channel, signed_activations=True)
+    stem_spec = QuantSpec(spec.weight, spec.activation.for_signed_inputs() or FullPrecision())
     return QuantConv(features, kernel_size, strides, use_bias=False, bits=(first_last_bits,),
                      spec=stem_spec, conv_batching=conv_batching, weight_gradient=weight_gradient, name=name)
 
@@ -58,13 +57,8 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     Equal to ``nn.max_pool(x, (2, 2), (2, 2))`` in value; its gradient splits equally among tied
     maxima (frequent after quantization) instead of XLA's pick-one ``select_and_scatter``, so on
     the same ``x`` it does not depend on how a sharded batch is partitioned, and on CPU it runs
-    3-4x faster (4x128x28x28x16 under vmap, forward and backward: 42 ms vs 159 ms).
-
-    Which values tie can still change with the partitioning: BatchNorm's batch statistics are
-    reduced in another order on 4 devices than on one, its outputs move by an ulp, and a tie of
-    low-bit conv outputs can break one way or the other. Measured on SmallCNN(8, 8, 8) at 2 bits:
-    8 of 3,771 pooling windows route their gradient differently (the forward is unchanged), and
-    the parameters after one step differ by up to 7e-4. The sharding test uses a ResNet for this.
+    3-4x faster. Which values tie can still change with the partitioning (BatchNorm's reduction
+    order), so the sharding test uses a ResNet. Measurements: docs/models.md.
     """
     n, h, w, c = x.shape
     x = x[:, : h // 2 * 2, : w // 2 * 2]

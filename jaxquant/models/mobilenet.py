@@ -1,18 +1,11 @@
 """ImageNet MobileNetV2 (Sandler et al., CVPR 2018) in torchvision's layout, with quantized convs.
 
-Stem: 3x3 stride-2 conv to 32 channels (FP by default, ``first_last_bits`` to quantize) -> BN ->
-ReLU6. Seventeen inverted-residual blocks, ``(expansion t, channels c, repeats n, first stride s)``:
-``(1, 16, 1, 1) (6, 24, 2, 2) (6, 32, 3, 2) (6, 64, 4, 2) (6, 96, 3, 1) (6, 160, 3, 2) (6, 320, 1, 1)``;
-a block is a 1x1 expansion conv -> BN -> ReLU6 (when t > 1), a 3x3 **depthwise** conv (stride s)
--> BN -> ReLU6, and a 1x1 projection conv -> BN with no activation (the linear bottleneck), plus
-its input when the stride is 1 and the channels match. Then a 1x1 conv to 1280 -> BN -> ReLU6,
-global average pooling and the classifier (FP by default). Channels are ``width`` times these,
-rounded to multiples of 8 as torchvision does. At ``width=1`` and 1000 classes the FP model has
-torchvision's 3,504,872 parameters. torchvision's dropout (0.2) before the classifier is left out.
-
-Quantized inputs: the depthwise and projection convs read ReLU6 outputs (unsigned LSQ input
-quantizers); the expansion convs and the last 1x1 conv read a block's linear output, which is
-signed, so their LSQ input quantizers are signed.
+Stem 3x3/2 conv (FP by default), seventeen inverted-residual blocks (`INVERTED_RESIDUAL_SETTING`:
+1x1 expansion -> 3x3 depthwise -> linear 1x1 projection, BN and ReLU6 between), a 1x1 conv to
+1280, global average pooling and the classifier (FP by default); channels ``width`` times these,
+rounded to multiples of 8 as torchvision (3,504,872 FP parameters at ``width=1``, 1000 classes;
+no dropout). Convs reading ReLU6 outputs have unsigned LSQ input quantizers, those reading a
+block's linear output signed ones. Details: docs/models.md
 """
 from __future__ import annotations
 
@@ -49,7 +42,8 @@ class MobileNetV2(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, precision, train: bool = False) -> jax.Array:
         conv, bn = layer_factories(self.bits, self.spec, self.conv_batching, self.weight_gradient)
-        signed_spec = dataclasses.replace(self.spec, signed_activations=True) if self.spec.activation == "lsq" else self.spec
+        signed = self.spec.activation.for_signed_inputs()  # the linear bottleneck's output is signed
+        signed_spec = self.spec if signed is None else dataclasses.replace(self.spec, activation=signed)
         signed_conv, _ = layer_factories(self.bits, signed_spec, self.conv_batching, self.weight_gradient)
         channels = make_divisible(32 * self.width)
         x = first_conv(channels, (3, 3), (2, 2), self.first_last_bits, self.spec, self.conv_batching,

@@ -78,6 +78,7 @@ from jaxquant.ptq.fit import (
     weight_placement,
 )
 from jaxquant.ptq.io import load_quantized, save_quantized
+from jaxquant.ptq.methods import PTQ_METHODS, WeightFit, get_ptq_method
 from jaxquant.ptq.pipeline import fp_network, run, warm_up
 from jaxquant.ptq.report import (
     accuracy,
@@ -87,7 +88,7 @@ from jaxquant.ptq.report import (
     plot_ptq,
 )
 
-__all__ = ["ptq_config", "METHODS", "METHOD_LABELS", "validate_config", "parse_setting",
+__all__ = ["ptq_config", "METHODS", "METHOD_LABELS", "PTQ_METHODS", "WeightFit", "get_ptq_method", "validate_config", "parse_setting",
            "LAYER_TYPES", "Layer", "layer_matrix", "matrix_kernel", "im2col_rows", "output_rows",
            "layer_params", "get_kernel", "set_kernels", "Network", "find_layers", "fake_quantize",
            "activation_range", "ActivationQuant", "act_arrays", "quantizing", "Quantizer",

@@ -5,11 +5,11 @@ from __future__ import annotations
 from jaxquant.configs.ptq import ptq_config
 from jaxquant.errors import BitWidthError, ConfigError
 from jaxquant.methods import bitsplit
+from jaxquant.ptq.methods import PTQ_METHODS
 from jaxquant.quantizers import FP_BITS
 
-METHODS = tuple(ptq_config().methods)  # every method; the default config runs them all
-METHOD_LABELS = {"fp": "FP (no quantization)", "rtn": "round-to-nearest, per channel",
-                 "bitsplit": "BitSplit", "bitsplit_ecaq": "BitSplit + ECAQ (our reading)"}
+METHODS = tuple(PTQ_METHODS)  # every method; the default config runs them all
+METHOD_LABELS = {"fp": "FP (no quantization)", **{m.name: m.label for m in PTQ_METHODS.values()}}
 
 
 def validate_config(config) -> list[tuple[int, int]]:

@@ -9,8 +9,6 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from jaxquant.errors import ConfigError
-from jaxquant.methods import bitsplit
 from jaxquant.ptq.calibration import CalibrationData, mse_step, reestimate_batchnorm
 from jaxquant.ptq.capture import (
     ActivationQuant,
@@ -24,7 +22,7 @@ from jaxquant.ptq.capture import (
     matrix_kernel,
     set_kernels,
 )
-from jaxquant.ptq.config import METHODS
+from jaxquant.ptq.methods import get_ptq_method
 from jaxquant.quantizers import FP_BITS
 
 
@@ -51,7 +49,8 @@ def classifier_name(layers: Sequence[Layer]) -> str | None:
 def reconstructs(layer: Layer, layers: Sequence[Layer], method: str, config) -> bool:
     """Whether ``method`` fits ``layer`` by `ofwa_rr` (BitSplit: every layer but the classifier,
     which the code fits by `ofwa` only, unless ``classifier_reconstruction``)."""
-    return method != "rtn" and (layer.name != classifier_name(layers) or config.classifier_reconstruction)
+    return get_ptq_method(method).reconstructs and (layer.name != classifier_name(layers)
+                                                    or config.classifier_reconstruction)
 
 
 def weight_placement(layers: Sequence[Layer], weight_bits: int, config) -> dict[str, int]:
@@ -80,16 +79,6 @@ def activation_placement(layers: Sequence[Layer], act_bits: int, config) -> dict
     return bits
 
 
-def _fit_weight(method: str, w: jax.Array, bits: int, rows: tuple | None, config) -> tuple[dict, tuple | None]:
-    if method == "rtn":
-        codes, alpha = bitsplit.round_to_nearest(w, bits)
-        return {"codes": codes, "alpha": alpha}, None
-    result = bitsplit.quantize_weight(w, bits, *(rows or (None, None)), epochs=config.epochs,
-                                      ofwa_epochs=config.ofwa_epochs, block=config.block)
-    errors = None if result["errors"] is None else (float(result["errors"][0]), float(result["errors"][-1]))
-    return {"codes": result["codes"], "alpha": result["alpha"]}, errors
-
-
 def _bias_free_target(y: jax.Array, variables: dict, layer: Layer) -> jax.Array:
     return y - layer_params(variables["params"], layer)["bias"] if layer.has_bias else y
 
@@ -105,13 +94,12 @@ def quantize_model(quantizer: Quantizer, variables: dict, data: CalibrationData,
                    progress: Callable[[str], None] | None = None) -> QuantizedModel:
     """Quantize the FP ``variables`` with ``method`` at ``W weight_bits A act_bits``.
     ``fp_rows`` is the FP network's `Quantizer.capture` on the calibration batch."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown PTQ method {method!r}; choose one of {METHODS}")
+    fitter = get_ptq_method(method)
     start = time.perf_counter()
     layers = quantizer.layers
     w_bits = weight_placement(layers, weight_bits, config)
     a_bits = activation_placement(layers, act_bits, config)
-    ecaq = method == "bitsplit_ecaq"
+    ecaq = fitter.error_compensated
     kernels, weights, reconstruction, act = {}, {}, {}, {}
     say = progress or (lambda _: None)
     if ecaq:
@@ -131,8 +119,8 @@ def quantize_model(quantizer: Quantizer, variables: dict, data: CalibrationData,
                 x_rows = fake_quantize(x_rows, act[layer.name].step, lo, hi)
         target = _bias_free_target(fp_rows[layer.name]["y"], variables, layer)
         w = layer_matrix(get_kernel(variables["params"], layer), layer)
-        fitted, errors = _fit_weight(method, w, w_bits[layer.name],
-                                     (x_rows, target) if reconstructs(layer, layers, method, config) else None, config)
+        fitted, errors = fitter.fit(w, w_bits[layer.name],
+                                    (x_rows, target) if reconstructs(layer, layers, method, config) else None, config)
         weights[layer.name] = {"bits": w_bits[layer.name], **fitted}
         kernels[layer.name] = matrix_kernel(fitted["alpha"][:, None] * fitted["codes"], layer)
         if ecaq:
