@@ -1,7 +1,10 @@
-"""Paths in a model's parameter tree: reading, replacing, and finding the quantized layers."""
+"""Paths in a model's parameter tree (`flax.traverse_util` paths: tuples of names): reading,
+replacing, and finding the quantized layers."""
 from __future__ import annotations
 
 from typing import Any, Mapping
+
+from flax import traverse_util
 
 Path = tuple[str, ...]
 
@@ -15,28 +18,18 @@ def get_path(tree: Mapping[str, Any], path: Path):
 
 def replace_path(tree: Mapping[str, Any], path: Path, **values) -> dict:
     """A copy of nested dict ``tree`` whose dict at ``path`` has ``values`` set (None deletes)."""
-    if not path:
-        new = dict(tree)
-        for key, value in values.items():
-            if value is None:
-                new.pop(key, None)
-            else:
-                new[key] = value
-        return new
-    return {**tree, path[0]: replace_path(tree[path[0]], path[1:], **values)}
+    flat = traverse_util.flatten_dict(dict(tree), keep_empty_nodes=True)
+    for key, value in values.items():
+        if value is None:
+            flat.pop(path + (key,), None)
+        else:
+            flat[path + (key,)] = value
+    return traverse_util.unflatten_dict(flat)
 
 
 def quantized_layer_paths(params: Mapping[str, Any]) -> list[Path]:
     """Paths of the layers whose kernel is quantized with a learned step (a ``kernel`` beside a
     ``weight_step``: LSQ and Vertical Layering), in the tree's order."""
-    found = []
-
-    def walk(tree, path):
-        if "kernel" in tree and "weight_step" in tree:
-            found.append(path)
-        for name, child in tree.items():
-            if isinstance(child, Mapping):
-                walk(child, path + (name,))
-
-    walk(params, ())
-    return found
+    flat = traverse_util.flatten_dict(dict(params))
+    layers = dict.fromkeys(key[:-1] for key in flat)
+    return [p for p in layers if p + ("kernel",) in flat and p + ("weight_step",) in flat]

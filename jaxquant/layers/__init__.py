@@ -32,6 +32,7 @@ on CPU and ``native`` on GPU/TPU; ``weight_gradient`` ``auto`` is ``im2col`` on 
 elsewhere (`resolve_weight_gradient`).
 """
 from jaxquant.layers.batchnorm import PrecisionBatchNorm, batch_moments, batch_norm_train, normalize
+from jaxquant.layers.find import visit_layers
 from jaxquant.layers.conv import (
     CONV_BATCHINGS,
     WEIGHT_GRADIENTS,
@@ -62,4 +63,4 @@ __all__ = ["EXECUTIONS", "QUANTIZER_PARAM_PREFIXES", "is_quantizer_param",
            "resolve_conv_batching", "resolve_weight_gradient", "conv_forward", "conv_backward",
            "conv_weight_gradient", "precision_conv", "bits_at", "check_exact_codes", "quantizer_params", "QuantConv",
            "QuantDense", "batch_norm_train", "batch_moments", "normalize", "PrecisionBatchNorm",
-           "INTERVAL_INIT", "WEIGHT_INTERVAL_STDS", "BranchSelection", "MultiBranchConv"]
+           "visit_layers", "INTERVAL_INIT", "WEIGHT_INTERVAL_STDS", "BranchSelection", "MultiBranchConv"]

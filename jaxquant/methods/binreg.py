@@ -26,7 +26,7 @@ from jaxquant import regularizers
 from jaxquant.methods import lsq
 from jaxquant.methods.base import METHODS, Method, get_method, register, section
 from jaxquant.errors import ConfigError
-from jaxquant.layers import QuantConv, QuantDense
+from jaxquant.layers import QuantConv, QuantDense, visit_layers
 from jaxquant.params import get_path
 from jaxquant.regularizers import LayerQuantizer
 from jaxquant.report import save_figure
@@ -93,16 +93,11 @@ def model_layers(model: nn.Module, sample: jax.Array) -> dict[tuple[str, ...], L
     at ``first_last_bits`` has one). Found by tracing one abstract forward pass (no compute)."""
     found: dict[tuple[str, ...], LayerQuantizer] = {}
 
-    def record(next_fun, args, kwargs, context):
-        module = context.module
-        if context.method_name == "__call__" and isinstance(module, (QuantConv, QuantDense)):
-            spec = module.spec
-            if spec.weight.has_bins:
-                found[tuple(module.path)] = LayerQuantizer(tuple(module.bits), spec.weight)
-        return next_fun(*args, **kwargs)
+    def visit(module, args, y):
+        if module.spec.weight.has_bins:
+            found[tuple(module.path)] = LayerQuantizer(tuple(module.bits), module.spec.weight)
 
-    with nn.intercept_methods(record):
-        jax.eval_shape(lambda: model.init(jax.random.key(0), sample, 0, train=True))
+    visit_layers(lambda: model.init(jax.random.key(0), sample, 0, train=True), (QuantConv, QuantDense), visit)
     return {path: layer for path, layer in found.items() if layer.max_bits > 0}
 
 

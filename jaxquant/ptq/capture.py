@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxquant.errors import ConfigError
-from jaxquant.layers import QuantConv, QuantDense
+from jaxquant.layers import QuantConv, QuantDense, visit_layers
 
 LAYER_TYPES = (QuantConv, QuantDense, nn.Conv, nn.Dense)
 
@@ -161,18 +161,13 @@ def find_layers(network: Network, variables: dict, x: jax.Array) -> list[Layer]:
     """The conv and dense layers of a forward pass on model inputs ``x``, in call order."""
     layers: list[Layer] = []
 
-    def interceptor(next_fun, args, kwargs, context):
-        if context.method_name != "__call__" or not isinstance(context.module, LAYER_TYPES):
-            return next_fun(*args, **kwargs)
-        y = next_fun(*args, **kwargs)
-        layer = _describe(context.module, args[0], y)
+    def visit(module, args, y):
+        layer = _describe(module, args[0], y)
         if any(seen.name == layer.name for seen in layers):
             raise ConfigError(f"layer {layer.name} is called twice in one forward; PTQ needs each layer once")
         layers.append(layer)
-        return y
 
-    with nn.intercept_methods(interceptor):
-        jax.eval_shape(lambda v, x: network.apply(v, x, False), variables, x)
+    visit_layers(lambda: network.apply(variables, x, False), LAYER_TYPES, visit)
     if not layers:
         raise ConfigError("the model has no QuantConv/QuantDense/nn.Conv/nn.Dense layer to quantize")
     return layers
