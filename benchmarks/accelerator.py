@@ -221,16 +221,17 @@ def default_conv_batching() -> str:
 # ----------------------------------------------------------------------------------------------
 # Trainers.
 
-def _trainer(model, bits, distillation, precision_mode, optimizer_config=OptimizerConfig()):
+def _trainer(model, bits, distillation, precision_mode, optimizer_config=OptimizerConfig(), **lowering):
     return MultiPrecisionTrainer(model, tuple(bits), make_optimizer(optimizer_config, 1000, 100),
                                  distillation=distillation if len(bits) > 1 else "none",
-                                 precision_mode=precision_mode)
+                                 precision_mode=precision_mode, **lowering)
 
 
 def make_trainers(workload: Workload, variant: str, conv_batching: str, weight_gradient: str
                   ) -> list[MultiPrecisionTrainer]:
     """The trainers of one variant (several: one program each, run back to back)."""
     bits, lsq = workload.bits, QuantSpec()
+    model_lowering, trainer_lowering = step_speed.lowering_kwargs(conv_batching, weight_gradient)
     if variant == "anyprecision":  # step_speed's ap-* recipe, in the backend's default precision mode
         ap_bits = workload.anyprecision_bits
         mode = resolve_precision_mode(types.SimpleNamespace(precision_mode="auto", method="anyprecision"))
@@ -242,8 +243,8 @@ def make_trainers(workload: Workload, variant: str, conv_batching: str, weight_g
         if workload.arch != "tiny_cnn":
             raise ValueError(ANYPRECISION_IMAGENET_SKIP)
         model = SmallCNN(widths=TINY_WIDTHS, stem_pool=True, num_classes=workload.num_classes, bits=ap_bits,
-                         spec=step_speed.ANYPRECISION_SPEC, conv_batching=conv_batching, weight_gradient=weight_gradient)
-        return [_trainer(model, ap_bits, distillation, mode, step_speed.ANYPRECISION_OPTIMIZER)]
+                         spec=step_speed.ANYPRECISION_SPEC, **model_lowering)
+        return [_trainer(model, ap_bits, distillation, mode, step_speed.ANYPRECISION_OPTIMIZER, **trainer_lowering)]
     # (bits, spec, precision mode, multibranch) of each program
     programs = {
         "fp": [((32,), FULL_PRECISION, "unroll", False)],
@@ -261,8 +262,7 @@ def make_trainers(workload: Workload, variant: str, conv_batching: str, weight_g
                                                     weight_gradient=weight_gradient, model="resnet20",
                                                     multibranch=multibranch))
             continue
-        common = dict(num_classes=workload.num_classes, bits=tuple(program_bits), conv_batching=conv_batching,
-                      weight_gradient=weight_gradient)
+        common = dict(num_classes=workload.num_classes, bits=tuple(program_bits), **model_lowering)
         selection = mbquant.branch_selection(program_bits) if multibranch else None
         if workload.arch == "tiny_cnn":
             model = (MultiBranchCNN(widths=TINY_WIDTHS, stem_pool=True, selection=selection, **common) if multibranch
@@ -271,7 +271,7 @@ def make_trainers(workload: Workload, variant: str, conv_batching: str, weight_g
             model = MultiBranchResNet(stage_sizes=(2, 2, 2, 2), selection=selection, **common)
         else:
             model = ResNet(stage_sizes=(2, 2, 2, 2), spec=spec, **common)
-        trainers.append(_trainer(model, program_bits, "largest", mode))
+        trainers.append(_trainer(model, program_bits, "largest", mode, **trainer_lowering))
     return trainers
 
 

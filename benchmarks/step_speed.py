@@ -58,6 +58,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -88,10 +89,20 @@ ANYPRECISION_SPEC = QuantSpec(weight="dorefa", activation="dorefa")
 ANYPRECISION_OPTIMIZER = OptimizerConfig(optimizer="adam", learning_rate=1e-3, weight_decay=0.0)
 
 
+def lowering_kwargs(conv_batching: str, weight_gradient: str) -> tuple[dict, dict]:
+    """``(model kwargs, trainer kwargs)`` choosing the conv lowering: fields of every model in
+    older packages (``--against``), the trainer's `jaxquant.layers.Lowering` since."""
+    if any(f.name == "conv_batching" for f in dataclasses.fields(CifarResNet)):
+        return dict(conv_batching=conv_batching, weight_gradient=weight_gradient), {}
+    from jaxquant.layers import Lowering
+    return {}, dict(lowering=Lowering(conv_batching, weight_gradient))
+
+
 def make_trainer(bits, spec, precision_mode="vmap", distillation="largest", conv_batching="unroll",
                  width=1, weight_gradient="auto", model="resnet20", multibranch=False, depth=20,
                  preactivation=False, optimizer=None):
-    common = dict(bits=tuple(bits), spec=spec, conv_batching=conv_batching, weight_gradient=weight_gradient)
+    model_lowering, trainer_lowering = lowering_kwargs(conv_batching, weight_gradient)
+    common = dict(bits=tuple(bits), spec=spec, **model_lowering)
     if multibranch:  # MBQuant: the spec is implied (2-bit branches, b-bit inputs)
         del common["spec"]
         common["selection"] = mbquant.branch_selection(bits)
@@ -105,7 +116,7 @@ def make_trainer(bits, spec, precision_mode="vmap", distillation="largest", conv
         model = CifarResNet(depth=depth, width=width, preactivation=preactivation, quantize_shortcut=False, **common)
     return MultiPrecisionTrainer(model, tuple(bits), make_optimizer(optimizer or OptimizerConfig(), 1000, 100),
                                  distillation=distillation if len(bits) > 1 else "none",
-                                 precision_mode=precision_mode)
+                                 precision_mode=precision_mode, **trainer_lowering)
 
 
 def xla_cost(compiled) -> tuple[float, float]:
@@ -173,10 +184,11 @@ def unrolled_convs(trainer, images):
     lowering = getattr(layers, "conv", layers)  # the conv module (older packages: layers itself)
     record, original = [], lowering.precision_conv
 
-    def recording(x, kernel, strides=(1, 1), padding="SAME", batching="auto", weight_gradient="auto", groups=1):
+    def recording(x, kernel, strides=(1, 1), padding="SAME", *args, **kwargs):
+        groups = kwargs.get("groups", args[2] if len(args) > 2 else 1)
         record.append((tuple(x.shape), tuple(kernel.shape), tuple(strides), padding, int(groups),
                        tuple(x.shape) == tuple(images.shape)))
-        return original(x, kernel, strides, padding, batching, weight_gradient, groups)
+        return original(x, kernel, strides, padding, *args, **kwargs)
 
     variables = jax.eval_shape(lambda: trainer.model.init(jax.random.key(0), images, 0, train=True))
     lowering.precision_conv = recording

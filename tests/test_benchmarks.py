@@ -26,6 +26,7 @@ def _table_rows(text: str) -> dict[str, list[str]]:
 
 def test_anyprecision_variants_are_the_experiment_config(step_speed):
     """ap-* build exactly the model of experiments/configs/cifar10_anyprecision_resnet20.py."""
+    from jaxquant.layers import Lowering
     from jaxquant.methods import anyprecision, build_model, optimizer_config, resolve_distillation
 
     config_spec = importlib.util.spec_from_file_location(
@@ -40,7 +41,7 @@ def test_anyprecision_variants_are_the_experiment_config(step_speed):
         distillation="recursive", conv_batching="unroll", width=args.ap_width, depth=args.depth,
         preactivation=True, optimizer=step_speed.ANYPRECISION_OPTIMIZER)
     # The benchmark names conv_batching='unroll' (an older package has no 'auto'; on CPU 'auto' is 'unroll').
-    assert trainer.model == expected.clone(conv_batching="unroll")
+    assert trainer.model == expected and trainer.lowering == Lowering("unroll", "auto")
     assert trainer.bits == tuple(config.bits) and trainer.distillation == resolve_distillation(config)
     opt = optimizer_config(config)
     for field in ("optimizer", "learning_rate", "weight_decay"):

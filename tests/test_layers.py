@@ -14,7 +14,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 from jaxquant.errors import BitWidthError, ConfigError, JaxquantError
-from jaxquant.layers import (FULL_PRECISION, PrecisionBatchNorm, QuantConv, QuantDense, QuantSpec, batch_norm_train,
+from jaxquant.layers import (FULL_PRECISION, Lowering, current_lowering, lowering, PrecisionBatchNorm, QuantConv, QuantDense, QuantSpec, batch_norm_train,
                              precision_conv)
 
 BITS = (2, 4, 8)
@@ -182,7 +182,8 @@ def test_per_channel_weight_step_shape_is_precisions_by_features():
 def test_quant_conv_vmap_over_precision_matches_loop():
     x = jnp.asarray(_images(6, (2, 5, 5, 3)))
     for batching in ("unroll", "native"):
-        model = QuantConv(features=4, bits=BITS, spec=LSQ, conv_batching=batching)
+      with lowering(batching=batching):
+        model = QuantConv(features=4, bits=BITS, spec=LSQ)
         params = model.init(jax.random.PRNGKey(6), x, 0)["params"]
 
         def loss(prm, p):
@@ -507,8 +508,15 @@ def test_auto_batching_and_weight_gradient_resolve_per_backend():
         resolve_weight_gradient("fft")
     assert CONV_BATCHINGS == ("auto", "unroll", "native")
     for model in (QuantConv, MultiBranchConv, SmallCNN, CifarResNet, ResNet, MobileNetV2, MultiBranchCNN):
-        fields = {f.name: f.default for f in dataclasses.fields(model)}
-        assert fields["conv_batching"] == "auto" and fields["weight_gradient"] == "auto", model.__name__
+        fields = {f.name for f in dataclasses.fields(model)}  # one setting, not a field of every model
+        assert not fields & {"conv_batching", "weight_gradient"}, model.__name__
+    assert current_lowering() == Lowering("auto", "auto")
+    with lowering(batching="native") as setting:
+        assert current_lowering() == setting == Lowering("native", "auto")
+        with lowering(Lowering("unroll", "xla")):
+            assert current_lowering() == Lowering("unroll", "xla")
+        assert current_lowering() == setting
+    assert current_lowering() == Lowering()
     # auto on CPU runs the unrolled rule: no grouped convs, forward or backward.
     xs, ks = _conv_data(3)
     loss = lambda xs, ks: jnp.sum(jax.vmap(lambda x, k: precision_conv(x, k))(xs, ks) ** 2)  # noqa: E731
@@ -520,9 +528,9 @@ def test_precision_conv_invalid_batching():
     for bad in ("grouped", "", "UNROLL"):
         with pytest.raises(ConfigError):
             precision_conv(xs[0], ks[0], batching=bad)
-    model = QuantConv(features=4, bits=BITS, spec=LSQ, conv_batching="loop")
-    with pytest.raises(ConfigError):
-        model.init(jax.random.PRNGKey(0), xs[0], 0)
+    for bad in (dict(batching="loop"), dict(weight_gradient="fft")):
+        with pytest.raises(ConfigError):
+            Lowering(**bad)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,13 +23,21 @@ from jaxquant.configs.base import base_config
 from jaxquant.errors import BitWidthError, ConfigError
 from jaxquant.methods import build_model, mbquant
 from jaxquant.models import multibranch
-from jaxquant.layers import MultiBranchConv
+from jaxquant.layers import Lowering, MultiBranchConv, lowering
 from jaxquant.models.multibranch import (RESNET18_PARTIAL_WIDTHS, RESNET34_PARTIAL_WIDTHS, MultiBranchCifarResNet,
                                          MultiBranchCNN, MultiBranchResNet, channel_shuffle_indices, merge_branches,
                                          shuffle_branch_channels, shuffle_groups)
 from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, TrainState, _param_group, make_optimizer
 
 ALL_BITS = tuple(range(2, 9))
+
+
+@pytest.fixture(autouse=True)
+def _native_convs():
+    """XLA's grouped conv for the branch/precision axes: it compiles in a third of the unrolled
+    form's time, and the tests check values, not speed."""
+    with lowering(batching="native"):
+        yield
 G = mbquant.NUM_BRANCHES
 
 
@@ -42,8 +50,7 @@ def _resnet8(bits=ALL_BITS, selection="amortised"):
     # depth 8: one block per stage, stride-2 projections, and the last block's projection
     # (the partial branch's zero-padded identity into the full-width last conv).
     return MultiBranchCifarResNet(depth=8, num_classes=5, bits=bits,
-                                  selection=mbquant.branch_selection(bits, selection), partial_widths=(5, 9, 17),
-                                  conv_batching="native")  # XLA's grouped conv compiles faster
+                                  selection=mbquant.branch_selection(bits, selection), partial_widths=(5, 9, 17))
 
 
 def _imagenet_resnet(bits=ALL_BITS, selection="amortised", channel_shuffle=True):
@@ -51,7 +58,7 @@ def _imagenet_resnet(bits=ALL_BITS, selection="amortised", channel_shuffle=True)
     # last block's full-width partial output. Partial widths the shuffle's groups divide at every b.
     return MultiBranchResNet(stage_sizes=(1, 1, 1, 1), base_width=4, num_classes=5, bits=bits,
                              selection=mbquant.branch_selection(bits, selection), partial_widths=(3, 4, 8, 17),
-                             channel_shuffle=channel_shuffle, conv_batching="native")
+                             channel_shuffle=channel_shuffle)
 
 
 _INITIALIZED = {}
@@ -262,9 +269,9 @@ def test_resnet20_step_traces_and_a_resnet8_step_is_finite():
     for depth in (20, 8):
         # XLA's grouped conv for the branch/precision axes: a third of the unrolled form's compile time.
         model = MultiBranchCifarResNet(depth=depth, num_classes=10, bits=bits,
-                                       selection=mbquant.branch_selection(bits), conv_batching="native")
+                                       selection=mbquant.branch_selection(bits))
         trainer = MultiPrecisionTrainer(model=model, bits=bits, distillation=mbquant.DEFAULT_DISTILLATION,
-                                        optimizer=make_optimizer(OptimizerConfig(), 10, 1))
+                                        optimizer=make_optimizer(OptimizerConfig(), 10, 1), lowering=Lowering("native"))
         if depth == 20:
             # The paper's ResNet-20, traced only (its compile alone took 30-100 s of the suite);
             # ResNet-8 is the same stages and blocks, one per stage, and runs for real.
@@ -442,7 +449,7 @@ def test_imagenet_resnet_one_train_step_is_finite():
     model = _imagenet_resnet()
     x, variables = _init(model, (2, 32, 32, 3))
     trainer = MultiPrecisionTrainer(model=model, bits=model.bits, distillation=mbquant.DEFAULT_DISTILLATION,
-                                    optimizer=make_optimizer(OptimizerConfig(), 10, 1))
+                                    optimizer=make_optimizer(OptimizerConfig(), 10, 1), lowering=Lowering("native"))
     params = variables["params"]
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
                        opt_state=trainer.optimizer.init(params))

@@ -27,8 +27,9 @@ sizes get their gradients only through the quantizers. Full precision (``bits >=
 nothing snapped. A bfloat16 layer with a quantized bit-width above 8 raises `ConfigError`
 (use float32 for 9..16 bits).
 
-**Conv batching** (``conv_batching``, `resolve_conv_batching`): ``auto`` (default) is ``unroll``
-on CPU and ``native`` on GPU/TPU; ``weight_gradient`` ``auto`` is ``im2col`` on CPU and ``xla``
+**Conv lowering** (`Lowering`, set for a trace by ``with lowering(...)``; the trainer sets its
+own): ``batching`` ``auto`` (default) is ``unroll`` on CPU and ``native`` on GPU/TPU
+(`resolve_conv_batching`); ``weight_gradient`` ``auto`` is ``im2col`` on CPU and ``xla``
 elsewhere (`resolve_weight_gradient`).
 """
 from jaxquant.layers.batchnorm import PrecisionBatchNorm, batch_moments, batch_norm_train, normalize
@@ -38,7 +39,10 @@ from jaxquant.layers.conv import (
     WEIGHT_GRADIENTS,
     conv_backward,
     conv_forward,
+    Lowering,
     conv_weight_gradient,
+    current_lowering,
+    lowering,
     precision_conv,
     resolve_conv_batching,
     resolve_weight_gradient,
@@ -60,7 +64,7 @@ from jaxquant.layers.spec import (
 
 __all__ = ["EXECUTIONS", "QUANTIZER_PARAM_PREFIXES", "is_quantizer_param",
            "QuantSpec", "FULL_PRECISION", "CONV_BATCHINGS", "WEIGHT_GRADIENTS",
-           "resolve_conv_batching", "resolve_weight_gradient", "conv_forward", "conv_backward",
+           "Lowering", "lowering", "current_lowering", "resolve_conv_batching", "resolve_weight_gradient", "conv_forward", "conv_backward",
            "conv_weight_gradient", "precision_conv", "bits_at", "check_exact_codes", "quantizer_params", "QuantConv",
            "QuantDense", "batch_norm_train", "batch_moments", "normalize", "PrecisionBatchNorm",
            "visit_layers", "INTERVAL_INIT", "WEIGHT_INTERVAL_STDS", "BranchSelection", "MultiBranchConv"]

@@ -1,10 +1,18 @@
 """The convolution lowering: NHWC/HWIO convs batched over precision without grouped
-convolutions (``conv_batching``), the im2col weight gradient for CPUs (``weight_gradient``), and
-bfloat16 operands with float32 accumulation."""
+convolutions (``batching``), the im2col weight gradient for CPUs (``weight_gradient``), and
+bfloat16 operands with float32 accumulation.
+
+How convs are lowered is one setting, a `Lowering`, read when a model is traced: layers do not
+carry it. ``with lowering(Lowering('unroll', 'xla')): ...`` sets it for the traces inside
+(`MultiPrecisionTrainer` enters its own around every trace); outside any, ``auto`` picks per
+backend. It changes speed, never values beyond float rounding."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import functools
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +45,38 @@ def resolve_weight_gradient(weight_gradient: str = "auto", backend: str | None =
     if weight_gradient != "auto":
         return weight_gradient
     return "im2col" if (backend or jax.default_backend()) == "cpu" else "xla"
+
+
+@dataclasses.dataclass(frozen=True)
+class Lowering:
+    """How `precision_conv` computes: ``batching`` (`resolve_conv_batching`) and
+    ``weight_gradient`` (`resolve_weight_gradient`), each ``auto`` by default (per backend)."""
+    batching: str = "auto"
+    weight_gradient: str = "auto"
+
+    def __post_init__(self):
+        resolve_conv_batching(self.batching, "cpu")  # validates
+        resolve_weight_gradient(self.weight_gradient, "cpu")
+
+
+_CURRENT = contextvars.ContextVar("jaxquant_conv_lowering", default=Lowering())
+
+
+def current_lowering() -> Lowering:
+    """The `Lowering` in effect (``auto``/``auto`` outside any `lowering` block)."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def lowering(setting: Lowering | None = None, **fields) -> Iterator[Lowering]:
+    """Lower the convs of models traced inside the block by ``setting`` (or
+    ``Lowering(**fields)``); None and no fields leave the current one."""
+    setting = setting if setting is not None else (Lowering(**fields) if fields else current_lowering())
+    token = _CURRENT.set(setting)
+    try:
+        yield setting
+    finally:
+        _CURRENT.reset(token)
 
 
 def _static_padding(padding):
@@ -201,8 +241,8 @@ def _make_precision_conv(strides: tuple[int, ...], padding, weight_gradient: str
     return conv
 
 
-def precision_conv(x, kernel, strides=(1, 1), padding="SAME", batching: str = "auto",
-                   weight_gradient: str = "auto", groups: int = 1):
+def precision_conv(x, kernel, strides=(1, 1), padding="SAME", batching: str | None = None,
+                   weight_gradient: str | None = None, groups: int = 1):
     """NHWC/HWIO convolution (``groups`` > 1: grouped, e.g. depthwise with ``groups = C``) of
     `conv_forward` (bfloat16 operands: float32 accumulation and result), batched over precision:
 
@@ -214,7 +254,10 @@ def precision_conv(x, kernel, strides=(1, 1), padding="SAME", batching: str = "a
       ``unroll``, GPU/TPU ``native``.
 
     ``weight_gradient``: ``im2col`` (`conv_weight_gradient`), ``xla``, or ``auto`` (im2col on
-    CPU, XLA elsewhere); it applies with ``unroll`` to ungrouped convs."""
+    CPU, XLA elsewhere); it applies with ``unroll`` to ungrouped convs. Either left None is the
+    `current_lowering`'s."""
+    batching = current_lowering().batching if batching is None else batching
+    weight_gradient = current_lowering().weight_gradient if weight_gradient is None else weight_gradient
     strides = tuple(strides)
     resolve_weight_gradient(weight_gradient)  # validates
     if resolve_conv_batching(batching) == "native":

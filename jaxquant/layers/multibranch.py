@@ -125,8 +125,6 @@ class MultiBranchConv(nn.Module):
     kernel_size: Sequence[int] = (3, 3)
     strides: Sequence[int] = (1, 1)
     padding: Any = "SAME"
-    conv_batching: str = "auto"        # precision_conv's: auto (CPU unroll, GPU/TPU native) | unroll | native
-    weight_gradient: str = "auto"
     kernel_init: Callable = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
     skip_deselected: bool = True       # a static (Python int) precision computes only its branches
 
@@ -194,8 +192,7 @@ class MultiBranchConv(nn.Module):
         snapped to their integers (`quantizers.grid_integers`), float32 accumulation.
         """
         dtype = jnp.dtype(x.dtype if dtype is None else dtype)
-        conv = functools.partial(lowering.precision_conv, strides=self.strides, padding=self.padding,
-                                 batching=self.conv_batching, weight_gradient=self.weight_gradient)
+        conv = functools.partial(lowering.precision_conv, strides=self.strides, padding=self.padding)
         if not q.is_low_precision(dtype) or bit_width is None:
             return conv(x, kernel.astype(x.dtype)).astype(dtype)
         s_x = q.unit_grid_scale(bit_width)

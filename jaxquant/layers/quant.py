@@ -84,7 +84,7 @@ class QuantConv(nn.Module):
     """2-D convolution (NHWC) with quantized weights and inputs at ``bits[precision]``;
     ``feature_group_count`` > 1 makes it grouped (``= C_in``: depthwise, as MobileNetV2's).
     Output in the input's dtype; bfloat16 inputs run the exact-grid conv (module docstring).
-    ``conv_batching``/``weight_gradient``: `precision_conv`'s (``auto``: per backend)."""
+    How the conv is lowered is the `layers.conv.Lowering` in effect when it is traced."""
     features: int
     kernel_size: Sequence[int] = (3, 3)
     strides: Sequence[int] = (1, 1)
@@ -92,8 +92,6 @@ class QuantConv(nn.Module):
     use_bias: bool = False
     bits: tuple[int, ...] = (q.FP_BITS,)
     spec: QuantSpec = QuantSpec()
-    conv_batching: str = "auto"
-    weight_gradient: str = "auto"
     kernel_init: Callable = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
     feature_group_count: int = 1
 
@@ -130,7 +128,7 @@ class QuantConv(nn.Module):
         if self.spec.execution == "fake_quant":
             kernel = q.midrise_dequantize(codes, code_step, bit_width)
             return lowering.precision_conv(_quantize_input(self, x, precision), kernel.astype(x.dtype), self.strides,
-                                  self.padding, self.conv_batching, self.weight_gradient)
+                                  self.padding)
         act_step = quantizer_params(self, self.spec.activation, "act", x)["step"][precision]
         a = q.lsq_codes(x, act_step, bit_width, signed=False)
         strides = tuple(self.strides)
@@ -147,7 +145,6 @@ class QuantConv(nn.Module):
     def _conv(self, x, precision, shape):
         kernel = self.param("kernel", self.kernel_init, shape)
         conv = functools.partial(lowering.precision_conv, strides=self.strides, padding=self.padding,
-                                 batching=self.conv_batching, weight_gradient=self.weight_gradient,
                                  groups=self.feature_group_count)
         if q.is_low_precision(x.dtype):  # exact grid: conv(n_x, n_w) * s_x s_w, float32
             n_x, n_w, scale = _grid_operands(self, x, kernel, precision)

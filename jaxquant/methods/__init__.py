@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jaxquant.config import upgrade_legacy_keys
 from jaxquant.data import ArrayDataset, StreamingDataset, make_preprocess
 from jaxquant.errors import ConfigError
-from jaxquant.layers import QuantSpec
+from jaxquant.layers import Lowering, QuantSpec
 from jaxquant.quantizers import FP_BITS, max_exact_bits
 from jaxquant.methods import anyprecision, binreg, lsq, mbquant, vertical  # noqa: F401  (they register)
 from jaxquant.methods.base import METHODS, Method, get_method, register, section, unregister
@@ -39,8 +39,7 @@ def build_model(config, num_classes: int, spec: QuantSpec):
         return method.build_model(config, num_classes, spec)
     bits = tuple(config.bits)
     common = dict(num_classes=num_classes, bits=bits, spec=spec,
-                  first_last_bits=config.first_last_bits or None, conv_batching=config.conv_batching,
-                  weight_gradient=config.conv_weight_gradient)
+                  first_last_bits=config.first_last_bits or None)
     if config.model == "small_cnn":
         return SmallCNN(widths=tuple(config.widths), stem_pool=config.stem_pool, **common)
     if config.model in ("resnet20", "resnet32", "resnet44", "resnet56"):
@@ -124,4 +123,5 @@ def build_trainer(config, dataset: ArrayDataset | StreamingDataset, steps_per_ep
         precision_mode=resolve_precision_mode(config), loss_weights=tuple(config.loss_weights) or None,
         preprocess=make_preprocess(dataset.mean, dataset.std, config.augment, config.crop_padding),
         init_from_batches=init_from_batches, regularizer=regularizer, regularizer_weight=regularizer_weight,
-        compute_dtype=resolve_dtype(config))
+        compute_dtype=resolve_dtype(config),
+        lowering=Lowering(str(config.conv_batching), str(config.conv_weight_gradient)))

@@ -156,8 +156,7 @@ def build_model(config, num_classes: int):
         raise ConfigError("MBQuant keeps the stem and classifier full precision; set first_last_bits=0")
     selection = branch_selection(bits, str(mb.selection), str(mb.weight_slots), str(mb.weight_interval_std))
     common = dict(num_classes=num_classes, bits=bits, selection=selection,
-                  partial_widths=tuple(int(p) for p in mb.partial_widths),
-                  conv_batching=config.conv_batching, weight_gradient=config.conv_weight_gradient)
+                  partial_widths=tuple(int(p) for p in mb.partial_widths))
     if mb.channel_shuffle and config.model not in ("resnet18", "resnet34"):
         raise ConfigError(f"channel_shuffle is the official ImageNet ResNet-18/34's (the CIFAR code has none); "
                           f"set channel_shuffle=False for model {config.model!r}")
@@ -207,7 +206,7 @@ def initialize_intervals(trainer, state, batches: Sequence[np.ndarray], key: jax
     @jax.jit
     def one(params, batch_stats, images, precision, key):
         x = trainer.preprocess(images, True, key) if trainer.preprocess is not None else images
-        _, updates = trainer.model.apply({"params": params, "batch_stats": batch_stats}, x, precision,
+        _, updates = trainer.apply({"params": params, "batch_stats": batch_stats}, x, precision,
                                          train=True, mutable=["batch_stats", INTERVAL_INIT])
         return updates.get("batch_stats", batch_stats), updates[INTERVAL_INIT]
 

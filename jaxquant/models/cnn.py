@@ -21,14 +21,11 @@ class SmallCNN(nn.Module):
     pool_every: int = 1
     stem_pool: bool = False
     first_last_bits: int | None = None
-    conv_batching: str = "auto"       # auto (CPU: unroll, GPU/TPU: native) | unroll | native (layers.precision_conv)
-    weight_gradient: str = "auto"      # conv weight gradients: auto (CPU: im2col, GPU/TPU: xla) | im2col | xla
 
     @nn.compact
     def __call__(self, x: jax.Array, precision, train: bool = False) -> jax.Array:
-        conv, bn = layer_factories(self.bits, self.spec, self.conv_batching, self.weight_gradient)
-        x = first_conv(self.widths[0], (3, 3), (1, 1), self.first_last_bits, self.spec,
-                       self.conv_batching, self.weight_gradient)(x, 0)
+        conv, bn = layer_factories(self.bits, self.spec)
+        x = first_conv(self.widths[0], (3, 3), (1, 1), self.first_last_bits, self.spec)(x, 0)
         x = relu(bn(name="stem_bn")(x, precision, train))
         if self.stem_pool:
             x = max_pool_2x2(x)

@@ -15,16 +15,15 @@ from jaxquant.layers import FULL_PRECISION, PrecisionBatchNorm, QuantConv, Quant
 
 
 def first_conv(features, kernel_size, strides, first_last_bits: int | None, spec: QuantSpec,
-               conv_batching: str, weight_gradient: str = "auto", name: str = "stem") -> QuantConv:
+               name: str = "stem") -> QuantConv:
     """The stem conv: full precision (``first_last_bits=None``, the papers' default) or quantized
     at one fixed bit-width for every precision. Its input is the normalised image, so an LSQ
     input quantizer is signed; a DoReFa model leaves the image unquantized."""
     if first_last_bits is None:
-        return QuantConv(features, kernel_size, strides, use_bias=False, spec=FULL_PRECISION,
-                         weight_gradient=weight_gradient, name=name)
+        return QuantConv(features, kernel_size, strides, use_bias=False, spec=FULL_PRECISION, name=name)
     stem_spec = QuantSpec(spec.weight, spec.activation.for_signed_inputs() or FullPrecision())
     return QuantConv(features, kernel_size, strides, use_bias=False, bits=(first_last_bits,),
-                     spec=stem_spec, conv_batching=conv_batching, weight_gradient=weight_gradient, name=name)
+                     spec=stem_spec, name=name)
 
 
 def last_dense(num_classes, first_last_bits: int | None, spec: QuantSpec, name: str = "classifier"):
@@ -34,10 +33,9 @@ def last_dense(num_classes, first_last_bits: int | None, spec: QuantSpec, name: 
     return QuantDense(num_classes, bits=(first_last_bits,), spec=spec, name=name)
 
 
-def layer_factories(bits, spec: QuantSpec, conv_batching: str, weight_gradient: str = "auto"):
+def layer_factories(bits, spec: QuantSpec):
     """``conv(features, ...)`` and ``bn(name=...)`` partials for a model's quantized body."""
-    conv = functools.partial(QuantConv, bits=tuple(bits), spec=spec, conv_batching=conv_batching,
-                             weight_gradient=weight_gradient)
+    conv = functools.partial(QuantConv, bits=tuple(bits), spec=spec)
     bn = functools.partial(PrecisionBatchNorm, num_precisions=len(bits))
     return conv, bn
 

@@ -36,18 +36,15 @@ class MobileNetV2(nn.Module):
     bits: tuple[int, ...] = (32,)
     spec: QuantSpec = QuantSpec()
     first_last_bits: int | None = None
-    conv_batching: str = "auto"       # auto (CPU: unroll, GPU/TPU: native) | unroll | native (layers.precision_conv)
-    weight_gradient: str = "auto"      # conv weight gradients: auto (CPU: im2col, GPU/TPU: xla) | im2col | xla
 
     @nn.compact
     def __call__(self, x: jax.Array, precision, train: bool = False) -> jax.Array:
-        conv, bn = layer_factories(self.bits, self.spec, self.conv_batching, self.weight_gradient)
+        conv, bn = layer_factories(self.bits, self.spec)
         signed = self.spec.activation.for_signed_inputs()  # the linear bottleneck's output is signed
         signed_spec = self.spec if signed is None else dataclasses.replace(self.spec, activation=signed)
-        signed_conv, _ = layer_factories(self.bits, signed_spec, self.conv_batching, self.weight_gradient)
+        signed_conv, _ = layer_factories(self.bits, signed_spec)
         channels = make_divisible(32 * self.width)
-        x = first_conv(channels, (3, 3), (2, 2), self.first_last_bits, self.spec, self.conv_batching,
-                       self.weight_gradient)(x, 0)
+        x = first_conv(channels, (3, 3), (2, 2), self.first_last_bits, self.spec)(x, 0)
         x = relu6(bn(name="stem_bn")(x, precision, train))
         index = 0
         for expansion, out_channels, repeats, first_stride in INVERTED_RESIDUAL_SETTING:

@@ -63,8 +63,6 @@ class MultiBranchCNN(nn.Module):
     widths: Sequence[int] = (32, 64, 64)
     partial_widths: Sequence[int] = ()
     stem_pool: bool = False
-    conv_batching: str = "auto"       # auto (CPU: unroll, GPU/TPU: native) | unroll | native (layers.precision_conv)
-    weight_gradient: str = "auto"
 
     def resolved_partial_widths(self) -> tuple[int, ...]:
         body = tuple(self.widths[1:])
@@ -83,8 +81,7 @@ class MultiBranchCNN(nn.Module):
         sel = _check_selection(self.selection, self.bits)
         partial = self.resolved_partial_widths()
         bn = functools.partial(BranchBatchNorm, num_precisions=len(self.bits))
-        x = QuantConv(self.widths[0], (3, 3), use_bias=False, spec=FULL_PRECISION,
-                      weight_gradient=self.weight_gradient, name="stem")(x, 0)
+        x = QuantConv(self.widths[0], (3, 3), use_bias=False, spec=FULL_PRECISION, name="stem")(x, 0)
         x = relu(PrecisionBatchNorm(num_precisions=len(self.bits), name="stem_bn")(x, precision, train))
         if self.stem_pool:
             x = max_pool_2x2(x)
@@ -95,7 +92,6 @@ class MultiBranchCNN(nn.Module):
         for i, width in enumerate(body):
             p_out = width if i == len(body) - 1 else partial[i]
             x = ops.conv(MultiBranchConv(width, sel, tuple(self.bits), partial_in=p_in, partial_out=p_out,
-                                         conv_batching=self.conv_batching, weight_gradient=self.weight_gradient,
                                          name=f"conv{i}"), x)
             x = ops.mask(ops.relu(ops.bn(bn(name=f"bn{i}"), x, train, width)), width, p_out)
             if min(jax.tree.leaves(x)[0].shape[1:3]) >= 4:  # either layout
@@ -116,8 +112,6 @@ class MultiBranchCifarResNet(nn.Module):
     bits: tuple[int, ...] = (2, 4, 6, 8)
     selection: BranchSelection | None = None
     partial_widths: Sequence[int] = ()
-    conv_batching: str = "auto"       # auto (CPU: unroll, GPU/TPU: native) | unroll | native (layers.precision_conv)
-    weight_gradient: str = "auto"
 
     def resolved_partial_widths(self) -> tuple[int, ...]:
         stages = tuple(16 * self.width * 2 ** s for s in range(3))
@@ -138,10 +132,9 @@ class MultiBranchCifarResNet(nn.Module):
         blocks = (self.depth - 2) // 6
         bits = tuple(self.bits)
         bn = functools.partial(BranchBatchNorm, num_precisions=len(bits))
-        conv = functools.partial(MultiBranchConv, selection=sel, bits=bits, conv_batching=self.conv_batching,
-                                 weight_gradient=self.weight_gradient)
+        conv = functools.partial(MultiBranchConv, selection=sel, bits=bits)
         stem = 16 * self.width
-        x = QuantConv(stem, (3, 3), use_bias=False, spec=FULL_PRECISION, weight_gradient=self.weight_gradient,
+        x = QuantConv(stem, (3, 3), use_bias=False, spec=FULL_PRECISION,
                       name="stem")(x, 0)
         x = relu(PrecisionBatchNorm(num_precisions=len(bits), name="stem_bn")(x, precision, train))
         ops = _layout(self, sel, precision)
@@ -201,8 +194,6 @@ class MultiBranchResNet(nn.Module):
     partial_widths: Sequence[int] = ()
     base_width: int = 64
     channel_shuffle: bool = False
-    conv_batching: str = "auto"       # auto (CPU: unroll, GPU/TPU: native) | unroll | native (layers.precision_conv)
-    weight_gradient: str = "auto"
 
     def resolved_partial_widths(self) -> tuple[int, ...]:
         if len(self.stage_sizes) != 4 or not all(int(n) >= 1 for n in self.stage_sizes):
@@ -242,10 +233,8 @@ class MultiBranchResNet(nn.Module):
         bn = functools.partial(BranchBatchNorm, num_precisions=len(bits))
         # PyTorch's symmetric paddings (3x3: 1, 7x7: 3, 1x1: 0); SAME would pad a stride-2 conv
         # on an even map only at the bottom/right.
-        conv = functools.partial(MultiBranchConv, selection=sel, bits=bits, padding=((1, 1), (1, 1)),
-                                 conv_batching=self.conv_batching, weight_gradient=self.weight_gradient)
-        x = QuantConv(self.base_width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False, spec=FULL_PRECISION,
-                      weight_gradient=self.weight_gradient, name="stem")(x, 0)
+        conv = functools.partial(MultiBranchConv, selection=sel, bits=bits, padding=((1, 1), (1, 1)))
+        x = QuantConv(self.base_width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False, spec=FULL_PRECISION, name="stem")(x, 0)
         x = relu(PrecisionBatchNorm(num_precisions=len(bits), name="stem_bn")(x, precision, train))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         ops = _layout(self, sel, precision)

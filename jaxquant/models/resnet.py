@@ -21,15 +21,12 @@ class ResNet(nn.Module):
     spec: QuantSpec = QuantSpec()
     quantize_shortcut: bool = True
     first_last_bits: int | None = None
-    conv_batching: str = "auto"       # auto (CPU: unroll, GPU/TPU: native) | unroll | native (layers.precision_conv)
-    weight_gradient: str = "auto"      # conv weight gradients: auto (CPU: im2col, GPU/TPU: xla) | im2col | xla
 
     @nn.compact
     def __call__(self, x: jax.Array, precision, train: bool = False) -> jax.Array:
-        conv, bn = layer_factories(self.bits, self.spec, self.conv_batching, self.weight_gradient)
-        shortcut_conv, _ = layer_factories(self.bits, self.spec if self.quantize_shortcut else FULL_PRECISION,
-                                           self.conv_batching, self.weight_gradient)
-        x = first_conv(64, (7, 7), (2, 2), self.first_last_bits, self.spec, self.conv_batching, self.weight_gradient)(x, 0)
+        conv, bn = layer_factories(self.bits, self.spec)
+        shortcut_conv, _ = layer_factories(self.bits, self.spec if self.quantize_shortcut else FULL_PRECISION)
+        x = first_conv(64, (7, 7), (2, 2), self.first_last_bits, self.spec)(x, 0)
         x = max_pool(relu(bn(name="stem_bn")(x, precision, train)))
         for stage, blocks in enumerate(self.stage_sizes):
             features = 64 * 2 ** stage

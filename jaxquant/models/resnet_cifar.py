@@ -24,19 +24,15 @@ class CifarResNet(nn.Module):
     preactivation: bool = False
     quantize_shortcut: bool = False
     first_last_bits: int | None = None
-    conv_batching: str = "auto"       # auto (CPU: unroll, GPU/TPU: native) | unroll | native (layers.precision_conv)
-    weight_gradient: str = "auto"      # conv weight gradients: auto (CPU: im2col, GPU/TPU: xla) | im2col | xla
 
     @nn.compact
     def __call__(self, x: jax.Array, precision, train: bool = False) -> jax.Array:
         if (self.depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56), got {self.depth}")
         blocks = (self.depth - 2) // 6
-        conv, bn = layer_factories(self.bits, self.spec, self.conv_batching, self.weight_gradient)
-        shortcut_conv, _ = layer_factories(self.bits, self.spec if self.quantize_shortcut else FULL_PRECISION,
-                                           self.conv_batching, self.weight_gradient)
-        x = first_conv(16 * self.width, (3, 3), (1, 1), self.first_last_bits, self.spec,
-                       self.conv_batching, self.weight_gradient)(x, 0)
+        conv, bn = layer_factories(self.bits, self.spec)
+        shortcut_conv, _ = layer_factories(self.bits, self.spec if self.quantize_shortcut else FULL_PRECISION)
+        x = first_conv(16 * self.width, (3, 3), (1, 1), self.first_last_bits, self.spec)(x, 0)
         if not self.preactivation:
             x = relu(bn(name="stem_bn")(x, precision, train))
         for stage in range(3):

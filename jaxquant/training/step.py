@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from jaxquant.errors import ConfigError
+from jaxquant.layers.conv import Lowering, lowering
 from jaxquant.training.losses import DISTILLATION_MODES, multi_precision_loss
 
 PRECISION_MODES = ("vmap", "unroll")
@@ -71,6 +72,8 @@ class MultiPrecisionTrainer:
     follow their input's dtype (``jnp.bfloat16``: convolutions, matmuls and activations in bf16,
     quantizer arithmetic and BatchNorm statistics in float32, integer codes exact on their grid,
     see `jaxquant.layers`). Parameters, optimizer state and the loss stay float32."""
+    lowering: Lowering = Lowering()
+    """How the model's convs are lowered (`jaxquant.layers.Lowering`), set around every trace."""
 
     def __post_init__(self):
         self.bits = tuple(self.bits)
@@ -85,6 +88,11 @@ class MultiPrecisionTrainer:
     def num_precisions(self) -> int:
         return len(self.bits)
 
+    def apply(self, variables, x, precision, **kwargs):
+        """``model.apply(variables, x, precision, **kwargs)`` with the trainer's conv lowering."""
+        with lowering(self.lowering):
+            return self.model.apply(variables, x, precision, **kwargs)
+
     def _inputs(self, images, train: bool, key, dtype=None):
         x = images if self.preprocess is None else self.preprocess(images, train, key)
         dtype = self.compute_dtype if dtype is None else dtype
@@ -97,7 +105,10 @@ class MultiPrecisionTrainer:
         # float32 run's, and every parameter is created float32.
         x = self._inputs(sample_images, False, key, jnp.float32)
         # Jitted: un-jitted, Flax's init dispatches op by op (2x slower for the multi-branch models).
-        variables = jax.jit(lambda k, v: self.model.init(k, v, int(np.argmax(self.bits)), train=True))(key, x)
+        def init(k, v):
+            with lowering(self.lowering):
+                return self.model.init(k, v, int(np.argmax(self.bits)), train=True)
+        variables = jax.jit(init)(key, x)
         params = variables["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           batch_stats=variables.get("batch_stats", {}),
@@ -106,8 +117,8 @@ class MultiPrecisionTrainer:
     def _forward_all(self, params, batch_stats, x):
         """Logits ``(P, N, classes)`` in training mode and the updated batch statistics."""
         def one(precision, stats):
-            logits, updates = self.model.apply({"params": params, "batch_stats": stats}, x, precision,
-                                               train=True, mutable=["batch_stats"])
+            logits, updates = self.apply({"params": params, "batch_stats": stats}, x, precision,
+                                         train=True, mutable=["batch_stats"])
             return logits.astype(jnp.float32), updates.get("batch_stats", stats)
 
         if self.precision_mode == "vmap":
@@ -161,8 +172,7 @@ class MultiPrecisionTrainer:
         x = self._inputs(images, False, None)
 
         def one(p):
-            return self.model.apply({"params": params, "batch_stats": batch_stats}, x, p,
-                                    train=False).astype(jnp.float32)
+            return self.apply({"params": params, "batch_stats": batch_stats}, x, p, train=False).astype(jnp.float32)
 
         if precision is not None:
             return one(precision)
