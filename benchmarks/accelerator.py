@@ -55,6 +55,7 @@ XLA's FLOPs count a loop body once: with ``--weight-gradient im2col`` (what ``au
 the chunked weight gradients are undercounted, so CPU runs other than the smoke and the dry run
 report too few FLOPs. On GPU/TPU ``auto`` is XLA's own conv and the count is whole.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,8 +82,8 @@ for _path in (_HERE.parent, _HERE):  # the repository (jaxquant) and benchmarks/
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-
 import step_speed  # noqa: E402
+
 from jaxquant import layers as jq_layers  # noqa: E402
 from jaxquant.layers import FULL_PRECISION, QuantSpec  # noqa: E402
 from jaxquant.methods import anyprecision as anyprecision_method  # noqa: E402
@@ -91,13 +92,27 @@ from jaxquant.models import ResNet, SmallCNN  # noqa: E402
 from jaxquant.models.multibranch import MultiBranchCNN, MultiBranchResNet  # noqa: E402
 from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, make_optimizer  # noqa: E402
 
-VARIANTS = ("fp", "qat-1", "vmap-P", "unroll-P", "sequential-P", "mbq-unroll", "mbq-vmap", "anyprecision")
+VARIANTS = (
+    "fp",
+    "qat-1",
+    "vmap-P",
+    "unroll-P",
+    "sequential-P",
+    "mbq-unroll",
+    "mbq-vmap",
+    "anyprecision",
+)
 CORE_VARIANTS = ("fp", "vmap-P", "unroll-P")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-ANYPRECISION_IMAGENET_SKIP = ("Any-Precision is timed on its CIFAR recipe only (pre-activation ResNet-20 x5, "
-                              "experiments/configs/cifar10_anyprecision_resnet20.py); the repository has no "
-                              "ImageNet Any-Precision recipe")
-TINY_WIDTHS = (8, 8)  # the smoke's SmallCNN: an FP stem and one quantized conv (compiles in seconds on CPU)
+ANYPRECISION_IMAGENET_SKIP = (
+    "Any-Precision is timed on its CIFAR recipe only (pre-activation ResNet-20 x5, "
+    "experiments/configs/cifar10_anyprecision_resnet20.py); the repository has no "
+    "ImageNet Any-Precision recipe"
+)
+TINY_WIDTHS = (
+    8,
+    8,
+)  # the smoke's SmallCNN: an FP stem and one quantized conv (compiles in seconds on CPU)
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
@@ -147,7 +162,13 @@ def device_peaks(device_kind: str, matmul_precision: str | None = None) -> dict 
             continue
         bf16 = peaks["bfloat16"] * 1e12
         if name.startswith("TPU"):
-            passes = 6 if full else 3 if precision in ("high", "tensorfloat32", "bf16_bf16_f32_x3") else 1
+            passes = (
+                6
+                if full
+                else 3
+                if precision in ("high", "tensorfloat32", "bf16_bf16_f32_x3")
+                else 1
+            )
             f32, path = bf16 / passes, f"bf16 x{passes} passes (MXU)"
         elif full:
             f32, path = peaks["float32"] * 1e12, "FP32 (CUDA cores)"
@@ -160,10 +181,11 @@ def device_peaks(device_kind: str, matmul_precision: str | None = None) -> dict 
 # ----------------------------------------------------------------------------------------------
 # Workloads and the rows to run.
 
+
 @dataclasses.dataclass(frozen=True)
 class Workload:
     name: str
-    arch: str                  # resnet20 (step_speed.make_trainer's) | resnet18 | tiny_cnn (the smoke's)
+    arch: str  # resnet20 (step_speed.make_trainer's) | resnet18 | tiny_cnn (the smoke's)
     batch: int
     image_shape: tuple[int, int, int]
     num_classes: int
@@ -172,8 +194,11 @@ class Workload:
 
     @property
     def title(self) -> str:
-        model = {"resnet20": "CIFAR ResNet-20", "resnet18": "ImageNet ResNet-18",
-                 "tiny_cnn": "SmallCNN 8/8 (stem + one body conv)"}[self.arch]
+        model = {
+            "resnet20": "CIFAR ResNet-20",
+            "resnet18": "ImageNet ResNet-18",
+            "tiny_cnn": "SmallCNN 8/8 (stem + one body conv)",
+        }[self.arch]
         return f"{model}, batch {self.batch}, {'x'.join(map(str, self.image_shape))}"
 
 
@@ -192,8 +217,13 @@ def plan(workloads, variants=VARIANTS, dtypes=tuple(DTYPES)) -> list[tuple[Workl
     then the core variants (fp, vmap-P, unroll-P) of the others, then the rest of theirs."""
     rows = [(workloads[0], v, d) for v in variants for d in dtypes]
     for core in (True, False):
-        rows += [(w, v, d) for w in workloads[1:] for v in variants if (v in CORE_VARIANTS) == core
-                 for d in dtypes]
+        rows += [
+            (w, v, d)
+            for w in workloads[1:]
+            for v in variants
+            if (v in CORE_VARIANTS) == core
+            for d in dtypes
+        ]
     return rows
 
 
@@ -221,30 +251,68 @@ def default_conv_batching() -> str:
 # ----------------------------------------------------------------------------------------------
 # Trainers.
 
-def _trainer(model, bits, distillation, precision_mode, optimizer_config=OptimizerConfig(), **lowering):
-    return MultiPrecisionTrainer(model, tuple(bits), make_optimizer(optimizer_config, 1000, 100),
-                                 distillation=distillation if len(bits) > 1 else "none",
-                                 precision_mode=precision_mode, **lowering)
+
+def _trainer(
+    model, bits, distillation, precision_mode, optimizer_config=OptimizerConfig(), **lowering
+):
+    return MultiPrecisionTrainer(
+        model,
+        tuple(bits),
+        make_optimizer(optimizer_config, 1000, 100),
+        distillation=distillation if len(bits) > 1 else "none",
+        precision_mode=precision_mode,
+        **lowering,
+    )
 
 
-def make_trainers(workload: Workload, variant: str, conv_batching: str, weight_gradient: str
-                  ) -> list[MultiPrecisionTrainer]:
+def make_trainers(
+    workload: Workload, variant: str, conv_batching: str, weight_gradient: str
+) -> list[MultiPrecisionTrainer]:
     """The trainers of one variant (several: one program each, run back to back)."""
     bits, lsq = workload.bits, QuantSpec()
     model_lowering, trainer_lowering = step_speed.lowering_kwargs(conv_batching, weight_gradient)
-    if variant == "anyprecision":  # step_speed's ap-* recipe, in the backend's default precision mode
+    if (
+        variant == "anyprecision"
+    ):  # step_speed's ap-* recipe, in the backend's default precision mode
         ap_bits = workload.anyprecision_bits
-        mode = resolve_precision_mode(types.SimpleNamespace(precision_mode="auto", method="anyprecision"))
+        mode = resolve_precision_mode(
+            types.SimpleNamespace(precision_mode="auto", method="anyprecision")
+        )
         distillation = anyprecision_method.DEFAULT_DISTILLATION
         if workload.arch == "resnet20":
-            return [step_speed.make_trainer(ap_bits, step_speed.ANYPRECISION_SPEC, mode, distillation, conv_batching,
-                                            width=5, weight_gradient=weight_gradient, preactivation=True,
-                                            optimizer=step_speed.ANYPRECISION_OPTIMIZER)]
+            return [
+                step_speed.make_trainer(
+                    ap_bits,
+                    step_speed.ANYPRECISION_SPEC,
+                    mode,
+                    distillation,
+                    conv_batching,
+                    width=5,
+                    weight_gradient=weight_gradient,
+                    preactivation=True,
+                    optimizer=step_speed.ANYPRECISION_OPTIMIZER,
+                )
+            ]
         if workload.arch != "tiny_cnn":
             raise ValueError(ANYPRECISION_IMAGENET_SKIP)
-        model = SmallCNN(widths=TINY_WIDTHS, stem_pool=True, num_classes=workload.num_classes, bits=ap_bits,
-                         spec=step_speed.ANYPRECISION_SPEC, **model_lowering)
-        return [_trainer(model, ap_bits, distillation, mode, step_speed.ANYPRECISION_OPTIMIZER, **trainer_lowering)]
+        model = SmallCNN(
+            widths=TINY_WIDTHS,
+            stem_pool=True,
+            num_classes=workload.num_classes,
+            bits=ap_bits,
+            spec=step_speed.ANYPRECISION_SPEC,
+            **model_lowering,
+        )
+        return [
+            _trainer(
+                model,
+                ap_bits,
+                distillation,
+                mode,
+                step_speed.ANYPRECISION_OPTIMIZER,
+                **trainer_lowering,
+            )
+        ]
     # (bits, spec, precision mode, multibranch) of each program
     programs = {
         "fp": [((32,), FULL_PRECISION, "unroll", False)],
@@ -258,15 +326,27 @@ def make_trainers(workload: Workload, variant: str, conv_batching: str, weight_g
     trainers = []
     for program_bits, spec, mode, multibranch in programs:
         if workload.arch == "resnet20":  # CIFAR ResNet-20: step_speed's trainers, as on CPU
-            trainers.append(step_speed.make_trainer(program_bits, spec, mode, "largest", conv_batching,
-                                                    weight_gradient=weight_gradient, model="resnet20",
-                                                    multibranch=multibranch))
+            trainers.append(
+                step_speed.make_trainer(
+                    program_bits,
+                    spec,
+                    mode,
+                    "largest",
+                    conv_batching,
+                    weight_gradient=weight_gradient,
+                    model="resnet20",
+                    multibranch=multibranch,
+                )
+            )
             continue
         common = dict(num_classes=workload.num_classes, bits=tuple(program_bits), **model_lowering)
         selection = mbquant.branch_selection(program_bits) if multibranch else None
         if workload.arch == "tiny_cnn":
-            model = (MultiBranchCNN(widths=TINY_WIDTHS, stem_pool=True, selection=selection, **common) if multibranch
-                     else SmallCNN(widths=TINY_WIDTHS, stem_pool=True, spec=spec, **common))
+            model = (
+                MultiBranchCNN(widths=TINY_WIDTHS, stem_pool=True, selection=selection, **common)
+                if multibranch
+                else SmallCNN(widths=TINY_WIDTHS, stem_pool=True, spec=spec, **common)
+            )
         elif multibranch:
             model = MultiBranchResNet(stage_sizes=(2, 2, 2, 2), selection=selection, **common)
         else:
@@ -278,6 +358,7 @@ def make_trainers(workload: Workload, variant: str, conv_batching: str, weight_g
 # ----------------------------------------------------------------------------------------------
 # Measuring one row.
 
+
 def memory_bytes(compiled) -> tuple[int | None, dict]:
     """Peak device bytes of a compiled program by XLA's memory analysis (None where the backend
     gives none) and the raw fields."""
@@ -287,12 +368,19 @@ def memory_bytes(compiled) -> tuple[int | None, dict]:
         stats = None
     if stats is None:
         return None, {}
-    fields = {name: int(getattr(stats, name)) for name in dir(stats)
-              if name.endswith("_in_bytes") and isinstance(getattr(stats, name, None), (int, np.integer))}
+    fields = {
+        name: int(getattr(stats, name))
+        for name in dir(stats)
+        if name.endswith("_in_bytes") and isinstance(getattr(stats, name, None), (int, np.integer))
+    }
     peak = fields.get("peak_memory_in_bytes", 0)
     if not peak:
-        peak = (fields.get("temp_size_in_bytes", 0) + fields.get("argument_size_in_bytes", 0)
-                + fields.get("output_size_in_bytes", 0) - fields.get("alias_size_in_bytes", 0))
+        peak = (
+            fields.get("temp_size_in_bytes", 0)
+            + fields.get("argument_size_in_bytes", 0)
+            + fields.get("output_size_in_bytes", 0)
+            - fields.get("alias_size_in_bytes", 0)
+        )
     return (int(peak) if peak > 0 else None), fields
 
 
@@ -339,8 +427,15 @@ def measure(trainers, states, images, labels, steps: int, warmup: int, compile_o
         times.append(time.perf_counter() - t0)
     seconds = statistics.median(times)
     loss = float(metrics["loss"])
-    return {"seconds": seconds, "compile_s": compile_s, "flops": flops, "peak_bytes": peak,
-            "memory_fields": fields, "loss": loss, "loss_finite": math.isfinite(loss)}
+    return {
+        "seconds": seconds,
+        "compile_s": compile_s,
+        "flops": flops,
+        "peak_bytes": peak,
+        "memory_fields": fields,
+        "loss": loss,
+        "loss_finite": math.isfinite(loss),
+    }
 
 
 def lowered_flops(trainers, states, images, labels) -> float:
@@ -348,7 +443,11 @@ def lowered_flops(trainers, states, images, labels) -> float:
     key = jax.random.key(0)
     total = 0.0
     for trainer, state in zip(trainers, states):
-        cost = jax.jit(trainer.train_step, donate_argnums=0).lower(state, images, labels, key).cost_analysis()
+        cost = (
+            jax.jit(trainer.train_step, donate_argnums=0)
+            .lower(state, images, labels, key)
+            .cost_analysis()
+        )
         cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
         total += float(cost.get("flops", 0.0))
     return total
@@ -357,9 +456,18 @@ def lowered_flops(trainers, states, images, labels) -> float:
 # ----------------------------------------------------------------------------------------------
 # The table.
 
-COLUMNS = [("workload", 14, "workload"), ("variant", 13, "variant"), ("dtype", 9, "dtype"),
-           ("images/s", 10, "images_per_s"), ("ms/step", 9, "ms_per_step"), ("compile s", 10, "compile_s"),
-           ("peak MiB", 9, "peak_mib"), ("GFLOP", 9, "gflop"), ("TFLOP/s", 8, "tflops"), ("MFU", 7, "mfu")]
+COLUMNS = [
+    ("workload", 14, "workload"),
+    ("variant", 13, "variant"),
+    ("dtype", 9, "dtype"),
+    ("images/s", 10, "images_per_s"),
+    ("ms/step", 9, "ms_per_step"),
+    ("compile s", 10, "compile_s"),
+    ("peak MiB", 9, "peak_mib"),
+    ("GFLOP", 9, "gflop"),
+    ("TFLOP/s", 8, "tflops"),
+    ("MFU", 7, "mfu"),
+]
 
 
 def format_cell(key: str, value) -> str:
@@ -369,8 +477,15 @@ def format_cell(key: str, value) -> str:
         return f"{100 * value:.1f}%"
     if isinstance(value, float):
         if key in ("gflop", "tflops", "ms_per_step", "compile_s", "peak_mib"):
-            return (f"{value:.2g}" if value < 0.1 else f"{value:.2f}" if value < 10 else f"{value:.1f}"
-                    if value < 1000 else f"{value:.0f}")
+            return (
+                f"{value:.2g}"
+                if value < 0.1
+                else f"{value:.2f}"
+                if value < 10
+                else f"{value:.1f}"
+                if value < 1000
+                else f"{value:.0f}"
+            )
         return f"{value:.0f}"
     return str(value)
 
@@ -379,8 +494,11 @@ def format_row(row: dict) -> str:
     cells = []
     for title, width, key in COLUMNS:
         value = row.get(key)
-        cells.append(f"{format_cell(key, value):<{width}}" if key in ("workload", "variant", "dtype")
-                     else f"{format_cell(key, value):>{width}}")
+        cells.append(
+            f"{format_cell(key, value):<{width}}"
+            if key in ("workload", "variant", "dtype")
+            else f"{format_cell(key, value):>{width}}"
+        )
     line = " ".join(cells)
     if row["status"] not in ("ok", "dry-run"):
         line = " ".join(cells[:3]) + f"  {row['status']}: {row.get('reason', '')}"
@@ -390,8 +508,10 @@ def format_row(row: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = " ".join(f"{title:<{width}}" if key in ("workload", "variant", "dtype") else f"{title:>{width}}"
-                    for title, width, key in COLUMNS)
+    head = " ".join(
+        f"{title:<{width}}" if key in ("workload", "variant", "dtype") else f"{title:>{width}}"
+        for title, width, key in COLUMNS
+    )
     return "\n".join([head] + [format_row(r) for r in rows])
 
 
@@ -402,25 +522,36 @@ def header_info(args, conv_batching: str) -> dict:
     resolved = conv_batching
     if conv_batching == "auto" and hasattr(jq_layers, "resolve_conv_batching"):
         try:
-            resolved = f"auto ({jq_layers.resolve_conv_batching('auto')} on {jax.default_backend()})"
+            resolved = (
+                f"auto ({jq_layers.resolve_conv_batching('auto')} on {jax.default_backend()})"
+            )
         except Exception:  # noqa: BLE001 (its signature is the layer module's business)
             resolved = "auto"
     return {
-        "device_kind": device.device_kind, "backend": jax.default_backend(), "device_count": jax.device_count(),
-        "jax": jax.__version__, "jaxlib": _jaxlib_version(),
+        "device_kind": device.device_kind,
+        "backend": jax.default_backend(),
+        "device_count": jax.device_count(),
+        "jax": jax.__version__,
+        "jaxlib": _jaxlib_version(),
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "mode": "smoke" if args.smoke else "dry-run" if args.dry_run else "full",
-        "steps": args.steps, "warmup": args.warmup, "budget_s": args.budget_s,
-        "conv_batching": resolved, "weight_gradient": args.weight_gradient,
-        "default_matmul_precision": precision, "compute_dtype_supported": has_compute_dtype(),
-        "peak": peaks, "fast_compile": bool(args.smoke),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "budget_s": args.budget_s,
+        "conv_batching": resolved,
+        "weight_gradient": args.weight_gradient,
+        "default_matmul_precision": precision,
+        "compute_dtype_supported": has_compute_dtype(),
+        "peak": peaks,
+        "fast_compile": bool(args.smoke),
     }
 
 
 def _jaxlib_version():
     try:
         import jaxlib
+
         return jaxlib.__version__
     except Exception:  # noqa: BLE001
         return None
@@ -429,37 +560,79 @@ def _jaxlib_version():
 def write_json(path: pathlib.Path, header: dict, rows: list[dict], elapsed: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"header": header, "rows": rows, "elapsed_s": round(elapsed, 1)}, indent=1,
-                              default=str))
+    tmp.write_text(
+        json.dumps(
+            {"header": header, "rows": rows, "elapsed_s": round(elapsed, 1)}, indent=1, default=str
+        )
+    )
     os.replace(tmp, path)
 
 
 def default_out() -> pathlib.Path:
-    return pathlib.Path(os.environ["OUT"] if os.environ.get("OUT") else os.getcwd()) / "accelerator.json"
+    return (
+        pathlib.Path(os.environ["OUT"] if os.environ.get("OUT") else os.getcwd())
+        / "accelerator.json"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 
+
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny CIFAR-shaped run (SmallCNN 8/8, 8x8x3, batch 4, bits 2/8, one timed step) for CPU")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="lower every row and print XLA's FLOPs of the un-optimised step; no compile, no timing")
-    parser.add_argument("--out", type=pathlib.Path, default=None,
-                        help="JSON path (default $OUT/accelerator.json if OUT is set, else ./accelerator.json)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default 20; smoke 1)")
-    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps after compiling (default 2; smoke 1)")
-    parser.add_argument("--budget-s", type=float, default=450.0,
-                        help="start no row after this many seconds (rows left are listed as skipped)")
-    parser.add_argument("--workloads", default="", help="comma-separated subset (default: all of the mode)")
-    parser.add_argument("--only", default="", help=f"comma-separated subset of the variants {', '.join(VARIANTS)}")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny CIFAR-shaped run (SmallCNN 8/8, 8x8x3, batch 4, bits 2/8, one timed step) for CPU",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="lower every row and print XLA's FLOPs of the un-optimised step; no compile, no timing",
+    )
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=None,
+        help="JSON path (default $OUT/accelerator.json if OUT is set, else ./accelerator.json)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps per row (default 20; smoke 1)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="warm-up steps after compiling (default 2; smoke 1)",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=450.0,
+        help="start no row after this many seconds (rows left are listed as skipped)",
+    )
+    parser.add_argument(
+        "--workloads", default="", help="comma-separated subset (default: all of the mode)"
+    )
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated subset of the variants {', '.join(VARIANTS)}"
+    )
     parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--conv-batching", default="default", choices=["default", "auto", "unroll", "native"],
-                        help="vmapped convs: default = auto where jaxquant.layers resolves it, else native off CPU "
-                             "(dry run: native, the accelerator's)")
-    parser.add_argument("--weight-gradient", default=None, choices=["auto", "im2col", "xla"],
-                        help="conv weight gradients (default auto; smoke and dry run: xla, the accelerator's)")
+    parser.add_argument(
+        "--conv-batching",
+        default="default",
+        choices=["default", "auto", "unroll", "native"],
+        help="vmapped convs: default = auto where jaxquant.layers resolves it, else native off CPU "
+        "(dry run: native, the accelerator's)",
+    )
+    parser.add_argument(
+        "--weight-gradient",
+        default=None,
+        choices=["auto", "im2col", "xla"],
+        help="conv weight gradients (default auto; smoke and dry run: xla, the accelerator's)",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     args.steps = args.steps if args.steps is not None else 1 if args.smoke else 20
@@ -478,24 +651,40 @@ def main(argv=None) -> list[dict]:
         workloads = tuple(w for w in workloads if w.name in chosen)
     variants = tuple(v for v in (args.only.split(",") if args.only else VARIANTS) if v)
     if set(variants) - set(VARIANTS):
-        parser.error(f"unknown variants {sorted(set(variants) - set(VARIANTS))}; choose from {VARIANTS}")
+        parser.error(
+            f"unknown variants {sorted(set(variants) - set(VARIANTS))}; choose from {VARIANTS}"
+        )
     dtypes = tuple(d for d in args.dtypes.split(",") if d)
     if set(dtypes) - set(DTYPES):
-        parser.error(f"unknown dtypes {sorted(set(dtypes) - set(DTYPES))}; choose from {tuple(DTYPES)}")
-    conv_batching = default_conv_batching() if args.conv_batching == "default" else args.conv_batching
+        parser.error(
+            f"unknown dtypes {sorted(set(dtypes) - set(DTYPES))}; choose from {tuple(DTYPES)}"
+        )
+    conv_batching = (
+        default_conv_batching() if args.conv_batching == "default" else args.conv_batching
+    )
     compile_options = FAST_COMPILE if args.smoke and jax.default_backend() == "cpu" else None
     out = args.out or default_out()
 
     header = header_info(args, conv_batching)
     peaks = header["peak"]
-    print(f"# jaxquant accelerator benchmark ({header['mode']}): {header['device_kind']} "
-          f"({header['backend']}, {header['device_count']} device(s)), jax {header['jax']}, {header['date']}")
-    print(f"# {args.steps} timed steps after {args.warmup} warm-up, conv_batching {header['conv_batching']}, "
-          f"weight_gradient {args.weight_gradient}, budget {args.budget_s:.0f} s; peak: "
-          + (f"{peaks['name']} float32 {peaks['float32'] / 1e12:.0f} TFLOP/s ({peaks['float32_path']}), "
-             f"bfloat16 {peaks['bfloat16'] / 1e12:.0f} TFLOP/s" if peaks else "unknown device, MFU n/a"))
+    print(
+        f"# jaxquant accelerator benchmark ({header['mode']}): {header['device_kind']} "
+        f"({header['backend']}, {header['device_count']} device(s)), jax {header['jax']}, {header['date']}"
+    )
+    print(
+        f"# {args.steps} timed steps after {args.warmup} warm-up, conv_batching {header['conv_batching']}, "
+        f"weight_gradient {args.weight_gradient}, budget {args.budget_s:.0f} s; peak: "
+        + (
+            f"{peaks['name']} float32 {peaks['float32'] / 1e12:.0f} TFLOP/s ({peaks['float32_path']}), "
+            f"bfloat16 {peaks['bfloat16'] / 1e12:.0f} TFLOP/s"
+            if peaks
+            else "unknown device, MFU n/a"
+        )
+    )
     for w in workloads:
-        print(f"# {w.name}: {w.title}, {w.num_classes} classes, bits {w.bits} (anyprecision {w.anyprecision_bits})")
+        print(
+            f"# {w.name}: {w.title}, {w.num_classes} classes, bits {w.bits} (anyprecision {w.anyprecision_bits})"
+        )
     print(table([]), flush=True)
 
     rows: list[dict] = []
@@ -503,15 +692,21 @@ def main(argv=None) -> list[dict]:
     init_cache: dict = {}
     last_duration: dict[str, float] = {}
     for workload, variant, dtype in plan(workloads, variants, dtypes):
-        row = Row(workload=workload.name, variant=variant, dtype=dtype, batch=workload.batch,
-                  bits=list(workload.anyprecision_bits if variant == "anyprecision" else workload.bits),
-                  status="ok")
+        row = Row(
+            workload=workload.name,
+            variant=variant,
+            dtype=dtype,
+            batch=workload.batch,
+            bits=list(workload.anyprecision_bits if variant == "anyprecision" else workload.bits),
+            status="ok",
+        )
         elapsed = time.perf_counter() - start
         reason = static_skip(workload, variant, dtype)
         predicted = last_duration.get(variant, 0.0)
         if reason is None and not args.dry_run and elapsed + predicted > args.budget_s:
-            reason = (f"budget: {elapsed:.0f} s of --budget-s {args.budget_s:.0f} spent"
-                      + (f" (this variant took {predicted:.0f} s last time)" if predicted else ""))
+            reason = f"budget: {elapsed:.0f} s of --budget-s {args.budget_s:.0f} spent" + (
+                f" (this variant took {predicted:.0f} s last time)" if predicted else ""
+            )
         if reason is not None:
             row.update(status="skipped", reason=reason)
             rows.append(row)
@@ -525,11 +720,14 @@ def main(argv=None) -> list[dict]:
                 kx, ky = jax.random.split(jax.random.key(1234))
                 data_cache[shape_key] = (
                     jax.random.normal(kx, (workload.batch,) + workload.image_shape, jnp.float32),
-                    jax.random.randint(ky, (workload.batch,), 0, workload.num_classes))
+                    jax.random.randint(ky, (workload.batch,), 0, workload.num_classes),
+                )
             images, labels = data_cache[shape_key]
             trainers = make_trainers(workload, variant, conv_batching, args.weight_gradient)
-            trainers = [dataclasses.replace(t, compute_dtype=DTYPES[dtype]) if has_compute_dtype() else t
-                        for t in trainers]
+            trainers = [
+                dataclasses.replace(t, compute_dtype=DTYPES[dtype]) if has_compute_dtype() else t
+                for t in trainers
+            ]
             row["programs"] = len(trainers)
             row["precision_mode"] = trainers[0].precision_mode
             # Parameters are float32 whatever the compute dtype: one init serves both dtypes.
@@ -538,12 +736,18 @@ def main(argv=None) -> list[dict]:
                 init_cache.clear()
                 t0 = time.perf_counter()
                 if args.dry_run:
-                    init_cache[init_key] = [jax.eval_shape(t.init, jax.random.key(1), images) for t in trainers]
+                    init_cache[init_key] = [
+                        jax.eval_shape(t.init, jax.random.key(1), images) for t in trainers
+                    ]
                 else:
                     states = []
                     for t in trainers:
                         lowered = jax.jit(t.init).lower(jax.random.key(1), images)
-                        init = lowered.compile(compile_options) if compile_options else lowered.compile()
+                        init = (
+                            lowered.compile(compile_options)
+                            if compile_options
+                            else lowered.compile()
+                        )
                         states.append(init(jax.random.key(1), images))
                     init_cache[init_key] = states
                 row["init_s"] = round(time.perf_counter() - t0, 2)
@@ -554,27 +758,45 @@ def main(argv=None) -> list[dict]:
                 print(format_row(row) + "  (dry run: XLA's FLOPs of the lowered step)", flush=True)
                 write_json(out, header, rows, time.perf_counter() - start)
                 continue
-            states = [jax.tree_util.tree_map(jnp.copy, s) for s in init_cache[init_key]]  # the step donates
-            result = measure(trainers, states, images, labels, args.steps, args.warmup, compile_options)
+            states = [
+                jax.tree_util.tree_map(jnp.copy, s) for s in init_cache[init_key]
+            ]  # the step donates
+            result = measure(
+                trainers, states, images, labels, args.steps, args.warmup, compile_options
+            )
             del states
             seconds, flops = result["seconds"], result["flops"]
             flops_source = "compiled"
-            if flops <= 0:  # a backend whose compiled cost analysis counts nothing: the lowered program's
-                flops, flops_source = lowered_flops(trainers, init_cache[init_key], images, labels), "lowered"
+            if (
+                flops <= 0
+            ):  # a backend whose compiled cost analysis counts nothing: the lowered program's
+                flops, flops_source = (
+                    lowered_flops(trainers, init_cache[init_key], images, labels),
+                    "lowered",
+                )
             achieved = flops / seconds if seconds > 0 else None
             peak = peaks[dtype] if peaks else None
-            row.update(images_per_s=workload.batch / seconds, ms_per_step=1e3 * seconds,
-                       compile_s=result["compile_s"],
-                       peak_mib=None if result["peak_bytes"] is None else result["peak_bytes"] / 2 ** 20,
-                       peak_bytes=result["peak_bytes"], memory_fields=result["memory_fields"],
-                       flops=flops, gflop=flops / 1e9, flops_source=flops_source,
-                       tflops=None if achieved is None else achieved / 1e12,
-                       mfu=None if (achieved is None or not peak) else achieved / peak,
-                       peak_flops=peak, loss=result["loss"])
+            row.update(
+                images_per_s=workload.batch / seconds,
+                ms_per_step=1e3 * seconds,
+                compile_s=result["compile_s"],
+                peak_mib=None if result["peak_bytes"] is None else result["peak_bytes"] / 2**20,
+                peak_bytes=result["peak_bytes"],
+                memory_fields=result["memory_fields"],
+                flops=flops,
+                gflop=flops / 1e9,
+                flops_source=flops_source,
+                tflops=None if achieved is None else achieved / 1e12,
+                mfu=None if (achieved is None or not peak) else achieved / peak,
+                peak_flops=peak,
+                loss=result["loss"],
+            )
             if not result["loss_finite"]:
                 row["note"] = "non-finite loss"
         except Exception as error:  # noqa: BLE001 (an OOM or a compile error costs one row, not the run)
-            row.update(status="error", reason=first_line(error), traceback=traceback.format_exc()[-4000:])
+            row.update(
+                status="error", reason=first_line(error), traceback=traceback.format_exc()[-4000:]
+            )
         finally:
             trainers = None
             gc.collect()
@@ -588,10 +810,12 @@ def main(argv=None) -> list[dict]:
     elapsed = time.perf_counter() - start
     write_json(out, header, rows, elapsed)
     print()
-    print(f"# {header['device_kind']} ({header['backend']}), jax {header['jax']}, {header['date']}: "
-          f"{sum(r['status'] == 'ok' for r in rows)} rows measured, "
-          f"{sum(r['status'] == 'skipped' for r in rows)} skipped, {sum(r['status'] == 'error' for r in rows)} "
-          f"errors, {elapsed:.0f} s; JSON: {out}")
+    print(
+        f"# {header['device_kind']} ({header['backend']}), jax {header['jax']}, {header['date']}: "
+        f"{sum(r['status'] == 'ok' for r in rows)} rows measured, "
+        f"{sum(r['status'] == 'skipped' for r in rows)} skipped, {sum(r['status'] == 'error' for r in rows)} "
+        f"errors, {elapsed:.0f} s; JSON: {out}"
+    )
     print(table(rows), flush=True)
     return rows
 

@@ -17,6 +17,7 @@ epoch) and the ratios sequential/blocked and numpy/blocked.
 
   python benchmarks/bitsplit_speed.py [--layers resnet20,resnet18] [--epochs 3] [--rows 15000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,9 @@ def problem(out_features: int, fan_in: int, rows: int, seed: int = 0):
 
 def time_jax(stats, planes, alpha, epochs: int, sequential: bool) -> float:
     """Seconds per epoch of the compiled ofwa_rr (compilation excluded)."""
-    run = bitsplit.compiled_ofwa_rr(planes.shape[0], planes.shape[1], planes.shape[2], epochs, 64, sequential)
+    run = bitsplit.compiled_ofwa_rr(
+        planes.shape[0], planes.shape[1], planes.shape[2], epochs, 64, sequential
+    )
     start = time.perf_counter()
     jax.block_until_ready(run(*stats, planes, alpha))
     return (time.perf_counter() - start) / epochs
@@ -70,15 +73,21 @@ def numpy_epoch(gram, xty, planes, alpha) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--layers", default="resnet20,resnet18")
     parser.add_argument("--epochs", type=int, default=3, help="epochs timed for the blocked sweep")
     parser.add_argument("--rows", type=int, default=15000)
     args = parser.parse_args(argv)
-    print(f"ofwa_rr, W{BITS} ({BITS - 1} planes), {args.rows} calibration rows, jax {jax.__version__}, "
-          f"{jax.devices()[0].platform}")
-    print("| layer | W (M x N) | blocked s/epoch | sequential s/epoch | numpy (the code's loop) s/epoch "
-          "| sequential / blocked | numpy / blocked |")
+    print(
+        f"ofwa_rr, W{BITS} ({BITS - 1} planes), {args.rows} calibration rows, jax {jax.__version__}, "
+        f"{jax.devices()[0].platform}"
+    )
+    print(
+        "| layer | W (M x N) | blocked s/epoch | sequential s/epoch | numpy (the code's loop) s/epoch "
+        "| sequential / blocked | numpy / blocked |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
     for name in args.layers.split(","):
         out_features, fan_in = LAYERS[name]
@@ -86,8 +95,11 @@ def main(argv=None) -> int:
         blocked = time_jax(stats, planes, alpha, args.epochs, sequential=False)
         sequential = time_jax(stats, planes, alpha, 1, sequential=True)
         reference = numpy_epoch(stats[0], stats[1], planes, alpha)
-        print(f"| {name} | {out_features} x {fan_in} | {blocked:.3f} | {sequential:.3f} | {reference:.3f} "
-              f"| {sequential / blocked:.1f} | {reference / blocked:.1f} |", flush=True)
+        print(
+            f"| {name} | {out_features} x {fan_in} | {blocked:.3f} | {sequential:.3f} | {reference:.3f} "
+            f"| {sequential / blocked:.1f} | {reference / blocked:.1f} |",
+            flush=True,
+        )
     return 0
 
 

@@ -12,6 +12,7 @@ A training step has to wait for the host only when the host is slower than the a
 
   python benchmarks/stream_speed.py [--workers 1,2] [--batch 256] [--batches 4] [--size 224]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,12 +30,15 @@ class JpegSource:
 
     def __init__(self, count: int, seed: int = 0):
         from PIL import Image
+
         rng = np.random.default_rng(seed)
         self.encoded, self.labels = [], rng.integers(0, 1000, count)
         for _ in range(count):
             short = int(rng.integers(300, 501))
             long = int(short * rng.uniform(1.0, 4 / 3))
-            h, w = (short, long) if rng.random() < 0.7 else (long, short)  # most photos are landscape
+            h, w = (
+                (short, long) if rng.random() < 0.7 else (long, short)
+            )  # most photos are landscape
             # Smooth noise compresses like a photo (white noise would make huge files).
             small = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
             image = Image.fromarray(small).resize((w, h), Image.BILINEAR)
@@ -47,27 +51,40 @@ class JpegSource:
 
     def __getitem__(self, index: int) -> dict:
         from PIL import Image
-        return {"image": np.asarray(Image.open(io.BytesIO(self.encoded[index])).convert("RGB")),
-                "label": int(self.labels[index])}
+
+        return {
+            "image": np.asarray(Image.open(io.BytesIO(self.encoded[index])).convert("RGB")),
+            "label": int(self.labels[index]),
+        }
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--batches", type=int, default=4, help="timed batches per worker count")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--images", type=int, default=512, help="distinct JPEGs in the stand-in source")
+    parser.add_argument(
+        "--images", type=int, default=512, help="distinct JPEGs in the stand-in source"
+    )
     args = parser.parse_args(argv)
     source = JpegSource(args.images)
     mean_kb = statistics.mean(len(e) for e in source.encoded) / 1024
-    print(f"stand-in source: {len(source)} JPEGs, mean {mean_kb:.0f} KiB; batch {args.batch}, {args.size}x{args.size}")
+    print(
+        f"stand-in source: {len(source)} JPEGs, mean {mean_kb:.0f} KiB; batch {args.batch}, {args.size}x{args.size}"
+    )
     print("| workers | train images/s | speedup | eval images/s | speedup |")
     print("|---:|---:|---:|---:|---:|")
     base = None
     for workers in (int(w) for w in args.workers.split(",")):
-        ds = StreamingDataset("imagenet2012", source, source, 1000, (0.5,) * 3, (0.25,) * 3, args.size, workers)
-        ds.train_examples(batch_indices(0, 0, len(source), args.batch), 0, 0)  # warm-up: threads, PIL
+        ds = StreamingDataset(
+            "imagenet2012", source, source, 1000, (0.5,) * 3, (0.25,) * 3, args.size, workers
+        )
+        ds.train_examples(
+            batch_indices(0, 0, len(source), args.batch), 0, 0
+        )  # warm-up: threads, PIL
         start = time.perf_counter()
         for step in range(1, args.batches + 1):
             ds.train_examples(batch_indices(0, step, len(source), args.batch), 0, step)
@@ -76,8 +93,10 @@ def main(argv=None) -> int:
         count = sum(len(labels) for _, labels in ds.test_batches(args.batch))
         evaluation = count / (time.perf_counter() - start)
         base = base or (train, evaluation)
-        print(f"| {workers} | {train:.0f} | {train / base[0]:.2f}x | {evaluation:.0f} | {evaluation / base[1]:.2f}x |",
-              flush=True)
+        print(
+            f"| {workers} | {train:.0f} | {train / base[0]:.2f}x | {evaluation:.0f} | {evaluation / base[1]:.2f}x |",
+            flush=True,
+        )
     return 0
 
 

@@ -14,6 +14,7 @@ the largest quantized layer, LSQ vs LSQ + BR at 2 bits (WORKDIR/binreg_bins.png)
 Nine runs of 6 epochs: about 35 minutes on the 2-core machine when it is quiet.
 Build the data first: python ../shared/data/prepare_tfds.py /tmp/tfds_data cifar10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,9 @@ import numpy as np
 
 from jaxquant import cli
 from jaxquant.config import apply_overrides, load_config
-from jaxquant.runs import load_run
 from jaxquant.methods import binreg
 from jaxquant.report import format_table, plot_accuracy
+from jaxquant.runs import load_run
 
 HERE = pathlib.Path(__file__).resolve().parent
 CONFIG = HERE / "configs" / "cifar10_binreg_cpu.py"
@@ -38,25 +39,61 @@ TITLE = "CIFAR-10 (JPEG-rebuilt) test accuracy (%), SmallCNN 16/32/64/64, dedica
 @dataclasses.dataclass(frozen=True)
 class Run:
     """One `jaxquant train` call: a table row ``label`` at ``bits``, workdir ``name``."""
+
     label: str
     name: str
     bits: int
     overrides: tuple[tuple[str, str], ...] = ()
-    table: str = "main"      # main (the bit-width table) | ablation (2-bit rows)
+    table: str = "main"  # main (the bit-width table) | ablation (2-bit rows)
 
 
 PLAN = tuple(
-    [run for b in (2, 3, 4) for run in (Run("LSQ", f"lsq_{b}", b, (("method", "lsq"),)),
-                                       Run("LSQ + BR (two-stage)", f"binreg_{b}", b))]
-    + [Run("LSQ + BR, joint from the start", "binreg_2_joint", 2, (("binreg.schedule", "joint"),), "ablation"),
-       Run("LSQ + BR, alternating epochs", "binreg_2_alternating", 2, (("binreg.schedule", "alternating"),), "ablation"),
-       Run("LSQ + BR (two-stage), code units", "binreg_2_code", 2, (("binreg.units", "code"),), "ablation")])
+    [
+        run
+        for b in (2, 3, 4)
+        for run in (
+            Run("LSQ", f"lsq_{b}", b, (("method", "lsq"),)),
+            Run("LSQ + BR (two-stage)", f"binreg_{b}", b),
+        )
+    ]
+    + [
+        Run(
+            "LSQ + BR, joint from the start",
+            "binreg_2_joint",
+            2,
+            (("binreg.schedule", "joint"),),
+            "ablation",
+        ),
+        Run(
+            "LSQ + BR, alternating epochs",
+            "binreg_2_alternating",
+            2,
+            (("binreg.schedule", "alternating"),),
+            "ablation",
+        ),
+        Run(
+            "LSQ + BR (two-stage), code units",
+            "binreg_2_code",
+            2,
+            (("binreg.units", "code"),),
+            "ablation",
+        ),
+    ]
+)
 
 
 def train_argv(run: Run, root: pathlib.Path, args) -> list[str]:
-    overrides = [f"--config.bits={run.bits}"] + [f"--config.{key}={value}" for key, value in run.overrides]
-    return cli.train_argv(CONFIG, root / run.name, overrides, data_dir=args.data_dir, epochs=args.epochs,
-                          progress=not args.no_progress)
+    overrides = [f"--config.bits={run.bits}"] + [
+        f"--config.{key}={value}" for key, value in run.overrides
+    ]
+    return cli.train_argv(
+        CONFIG,
+        root / run.name,
+        overrides,
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        progress=not args.no_progress,
+    )
 
 
 def accuracy(workdir: pathlib.Path, bits: int) -> float:
@@ -76,7 +113,9 @@ def spread_line(report: dict) -> tuple[float, float]:
     counts = np.array([b["count"] for b in bins], float)
     offsets = np.abs([b["mean_offset"] for b in bins])
     stds = np.sqrt(np.maximum([b["variance"] for b in bins], 0.0))
-    return float(np.sum(counts * offsets) / counts.sum()), float(np.sum(counts * stds) / counts.sum())
+    return float(np.sum(counts * offsets) / counts.sum()), float(
+        np.sum(counts * stds) / counts.sum()
+    )
 
 
 def summarize(root: pathlib.Path, plan, dataset, seconds: dict | None = None) -> str:
@@ -92,44 +131,67 @@ def summarize(root: pathlib.Path, plan, dataset, seconds: dict | None = None) ->
             ablation[run.label] = {2: acc}
         statistics[run] = run_statistics(root / run.name, dataset)
     text = format_table(main_rows, title=TITLE)
-    text += "\n\n" + format_table(ablation, title="2 bits: schedule and units ablation (test accuracy, %)")
-    lines = ["**Weight quantization error per run** (all quantized layers; MSE in weight units and in "
-             "steps^2; BR summed over layers; bin offsets and spreads in steps, count-weighted)", "",
-             "| run | bits | MSE | MSE / s^2 | BR | BR / s^2 | mean abs(bin offset) | mean bin std |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    text += "\n\n" + format_table(
+        ablation, title="2 bits: schedule and units ablation (test accuracy, %)"
+    )
+    lines = [
+        "**Weight quantization error per run** (all quantized layers; MSE in weight units and in "
+        "steps^2; BR summed over layers; bin offsets and spreads in steps, count-weighted)",
+        "",
+        "| run | bits | MSE | MSE / s^2 | BR | BR / s^2 | mean abs(bin offset) | mean bin std |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for run, (report, _) in statistics.items():
         total = report["total"]
         offset, std = spread_line(report)
-        lines.append(f"| {run.label} | {run.bits} | {total['mse']:.3e} | {total['mse_code']:.4f} | {total['br']:.3e} | "
-                     f"{total['br_code']:.4f} | {offset:.4f} | {std:.4f} |")
+        lines.append(
+            f"| {run.label} | {run.bits} | {total['mse']:.3e} | {total['mse_code']:.4f} | {total['br']:.3e} | "
+            f"{total['br_code']:.4f} | {offset:.4f} | {std:.4f} |"
+        )
     text += "\n\n" + "\n".join(lines)
 
     pair = [run for run in plan if run.bits == 2 and run.table == "main"]
     if len(pair) == 2:
-        (lsq_report, (lsq_params, lsq_layers)), (br_report, (br_params, br_layers)) = (statistics[r] for r in pair)
-        rows = ["**2-bit, per layer: quantization MSE (steps^2) and step, LSQ vs LSQ + BR**", "",
-                "| layer | weights | LSQ MSE / s^2 | LSQ + BR MSE / s^2 | LSQ step | LSQ + BR step |",
-                "|---|---:|---:|---:|---:|---:|"]
+        (lsq_report, (lsq_params, lsq_layers)), (br_report, (br_params, br_layers)) = (
+            statistics[r] for r in pair
+        )
+        rows = [
+            "**2-bit, per layer: quantization MSE (steps^2) and step, LSQ vs LSQ + BR**",
+            "",
+            "| layer | weights | LSQ MSE / s^2 | LSQ + BR MSE / s^2 | LSQ step | LSQ + BR step |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for name in lsq_report:
             if name != "total":
                 a, b = lsq_report[name], br_report[name]
-                rows.append(f"| {name} | {a['weights']:,} | {a['mse_code']:.4f} | {b['mse_code']:.4f} | "
-                            f"{a['step']:.4g} | {b['step']:.4g} |")
+                rows.append(
+                    f"| {name} | {a['weights']:,} | {a['mse_code']:.4f} | {b['mse_code']:.4f} | "
+                    f"{a['step']:.4g} | {b['step']:.4g} |"
+                )
         text += "\n\n" + "\n".join(rows)
         name = binreg.largest_layer(lsq_layers, lsq_params)
         path = tuple(name.split("/"))
-        png = binreg.plot_bins([(pair[0].label, binreg.get_path(lsq_params, path), lsq_layers[path], 0),
-                                (pair[1].label, binreg.get_path(br_params, path), br_layers[path], 0)],
-                               root / "binreg_bins.png", title=f"{name}: 2-bit weights by bin")
+        png = binreg.plot_bins(
+            [
+                (pair[0].label, binreg.get_path(lsq_params, path), lsq_layers[path], 0),
+                (pair[1].label, binreg.get_path(br_params, path), br_layers[path], 0),
+            ],
+            root / "binreg_bins.png",
+            title=f"{name}: 2-bit weights by bin",
+        )
         text += f"\n\nbin plot of {name} (the largest quantized layer): {png.name}"
     if seconds:
-        text += ("\n\nwall-clock seconds per `jaxquant train` call (2-core CPU; a finished run resumes and only "
-                 "evaluates): " + ", ".join(f"{k}: {v:.0f}" for k, v in seconds.items()))
+        text += (
+            "\n\nwall-clock seconds per `jaxquant train` call (2-core CPU; a finished run resumes and only "
+            "evaluates): " + ", ".join(f"{k}: {v:.0f}" for k, v in seconds.items())
+        )
     return text
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data_dir", default="")
     parser.add_argument("--workdir", default="runs/binreg_cifar10")
     parser.add_argument("--epochs", type=int, default=None)
@@ -141,21 +203,28 @@ def main(argv=None) -> int:
         seconds[run.name] = cli.run_train(train_argv(run, root, args))
 
     from jaxquant.data import load_dataset
+
     dataset = load_dataset("cifar10", args.data_dir or None)
     text = summarize(root, PLAN, dataset, seconds)
     config = json.loads((root / PLAN[1].name / "config.json").read_text())
     lam = binreg.resolve_lambda(apply_overrides(load_config(CONFIG), {"method": config["method"]}))
-    text += (f"\n\nconfig: {config['epochs']} epochs, batch {config['batch_size']}, seed {config['seed']}, "
-             f"lambda {lam:g} (LSQ rows: 0), BR from epoch {config['binreg_start_epochs']:g} (two-stage), "
-             f"{config['binreg_units']} units, {config['binreg_layer_reduction']} over layers")
+    text += (
+        f"\n\nconfig: {config['epochs']} epochs, batch {config['batch_size']}, seed {config['seed']}, "
+        f"lambda {lam:g} (LSQ rows: 0), BR from epoch {config['binreg_start_epochs']:g} (two-stage), "
+        f"{config['binreg_units']} units, {config['binreg_layer_reduction']} over layers"
+    )
     print("\n" + text)
     (root / "table.md").write_text(text + "\n")
     main_rows = {}
     for run in PLAN:
         if run.table == "main":
             main_rows.setdefault(run.label, {})[run.bits] = accuracy(root / run.name, run.bits)
-    plot_accuracy(main_rows, root / "binreg_cifar10.png", title="CIFAR-10 (JPEG-rebuilt): LSQ vs LSQ + BR")
-    print(f"saved {root / 'table.md'}, {root / 'binreg_bins.png'} and {root / 'binreg_cifar10.png'}")
+    plot_accuracy(
+        main_rows, root / "binreg_cifar10.png", title="CIFAR-10 (JPEG-rebuilt): LSQ vs LSQ + BR"
+    )
+    print(
+        f"saved {root / 'table.md'}, {root / 'binreg_bins.png'} and {root / 'binreg_cifar10.png'}"
+    )
     return 0
 
 

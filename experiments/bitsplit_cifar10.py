@@ -10,6 +10,7 @@ and the plot to WORKDIR/ptq.
 
 Build the data first: python ../shared/data/prepare_tfds.py /tmp/tfds_data cifar10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,23 +25,43 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data_dir", default="")
     parser.add_argument("--workdir", default="runs/bitsplit_cifar10")
-    parser.add_argument("--epochs", type=int, default=None, help="FP training epochs (default: the config's 3)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="FP training epochs (default: the config's 3)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     fp_run = pathlib.Path(args.workdir) / "fp"
-    train_seconds = cli.run_train(cli.train_argv(HERE / "configs" / "cifar10_fp_resnet20_cpu.py", fp_run,
-                                                 data_dir=args.data_dir, epochs=args.epochs,
-                                                 progress=not args.no_progress))
+    train_seconds = cli.run_train(
+        cli.train_argv(
+            HERE / "configs" / "cifar10_fp_resnet20_cpu.py",
+            fp_run,
+            data_dir=args.data_dir,
+            epochs=args.epochs,
+            progress=not args.no_progress,
+        )
+    )
     config = load_config(HERE / "configs" / "cifar10_bitsplit_cpu.py")
-    print(f"\n=== jaxquant ptq --workdir {fp_run} --config {HERE / 'configs' / 'cifar10_bitsplit_cpu.py'}", flush=True)
+    print(
+        f"\n=== jaxquant ptq --workdir {fp_run} --config {HERE / 'configs' / 'cifar10_bitsplit_cpu.py'}",
+        flush=True,
+    )
     start = time.perf_counter()
-    ptq.run(fp_run, apply_overrides(config, {}), pathlib.Path(args.workdir) / "ptq", progress=not args.no_progress)
+    ptq.run(
+        fp_run,
+        apply_overrides(config, {}),
+        pathlib.Path(args.workdir) / "ptq",
+        progress=not args.no_progress,
+    )
     ptq_seconds = time.perf_counter() - start
-    print(f"\nwall-clock: FP training {train_seconds:.0f} s (a finished run only evaluates), "
-          f"PTQ {ptq_seconds:.0f} s, total {(train_seconds + ptq_seconds) / 60:.1f} min")
+    print(
+        f"\nwall-clock: FP training {train_seconds:.0f} s (a finished run only evaluates), "
+        f"PTQ {ptq_seconds:.0f} s, total {(train_seconds + ptq_seconds) / 60:.1f} min"
+    )
     return 0
 
 

@@ -6,6 +6,7 @@ finished run in the workdir), then prints the table and writes it with a plot.
 
 Build the data first: python ../shared/data/prepare_tfds.py /tmp/tfds_data fashion_mnist
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,9 @@ RUNS = [  # (table row, config file, bits override)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data_dir", default="")
     parser.add_argument("--workdir", default="runs/fashion_mnist")
     parser.add_argument("--epochs", type=int, default=None)
@@ -37,10 +40,19 @@ def main(argv=None) -> int:
     table, dedicated, seconds = {}, {}, {}
     for row, config_file, bits in RUNS:
         workdir = root / (config_file[:-3] + (f"_{bits}" if bits else ""))
-        argv = cli.train_argv(HERE / "configs" / config_file, workdir, [f"--config.bits={bits}"] if bits else [],
-                              data_dir=args.data_dir, epochs=args.epochs, progress=not args.no_progress)
+        argv = cli.train_argv(
+            HERE / "configs" / config_file,
+            workdir,
+            [f"--config.bits={bits}"] if bits else [],
+            data_dir=args.data_dir,
+            epochs=args.epochs,
+            progress=not args.no_progress,
+        )
         seconds[row] = cli.run_train(argv, label=row)
-        accuracies = {int(b): a for b, a in json.loads((workdir / "results.json").read_text())["accuracy"].items()}
+        accuracies = {
+            int(b): a
+            for b, a in json.loads((workdir / "results.json").read_text())["accuracy"].items()
+        }
         if bits:
             dedicated.update(accuracies)
         else:
@@ -48,7 +60,9 @@ def main(argv=None) -> int:
     table["dedicated models (one per bit-width)"] = dedicated
     title = "Fashion-MNIST test accuracy (%), SmallCNN, 10,000 test images"
     text = format_table(table, title=title)
-    text += "\n\nwall-clock seconds per run (2-core CPU): " + ", ".join(f"{k}: {v:.0f}" for k, v in seconds.items())
+    text += "\n\nwall-clock seconds per run (2-core CPU): " + ", ".join(
+        f"{k}: {v:.0f}" for k, v in seconds.items()
+    )
     print("\n" + text)
     (root / "table.md").write_text(text + "\n")
     plot_accuracy(table, root / "fashion_mnist.png", title="Fashion-MNIST: one model vs dedicated")

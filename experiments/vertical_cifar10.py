@@ -12,6 +12,7 @@ plot, to the workdir.
 
 Build the data first: python ../shared/data/prepare_tfds.py /tmp/tfds_data cifar10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,11 +26,11 @@ import numpy as np
 
 from jaxquant import cli
 from jaxquant import quantizers as q
-from jaxquant.export import export_vertical, load_vertical
 from jaxquant.config import with_bits
-from jaxquant.runs import load_run
+from jaxquant.export import export_vertical, load_vertical
 from jaxquant.methods import build_model, vertical
 from jaxquant.report import format_table, plot_accuracy
+from jaxquant.runs import load_run
 from jaxquant.training import accuracy
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -38,16 +39,27 @@ TITLE = "CIFAR-10 (JPEG-rebuilt) test accuracy (%), SmallCNN 16/32/64/64, 10,000
 
 
 def train(config_file: str, workdir: pathlib.Path, args, bits: int | None = None) -> float:
-    return cli.run_train(cli.train_argv(HERE / "configs" / config_file, workdir,
-                                        [f"--config.bits={bits}"] if bits else [], data_dir=args.data_dir,
-                                        epochs=args.epochs, progress=not args.no_progress))
+    return cli.run_train(
+        cli.train_argv(
+            HERE / "configs" / config_file,
+            workdir,
+            [f"--config.bits={bits}"] if bits else [],
+            data_dir=args.data_dir,
+            epochs=args.epochs,
+            progress=not args.no_progress,
+        )
+    )
 
 
 def accuracies(workdir: pathlib.Path) -> dict[int, float]:
-    return {int(b): a for b, a in json.loads((workdir / "results.json").read_text())["accuracy"].items()}
+    return {
+        int(b): a for b, a in json.loads((workdir / "results.json").read_text())["accuracy"].items()
+    }
 
 
-def msb_sliced_accuracy(run, dataset, rounded: bool, slice_weights: bool = True) -> dict[int, float]:
+def msb_sliced_accuracy(
+    run, dataset, rounded: bool, slice_weights: bool = True
+) -> dict[int, float]:
     """Test accuracy of the dedicated 8-bit LSQ model with its weight codes cut to their top k bits
     (`methods.vertical.msb_sliced_weights`: floor, or rounded by the next bit) and activations at k bits with the 8-bit step scaled
     by ``Qp_8 / Qp_k`` (the same clipping range); BatchNorm of the 8-bit model, untouched.
@@ -58,16 +70,26 @@ def msb_sliced_accuracy(run, dataset, rounded: bool, slice_weights: bool = True)
     spec = vertical.frozen_weight_spec(trainer.model.spec)
     result = {}
     for k in range(2, source_bits + 1):
-        params = vertical.msb_sliced_weights(state.params, k if slice_weights else source_bits, source_bits, rounded=rounded)
+        params = vertical.msb_sliced_weights(
+            state.params, k if slice_weights else source_bits, source_bits, rounded=rounded
+        )
         _, qp_k = q.quant_range(k, False)
         _, qp_source = q.quant_range(source_bits, False)
         ratio = float(qp_source) / float(qp_k)
         params = jax.tree_util.tree_map_with_path(
-            lambda path, leaf: leaf * ratio if getattr(path[-1], "key", None) == "act_step" else leaf, params)
+            lambda path, leaf: (
+                leaf * ratio if getattr(path[-1], "key", None) == "act_step" else leaf
+            ),
+            params,
+        )
         model = build_model(with_bits(config, (k,)), dataset.num_classes, spec)
-        apply = jax.jit(lambda v, x: model.apply(v, trainer.preprocess(x, False, None), 0, train=False))
+        apply = jax.jit(
+            lambda v, x: model.apply(v, trainer.preprocess(x, False, None), 0, train=False)
+        )
         variables = {"params": params, "batch_stats": state.batch_stats}
-        result[k] = accuracy(lambda x: apply(variables, jnp.asarray(x)), dataset.test_images, dataset.test_labels)
+        result[k] = accuracy(
+            lambda x: apply(variables, jnp.asarray(x)), dataset.test_images, dataset.test_labels
+        )
     return result
 
 
@@ -81,14 +103,20 @@ def code_usage(run) -> str:
     for path in vertical.quantized_layers(state.params):
         layer = vertical.get_path(state.params, path)
         step = layer["weight_step"][0]
-        codes.append(np.abs(np.asarray(q.lsq_codes(layer["kernel"], step, source_bits, signed=True))).ravel())
+        codes.append(
+            np.abs(np.asarray(q.lsq_codes(layer["kernel"], step, source_bits, signed=True))).ravel()
+        )
     codes = np.concatenate(codes)
-    return (f"dedicated 8-bit model's weight codes: mean |q_8| = {codes.mean():.1f} of 128, "
-            f"{100 * np.mean(codes < 16):.1f}% have |q_8| < 16 (their top 4 bits are sign only)")
+    return (
+        f"dedicated 8-bit model's weight codes: mean |q_8| = {codes.mean():.1f} of 128, "
+        f"{100 * np.mean(codes < 16):.1f}% have |q_8| < 16 (their top 4 bits are sign only)"
+    )
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data_dir", default="")
     parser.add_argument("--workdir", default="runs/vertical_cifar10")
     parser.add_argument("--epochs", type=int, default=None)
@@ -105,6 +133,7 @@ def main(argv=None) -> int:
         dedicated.update(accuracies(workdir))
 
     from jaxquant.data import load_dataset
+
     config = json.loads((vl_dir / "config.json").read_text())
     dataset = load_dataset("cifar10", args.data_dir or None)
     lsq_8 = load_run(root / "lsq_8", dataset)
@@ -113,11 +142,15 @@ def main(argv=None) -> int:
         "dedicated LSQ (one model per bit-width)": dedicated,
         "dedicated 8-bit, MSB-sliced (floor)": msb_sliced_accuracy(lsq_8, dataset, rounded=False),
         "dedicated 8-bit, MSB-sliced (rounded)": msb_sliced_accuracy(lsq_8, dataset, rounded=True),
-        "dedicated 8-bit, 8-bit weights, activations at k": msb_sliced_accuracy(lsq_8, dataset, False, False),
+        "dedicated 8-bit, 8-bit weights, activations at k": msb_sliced_accuracy(
+            lsq_8, dataset, False, False
+        ),
     }
 
     # The artefact: one file, every bit-width a prefix of it; re-evaluate each from the file.
-    summary = export_vertical(vl_dir, root / "vertical.vl", basic_bits=2, dataset=dataset, log=print)
+    summary = export_vertical(
+        vl_dir, root / "vertical.vl", basic_bits=2, dataset=dataset, log=print
+    )
     from_file, bytes_read = {}, {}
     for k in summary["bits"]:
         model = load_vertical(root / "vertical.vl", k)
@@ -126,15 +159,24 @@ def main(argv=None) -> int:
     table["VL read from the artefact (k-bit prefix)"] = from_file
 
     text = format_table(table, title=TITLE)
-    text += "\n\nartefact bytes read per bit-width (of " + f"{summary['file_bytes']:,}): " + ", ".join(
-        f"{k}-bit {b:,}" for k, b in bytes_read.items())
+    text += (
+        "\n\nartefact bytes read per bit-width (of "
+        + f"{summary['file_bytes']:,}): "
+        + ", ".join(f"{k}-bit {b:,}" for k, b in bytes_read.items())
+    )
     text += "\n\n" + code_usage(lsq_8)
     text += f"\n\nconfig: {config['epochs']} epochs, batch {config['batch_size']}, seed {config['seed']}"
-    text += "\nwall-clock seconds per `jaxquant train` call (2-core CPU; a finished run resumes and only evaluates): " + ", ".join(f"{k}: {v:.0f}" for k, v in seconds.items())
+    text += (
+        "\nwall-clock seconds per `jaxquant train` call (2-core CPU; a finished run resumes and only evaluates): "
+        + ", ".join(f"{k}: {v:.0f}" for k, v in seconds.items())
+    )
     print("\n" + text)
     (root / "table.md").write_text(text + "\n")
-    plot_accuracy({k: v for k, v in table.items() if "artefact" not in k}, root / "vertical_cifar10.png",
-                  title="CIFAR-10 (JPEG-rebuilt): Vertical Layering vs dedicated vs MSB slicing")
+    plot_accuracy(
+        {k: v for k, v in table.items() if "artefact" not in k},
+        root / "vertical_cifar10.png",
+        title="CIFAR-10 (JPEG-rebuilt): Vertical Layering vs dedicated vs MSB slicing",
+    )
     print(f"saved {root / 'table.md'} and {root / 'vertical_cifar10.png'}")
     return 0
 

@@ -7,6 +7,7 @@ temporary directory and renames it when complete, so a process killed mid-write 
 previous checkpoints intact and the partial one ignored). A checkpoint that cannot be read, or that was written by a model of another
 shape, raises `CheckpointError` before anything is written, so nothing a user had is lost.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,10 @@ from jaxquant.errors import CheckpointError
 
 def _shapes(tree) -> list:
     """(path, shape, dtype) of every leaf: what must match between a checkpoint and a model."""
-    return [(jax.tree_util.keystr(path), tuple(np.shape(leaf)), str(jnp.result_type(leaf)))
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    return [
+        (jax.tree_util.keystr(path), tuple(np.shape(leaf)), str(jnp.result_type(leaf)))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
 
 
 @contextlib.contextmanager
@@ -69,8 +72,11 @@ def _abandoned_read(unraisable) -> bool:
     code = getattr(unraisable.object, "cr_code", None)
     if code is not None and "orbax" in code.co_filename:
         return True
-    return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == "Event loop is closed")
+    return (
+        unraisable.object is None
+        and isinstance(unraisable.exc_value, RuntimeError)
+        and str(unraisable.exc_value) == "Event loop is closed"
+    )
 
 
 def _keep_holding_back_abandoned_reads() -> None:
@@ -95,8 +101,9 @@ class Checkpointer:
     def __init__(self, workdir: str | pathlib.Path, keep: int = 3, asynchronous: bool = True):
         self.directory = pathlib.Path(workdir).resolve() / "checkpoints"
         self.directory.mkdir(parents=True, exist_ok=True)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                               enable_async_checkpointing=asynchronous)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous
+        )
         with _orbax_failures_held_back():  # it reads every step's metadata
             self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -122,7 +129,9 @@ class Checkpointer:
         self.wait()
         step = self.latest_step() if step is None else step
         if step is None:
-            raise CheckpointError(f"no checkpoint in {self.directory}; train first with `jaxquant train --workdir ...`")
+            raise CheckpointError(
+                f"no checkpoint in {self.directory}; train first with `jaxquant train --workdir ...`"
+            )
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
         try:
             with _orbax_failures_held_back():
@@ -131,11 +140,13 @@ class Checkpointer:
             first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise CheckpointError(
                 f"checkpoint step {step} in {self.directory} cannot be restored into this config's model "
-                f"({type(e).__name__}: {first_line}); use a new --workdir, or the config that wrote it") from e
+                f"({type(e).__name__}: {first_line}); use a new --workdir, or the config that wrote it"
+            ) from e
         if _shapes(restored) != _shapes(template):
             raise CheckpointError(
                 f"checkpoint step {step} in {self.directory} holds a model of other shapes than this config "
-                "builds; use a new --workdir, or the config that wrote it")
+                "builds; use a new --workdir, or the config that wrote it"
+            )
         return restored
 
     def close(self) -> None:

@@ -9,6 +9,7 @@
 Without ``--config`` the embedded default runs (Any-Precision on scikit-learn's digits, offline).
 A user error prints one line and exits with code 2; nothing in the workdir is overwritten.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,12 +30,13 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
         arg = argv[i]
         if arg.startswith("--config."):
             if "=" in arg:
-                key, value = arg[len("--config."):].split("=", 1)
+                key, value = arg[len("--config.") :].split("=", 1)
             elif i + 1 < len(argv):
-                key, value = arg[len("--config."):], argv[i + 1]
+                key, value = arg[len("--config.") :], argv[i + 1]
                 i += 1
             else:
                 from jaxquant.errors import ConfigError
+
                 raise ConfigError(f"{arg} needs a value: {arg}=VALUE")
             overrides[key] = value
         else:
@@ -44,51 +46,101 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxquant", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="jaxquant", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a model (resumes from --workdir)")
-    train.add_argument("--config", default=None, help="config file with get_config() (default: embedded digits run)")
+    train.add_argument(
+        "--config",
+        default=None,
+        help="config file with get_config() (default: embedded digits run)",
+    )
     train.add_argument("--workdir", default=None, help="run folder (default: runs/<config name>)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    evaluate = sub.add_parser("eval", help="evaluate the latest checkpoint of a workdir at every bit-width")
+    evaluate = sub.add_parser(
+        "eval", help="evaluate the latest checkpoint of a workdir at every bit-width"
+    )
     evaluate.add_argument("--workdir", required=True)
-    evaluate.add_argument("--recalibrate-batches", type=int, default=0,
-                          help="vertical: re-estimate BatchNorm of untrained bit-widths from N training batches")
+    evaluate.add_argument(
+        "--recalibrate-batches",
+        type=int,
+        default=0,
+        help="vertical: re-estimate BatchNorm of untrained bit-widths from N training batches",
+    )
     export = sub.add_parser("export", help="write the vertical-layered artefact of a vertical run")
     export.add_argument("--workdir", required=True)
     export.add_argument("--out", required=True, help="artefact path, e.g. model.vl")
-    export.add_argument("--basic-bits", type=int, default=2, help="bits of the basic layer (the lowest bit-width)")
-    export.add_argument("--recalibrate-batches", type=int, default=0,
-                        help="re-estimate BatchNorm of untrained bit-widths from N training batches")
-    export.add_argument("--no-eval", action="store_true", help="do not evaluate the loaded models on the test set")
-    bins = sub.add_parser("bins", help="weight quantization MSE and bin statistics per layer (Bin Regularization)")
+    export.add_argument(
+        "--basic-bits", type=int, default=2, help="bits of the basic layer (the lowest bit-width)"
+    )
+    export.add_argument(
+        "--recalibrate-batches",
+        type=int,
+        default=0,
+        help="re-estimate BatchNorm of untrained bit-widths from N training batches",
+    )
+    export.add_argument(
+        "--no-eval", action="store_true", help="do not evaluate the loaded models on the test set"
+    )
+    bins = sub.add_parser(
+        "bins", help="weight quantization MSE and bin statistics per layer (Bin Regularization)"
+    )
     bins.add_argument("--workdir", required=True)
     bins.add_argument("--layer", default=None, help="one layer (e.g. conv0); prints its bins")
-    bins.add_argument("--bits", type=int, default=None, help="one trained bit-width (default: every integer one)")
+    bins.add_argument(
+        "--bits", type=int, default=None, help="one trained bit-width (default: every integer one)"
+    )
     bins.add_argument("--out", default=None, help="JSON path (default: WORKDIR/bins.json)")
-    bins.add_argument("--plot", default=None, help="PNG of the layer's weights coloured by bin (--layer, else the largest)")
-    bins.add_argument("--compare", action="append", default=[], metavar="DIR",
-                      help="another workdir whose same layer is drawn beside it (repeatable)")
-    ptq = sub.add_parser("ptq", help="post-training quantization (BitSplit, round-to-nearest) of an FP run")
-    ptq.add_argument("--workdir", required=True, help="a full-precision training run (bits include 32)")
-    ptq.add_argument("--config", default=None, help="PTQ config file (default: the code's values, jaxquant/configs/ptq.py)")
+    bins.add_argument(
+        "--plot",
+        default=None,
+        help="PNG of the layer's weights coloured by bin (--layer, else the largest)",
+    )
+    bins.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another workdir whose same layer is drawn beside it (repeatable)",
+    )
+    ptq = sub.add_parser(
+        "ptq", help="post-training quantization (BitSplit, round-to-nearest) of an FP run"
+    )
+    ptq.add_argument(
+        "--workdir", required=True, help="a full-precision training run (bits include 32)"
+    )
+    ptq.add_argument(
+        "--config",
+        default=None,
+        help="PTQ config file (default: the code's values, jaxquant/configs/ptq.py)",
+    )
     ptq.add_argument("--out", default=None, help="output folder (default: WORKDIR/ptq)")
     ptq.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
-def _report(config, dataset, accuracies: dict, workdir: pathlib.Path, seconds: float | None) -> None:
+def _report(
+    config, dataset, accuracies: dict, workdir: pathlib.Path, seconds: float | None
+) -> None:
     from jaxquant.report import format_table, plot_accuracy, save_results
+
     run = f"{config.method} {config.model}"
     title = f"{dataset.name}: test accuracy by bit-width ({dataset.test_size} test images)"
     print()
     print(format_table({run: accuracies}, title=title))
     untrained = [b for b in accuracies if b not in tuple(config.bits)]
     if untrained:
-        print(f"\nnot trained, run from the cascade with borrowed BatchNorm: {', '.join(map(str, untrained))}-bit")
-    extra = {"method": config.method, "model": config.model, "dataset": dataset.name,
-             "test_examples": int(dataset.test_size), "trained_bits": [int(b) for b in config.bits]}
+        print(
+            f"\nnot trained, run from the cascade with borrowed BatchNorm: {', '.join(map(str, untrained))}-bit"
+        )
+    extra = {
+        "method": config.method,
+        "model": config.model,
+        "dataset": dataset.name,
+        "test_examples": int(dataset.test_size),
+        "trained_bits": [int(b) for b in config.bits],
+    }
     if seconds is not None:
         extra["train_seconds"] = round(seconds, 1)
     json_path = save_results(workdir, accuracies, extra)
@@ -100,49 +152,69 @@ def _accuracies(config, dataset, trainer, state, recalibrate_batches: int = 0) -
     """Test accuracy per trained bit-width, or the method's own evaluation (`Method.evaluate`; a
     vertical run: every bit-width 2..B it can run at)."""
     from jaxquant.methods import get_method
+
     method = get_method(config.method)
     if method.evaluate is not None:
         return method.evaluate(config, dataset, trainer, state, recalibrate_batches)
     from jaxquant.training import evaluate_dataset
+
     return evaluate_dataset(trainer, state, dataset, config.eval_batch_size)
 
 
 def train(args, overrides: dict[str, str]) -> int:
     from jaxquant import config as config_lib
+
     config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
     if config.multihost:
         import jax
+
         jax.distributed.initialize()
     name = pathlib.Path(args.config).stem if args.config else "default"
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / name)
     from jaxquant.data import StreamingDataset, load_config_dataset
+
     dataset = load_config_dataset(config)
 
     import jax.numpy as jnp
 
     from jaxquant.methods import build_trainer
     from jaxquant.training import fit
+
     steps_per_epoch = dataset.train_size // config.batch_size
     trainer = build_trainer(config, dataset, max(steps_per_epoch, 1))
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"jaxquant train: {config.method} / {config.model} on {dataset.name} "
-          f"({dataset.train_size} train images{', streamed' if isinstance(dataset, StreamingDataset) else ''}), bits {tuple(config.bits)}, "
-          f"{config.epochs} epochs, distillation {trainer.distillation}, precisions by {trainer.precision_mode}, "
-          f"compute {jnp.dtype(trainer.compute_dtype).name}, "
-          f"workdir {workdir}", flush=True)
+    print(
+        f"jaxquant train: {config.method} / {config.model} on {dataset.name} "
+        f"({dataset.train_size} train images{', streamed' if isinstance(dataset, StreamingDataset) else ''}), bits {tuple(config.bits)}, "
+        f"{config.epochs} epochs, distillation {trainer.distillation}, precisions by {trainer.precision_mode}, "
+        f"compute {jnp.dtype(trainer.compute_dtype).name}, "
+        f"workdir {workdir}",
+        flush=True,
+    )
     from jaxquant.methods import binreg
+
     if binreg.describe(config):
         print(f"  {binreg.describe(config)}", flush=True)
 
     def write_config():
-        (workdir / "config.json").write_text(json.dumps(config_lib.to_dict(config), indent=2) + "\n")
+        (workdir / "config.json").write_text(
+            json.dumps(config_lib.to_dict(config), indent=2) + "\n"
+        )
 
     start = time.perf_counter()
-    state = fit(trainer, dataset, workdir=str(workdir), seed=config.seed, epochs=config.epochs,
-                batch_size=config.batch_size, checkpoint_every_steps=config.checkpoint_every_steps,
-                keep_checkpoints=config.keep_checkpoints, log_every_steps=config.log_every_steps,
-                progress=not args.no_progress,
-                on_start=write_config)
+    state = fit(
+        trainer,
+        dataset,
+        workdir=str(workdir),
+        seed=config.seed,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        checkpoint_every_steps=config.checkpoint_every_steps,
+        keep_checkpoints=config.keep_checkpoints,
+        log_every_steps=config.log_every_steps,
+        progress=not args.no_progress,
+        on_start=write_config,
+    )
     seconds = time.perf_counter() - start
     _report(config, dataset, _accuracies(config, dataset, trainer, state), workdir, seconds)
     return 0
@@ -150,6 +222,7 @@ def train(args, overrides: dict[str, str]) -> int:
 
 def evaluate_workdir(args) -> int:
     from jaxquant.runs import load_run
+
     config, dataset, trainer, state, step = load_run(args.workdir)
     print(f"jaxquant eval: {args.workdir} at step {step}")
     accuracies = _accuracies(config, dataset, trainer, state, args.recalibrate_batches)
@@ -163,19 +236,29 @@ def export_workdir(args) -> int:
     from jaxquant.export import export_vertical, load_vertical
     from jaxquant.runs import config_from_json
     from jaxquant.training import batches_accuracy
+
     config = config_from_json(pathlib.Path(args.workdir) / "config.json")
     dataset = load_config_dataset(config)
-    summary = export_vertical(args.workdir, args.out, basic_bits=args.basic_bits,
-                              recalibrate_batches=args.recalibrate_batches, dataset=dataset)
-    print(f"jaxquant export: wrote {summary['path']} ({summary['file_bytes']:,} bytes, "
-          f"{summary['layers']} bit-plane layers, bits {summary['bits'][0]}..{summary['bits'][-1]})")
+    summary = export_vertical(
+        args.workdir,
+        args.out,
+        basic_bits=args.basic_bits,
+        recalibrate_batches=args.recalibrate_batches,
+        dataset=dataset,
+    )
+    print(
+        f"jaxquant export: wrote {summary['path']} ({summary['file_bytes']:,} bytes, "
+        f"{summary['layers']} bit-plane layers, bits {summary['bits'][0]}..{summary['bits'][-1]})"
+    )
     rows = ["| bits | bytes read | share of file | test accuracy |", "|---:|---:|---:|---:|"]
     for k in summary["bits"]:
         model = load_vertical(args.out, k)
         accuracy = "-"
         if not args.no_eval:
             accuracy = f"{100.0 * batches_accuracy(model, dataset.test_batches(config.eval_batch_size)):.2f}"
-        rows.append(f"| {k} | {model.bytes_read:,} | {model.bytes_read / model.file_bytes:.1%} | {accuracy} |")
+        rows.append(
+            f"| {k} | {model.bytes_read:,} | {model.bytes_read / model.file_bytes:.1%} | {accuracy} |"
+        )
     print("\n".join(rows))
     return 0
 
@@ -186,21 +269,37 @@ def bins_workdir(args) -> int:
     import numpy as np
 
     from jaxquant.errors import BitWidthError, ConfigError
-    from jaxquant.runs import load_run
     from jaxquant.methods import binreg
+    from jaxquant.runs import load_run
+
     runs = [load_run(args.workdir)]
     config, dataset, trainer, state, step = runs[0]
     integer_bits = [int(b) for b in config.bits if b < 32]
     if args.bits is not None and args.bits not in integer_bits:
-        raise BitWidthError(f"{args.workdir} was trained at bits {tuple(config.bits)}; "
-                            f"pass --bits one of {integer_bits}")
+        raise BitWidthError(
+            f"{args.workdir} was trained at bits {tuple(config.bits)}; "
+            f"pass --bits one of {integer_bits}"
+        )
     if not integer_bits:
-        raise BitWidthError(f"{args.workdir} has no quantized bit-width (bits {tuple(config.bits)})")
-    layers = binreg.model_layers(trainer.model, dataset.train_examples(np.arange(1))[0].astype("float32"))
-    print(f"jaxquant bins: {args.workdir} at step {step} ({config.method}, bits {tuple(config.bits)})")
-    payload = {"workdir": str(args.workdir), "step": int(step or 0), "method": config.method, "bits": {}}
-    for b in ([args.bits] if args.bits is not None else integer_bits):
-        report = binreg.bin_report(state.params, layers, list(config.bits).index(b), only=args.layer)
+        raise BitWidthError(
+            f"{args.workdir} has no quantized bit-width (bits {tuple(config.bits)})"
+        )
+    layers = binreg.model_layers(
+        trainer.model, dataset.train_examples(np.arange(1))[0].astype("float32")
+    )
+    print(
+        f"jaxquant bins: {args.workdir} at step {step} ({config.method}, bits {tuple(config.bits)})"
+    )
+    payload = {
+        "workdir": str(args.workdir),
+        "step": int(step or 0),
+        "method": config.method,
+        "bits": {},
+    }
+    for b in [args.bits] if args.bits is not None else integer_bits:
+        report = binreg.bin_report(
+            state.params, layers, list(config.bits).index(b), only=args.layer
+        )
         print("\n" + binreg.format_report(report, title=f"{b}-bit weights"))
         payload["bits"][str(b)] = report
     out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "bins.json")
@@ -214,21 +313,38 @@ def bins_workdir(args) -> int:
             run = runs[0] if workdir == args.workdir else load_run(workdir, dataset)
             run_config, _, run_trainer, run_state, _ = run
             if b not in tuple(run_config.bits):
-                raise BitWidthError(f"{workdir} was not trained at {b} bits (bits {tuple(run_config.bits)})")
-            run_layers = binreg.model_layers(run_trainer.model, dataset.train_examples(np.arange(1))[0].astype("float32"))
+                raise BitWidthError(
+                    f"{workdir} was not trained at {b} bits (bits {tuple(run_config.bits)})"
+                )
+            run_layers = binreg.model_layers(
+                run_trainer.model, dataset.train_examples(np.arange(1))[0].astype("float32")
+            )
             path = next((p for p in run_layers if binreg.layer_name(p) == name), None)
             if path is None:
                 raise ConfigError(f"{workdir} has no quantized layer {name!r}")
             label = f"{run_config.method} ({pathlib.Path(workdir).name})"
-            panels.append((label, binreg.get_path(run_state.params, path), run_layers[path],
-                           list(run_config.bits).index(b)))
+            panels.append(
+                (
+                    label,
+                    binreg.get_path(run_state.params, path),
+                    run_layers[path],
+                    list(run_config.bits).index(b),
+                )
+            )
         png = binreg.plot_bins(panels, args.plot, title=f"{name}: weights by bin, {b}-bit")
         print(f"saved {png}")
     return 0
 
 
-def train_argv(config: str | pathlib.Path, workdir: str | pathlib.Path, overrides: Sequence[str] = (), *,
-               data_dir: str = "", epochs: int | None = None, progress: bool = True) -> list[str]:
+def train_argv(
+    config: str | pathlib.Path,
+    workdir: str | pathlib.Path,
+    overrides: Sequence[str] = (),
+    *,
+    data_dir: str = "",
+    epochs: int | None = None,
+    progress: bool = True,
+) -> list[str]:
     """The argv of ``jaxquant train --config CONFIG --workdir WORKDIR [overrides]``, with
     ``--config.data_dir`` and ``--config.epochs`` added when given (what experiment scripts run)."""
     argv = ["train", "--config", str(config), "--workdir", str(workdir), *overrides]
@@ -250,7 +366,9 @@ def run_train(argv: list[str], label: str = "") -> float:
 
 def ptq_workdir(args, overrides: dict[str, str]) -> int:
     """BitSplit / round-to-nearest PTQ of an FP run: the accuracy table, the models, a plot."""
-    from jaxquant import config as config_lib, ptq
+    from jaxquant import config as config_lib
+    from jaxquant import ptq
+
     path = args.config or pathlib.Path(config_lib.__file__).parent / "configs" / "ptq.py"
     config = config_lib.apply_overrides(config_lib.load_config(path), overrides)
     ptq.run(args.workdir, config, args.out, progress=not args.no_progress)
@@ -259,6 +377,7 @@ def ptq_workdir(args, overrides: dict[str, str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from jaxquant.errors import JaxquantError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         rest, overrides = _split_overrides(argv)
@@ -268,7 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ptq":
             return ptq_workdir(args, overrides)
         if overrides:
-            raise JaxquantError("--config.KEY overrides only apply to `jaxquant train` and `jaxquant ptq`")
+            raise JaxquantError(
+                "--config.KEY overrides only apply to `jaxquant train` and `jaxquant ptq`"
+            )
         if args.command == "export":
             return export_workdir(args)
         if args.command == "bins":
@@ -278,7 +399,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxquant: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("jaxquant: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        print(
+            "jaxquant: interrupted; rerun the same command to resume from the last checkpoint",
+            file=sys.stderr,
+        )
         return 130
 
 

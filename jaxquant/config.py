@@ -1,4 +1,5 @@
 """ml_collections configs: load a ``get_config()`` file and apply ``--config.key=value`` overrides."""
+
 from __future__ import annotations
 
 import ast
@@ -17,8 +18,10 @@ def load_config(path: str | pathlib.Path | None = None) -> ml_collections.Config
     """The ``get_config()`` of a config file (default: the embedded ``digits`` Any-Precision run)."""
     path = pathlib.Path(path) if path else DEFAULT_CONFIG
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass --config path/to/config.py "
-                          "(see experiments/configs/)")
+        raise ConfigError(
+            f"config file {path} does not exist; pass --config path/to/config.py "
+            "(see experiments/configs/)"
+        )
     spec = importlib.util.spec_from_file_location(f"jaxquant_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(path.parent.resolve()))  # a config may import its sibling configs
@@ -37,15 +40,21 @@ def legacy_keys() -> dict[str, str]:
     """``{old flat key: 'method.key'}``: the keys older configs set at the top level that now
     live in a method's section (`jaxquant.methods.Method.legacy_keys`)."""
     from jaxquant.methods import METHODS
+
     return {old: f"{m.name}.{new}" for m in METHODS.values() for old, new in m.legacy_keys.items()}
 
 
 def _deprecated(old: str, new: str) -> None:
-    print(f"jaxquant: config.{old} is deprecated and will be removed in the next release; "
-          f"use config.{new}", file=sys.stderr)
+    print(
+        f"jaxquant: config.{old} is deprecated and will be removed in the next release; "
+        f"use config.{new}",
+        file=sys.stderr,
+    )
 
 
-def upgrade_legacy_keys(config: ml_collections.ConfigDict, warn: bool = True) -> ml_collections.ConfigDict:
+def upgrade_legacy_keys(
+    config: ml_collections.ConfigDict, warn: bool = True
+) -> ml_collections.ConfigDict:
     """Move the flat keys of an older config into their method's section, in place (a one-line
     deprecation message each unless ``warn`` is False, as for a stored run); return the config."""
     for old, new in legacy_keys().items():
@@ -56,6 +65,7 @@ def upgrade_legacy_keys(config: ml_collections.ConfigDict, warn: bool = True) ->
         del config[old]
         if name not in config:
             from jaxquant.methods import get_method
+
             config[name] = ml_collections.ConfigDict(dict(get_method(name).section))
         if isinstance(config[name][key], tuple) and isinstance(value, list):
             value = tuple(value)
@@ -109,11 +119,15 @@ def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
     if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if old is not None and not isinstance(value, type(old)):
-        raise ConfigError(f"config.{key} expects a {type(old).__name__} (now {old!r}); got {text!r}")
+        raise ConfigError(
+            f"config.{key} expects a {type(old).__name__} (now {old!r}); got {text!r}"
+        )
     node[leaf] = value
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> ml_collections.ConfigDict:
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: dict[str, str]
+) -> ml_collections.ConfigDict:
     """Apply ``{dotted key: text}`` overrides in order and return the config."""
     for key, text in overrides.items():
         override(config, key, text)

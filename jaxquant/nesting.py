@@ -16,6 +16,7 @@ Two code conventions, both for signed quantities such as weights:
 The target bit-width may be traced (one compiled function serves every k); the source
 bit-width B is static. Planes are ordered most significant first everywhere.
 """
+
 from __future__ import annotations
 
 import jax
@@ -38,6 +39,7 @@ def _check_source(source_bits: int) -> int:
 # ----------------------------------------------------------------------------------------------
 # Offset-binary codes, mid-rise levels, floor cascade.
 
+
 def midrise_level(u: jax.Array, bits) -> jax.Array:
     """The mid-rise level of a b-bit offset-binary code: ``u - (2^b - 1)/2`` (float, in steps)."""
     half_span = (jnp.ldexp(jnp.ones((), jnp.float32), _bits(bits)) - 1.0) / 2.0
@@ -57,6 +59,7 @@ def floor_cascade(u: jax.Array, source_bits: int, bits) -> jax.Array:
 
 # ----------------------------------------------------------------------------------------------
 # Two's-complement codes, round-clip cascades.
+
 
 def _round_half(x: jax.Array, rounding: str) -> jax.Array:
     if rounding == "half_up":
@@ -79,7 +82,9 @@ def round_clip_direct(q: jax.Array, source_bits: int, bits, rounding: str = "hal
     return _signed_clip(rounded, bits)
 
 
-def round_clip_cascade(q: jax.Array, source_bits: int, bits, rounding: str = "half_up") -> jax.Array:
+def round_clip_cascade(
+    q: jax.Array, source_bits: int, bits, rounding: str = "half_up"
+) -> jax.Array:
     """The sequential cascade ``q_{b-1} = clip(round(q_b / 2), -2^(b-2), 2^(b-2)-1)`` from B down
     to k. Written as a static loop over every step B -> B-1 -> ... -> 1 in which a step applies
     only while ``b > k``, so a traced k (and ``jax.vmap`` over k) needs no dynamic loop."""
@@ -87,7 +92,9 @@ def round_clip_cascade(q: jax.Array, source_bits: int, bits, rounding: str = "ha
     k = _bits(bits)
     q = jnp.asarray(q, jnp.int32)
     for b in range(source_bits, 1, -1):  # the step b -> b-1
-        halved = _signed_clip(_round_half(q.astype(jnp.float32) / 2.0, rounding).astype(jnp.int32), b - 1)
+        halved = _signed_clip(
+            _round_half(q.astype(jnp.float32) / 2.0, rounding).astype(jnp.int32), b - 1
+        )
         q = jnp.where(b > k, halved, q)
     return q
 
@@ -104,6 +111,7 @@ def cascade_disagreements(source_bits: int, bits: int, rounding: str = "half_up"
 # ----------------------------------------------------------------------------------------------
 # Bit planes: the basic layer (top bits) and enhance layers (one plane per dropped bit).
 
+
 def bit_planes(u: jax.Array, bits: int) -> jax.Array:
     """The ``bits`` planes of unsigned codes, most significant first: shape ``(bits, *u.shape)``,
     values 0/1 (uint8)."""
@@ -117,7 +125,9 @@ def from_bit_planes(planes: jax.Array) -> jax.Array:
     planes (the top n planes of a B-bit code give its n-bit floor-cascade code)."""
     planes = jnp.asarray(planes, jnp.int32)
     n = planes.shape[0]
-    weights = jnp.left_shift(1, jnp.arange(n - 1, -1, -1, dtype=jnp.int32)).reshape((n,) + (1,) * (planes.ndim - 1))
+    weights = jnp.left_shift(1, jnp.arange(n - 1, -1, -1, dtype=jnp.int32)).reshape(
+        (n,) + (1,) * (planes.ndim - 1)
+    )
     return jnp.sum(planes * weights, axis=0)
 
 
@@ -133,7 +143,9 @@ def split_layers(u: jax.Array, source_bits: int, basic_bits: int) -> tuple[jax.A
     return basic, enhance
 
 
-def stitch_layers(basic: jax.Array, enhance: jax.Array, num_enhance: int | None = None) -> jax.Array:
+def stitch_layers(
+    basic: jax.Array, enhance: jax.Array, num_enhance: int | None = None
+) -> jax.Array:
     """Rebuild the ``(b_min + m)``-bit code from the basic layer and the first m enhance planes
     (all of them by default): ``u = (basic << m) | plane_1 << (m-1) | ... | plane_m``."""
     m = enhance.shape[0] if num_enhance is None else int(num_enhance)
@@ -147,6 +159,7 @@ def stitch_layers(basic: jax.Array, enhance: jax.Array, num_enhance: int | None 
 
 # ----------------------------------------------------------------------------------------------
 # Packing planes into bytes (eight weights per byte and plane).
+
 
 def pack_planes(planes: np.ndarray) -> np.ndarray:
     """Pack 0/1 planes ``(n, *shape)`` into bytes ``(n, ceil(size/8))`` (big-endian bit order)."""

@@ -1,5 +1,6 @@
 """Paths in a model's parameter tree (`flax.traverse_util` paths: tuples of names): reading,
 replacing, and finding the quantized layers."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping

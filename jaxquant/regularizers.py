@@ -11,6 +11,7 @@ can be traced); full precision contributes 0. Our reading of one re-implementati
 choices are flags (``units`` weight | code, ``stop_step_gradient``, ``reduction``).
 Details: docs/methods/binreg.md
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +31,10 @@ REDUCTIONS = ("sum", "mean")
 # ----------------------------------------------------------------------------------------------
 # The loss on given bins.
 
-def bin_statistics(values: jax.Array, bins: jax.Array, num_bins: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+
+def bin_statistics(
+    values: jax.Array, bins: jax.Array, num_bins: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(count, mean, variance)`` per bin, each of shape ``(num_bins,)``, of ``values`` grouped
     by the integer ``bins`` (same shape, in ``[0, num_bins)``). The variance is the population
     variance, computed in two passes (no ``E[v^2] - E[v]^2`` cancellation); empty bins get 0."""
@@ -42,7 +46,9 @@ def bin_statistics(values: jax.Array, bins: jax.Array, num_bins: int) -> tuple[j
     return count, mean, variance
 
 
-def bin_regularizer(values: jax.Array, bins: jax.Array, levels: jax.Array, num_bins: int) -> jax.Array:
+def bin_regularizer(
+    values: jax.Array, bins: jax.Array, levels: jax.Array, num_bins: int
+) -> jax.Array:
     """``sum_i [(mean(v_i) - l_i)^2 + var(v_i)]`` over the non-empty bins i (see the module doc).
 
     ``values`` and ``bins`` have one entry per weight (bins in ``[0, num_bins)``, not
@@ -56,11 +62,22 @@ def bin_regularizer(values: jax.Array, bins: jax.Array, levels: jax.Array, num_b
 # ----------------------------------------------------------------------------------------------
 # Over quantizers and a model's parameters.
 
-def lsq_bin_regularizer(w: jax.Array, step: jax.Array, bits, *, max_bits: int, units: str = "weight",
-                        stop_step_gradient: bool = False) -> jax.Array:
+
+def lsq_bin_regularizer(
+    w: jax.Array,
+    step: jax.Array,
+    bits,
+    *,
+    max_bits: int,
+    units: str = "weight",
+    stop_step_gradient: bool = False,
+) -> jax.Array:
     """BR of one LSQ weight tensor at (possibly traced) ``bits`` <= ``max_bits``; 0 at 32 bits."""
-    value = bin_regularizer(*lsq_bins(w, step, bits, max_bits=max_bits, units=units,
-                                      stop_step_gradient=stop_step_gradient))
+    value = bin_regularizer(
+        *lsq_bins(
+            w, step, bits, max_bits=max_bits, units=units, stop_step_gradient=stop_step_gradient
+        )
+    )
     return jnp.where(q.is_full_precision(bits), 0.0, value)
 
 
@@ -69,12 +86,15 @@ class LayerQuantizer:
     """How one layer quantizes its ``kernel``: the layer's own bit-widths (a first/last layer at a
     fixed bit-width has one, used at every precision) and its weight `Quantizer`, which must
     define bins (``has_bins``)."""
+
     bits: tuple[int, ...]
     weight: q.Quantizer = q.LSQ()
 
     def __post_init__(self):
         if not self.weight.has_bins:
-            raise ValueError(f"BR does not apply to weight quantizer {self.weight!r}: it defines no bins")
+            raise ValueError(
+                f"BR does not apply to weight quantizer {self.weight!r}: it defines no bins"
+            )
 
     @property
     def max_bits(self) -> int:
@@ -88,20 +108,40 @@ def lsq_layers(params, bits) -> dict[tuple[str, ...], LayerQuantizer]:
     return {path: LayerQuantizer(tuple(bits)) for path in quantized_layer_paths(params)}
 
 
-def layer_bins(layer_params: Mapping[str, Any], layer: LayerQuantizer, precision, *, units: str = "weight",
-               stop_step_gradient: bool = False) -> tuple[tuple[jax.Array, jax.Array, jax.Array, int], jax.Array]:
+def layer_bins(
+    layer_params: Mapping[str, Any],
+    layer: LayerQuantizer,
+    precision,
+    *,
+    units: str = "weight",
+    stop_step_gradient: bool = False,
+) -> tuple[tuple[jax.Array, jax.Array, jax.Array, int], jax.Array]:
     """``((values, bins, levels, num_bins), bits)`` of one layer at a precision index (traced or
     not): the layer's own bit-width ``layer.bits[precision]`` (index 0 for a one-bit-width layer)."""
     index = precision if len(layer.bits) > 1 else 0
     bit_width = jnp.asarray(layer.bits, jnp.int32)[index]
     quantizer = layer.weight
     params = quantizer.at({n: layer_params[f"weight_{n}"] for n in quantizer.param_names}, index)
-    return quantizer.bins(layer_params["kernel"], params, bit_width, max_bits=layer.max_bits, units=units,
-                          stop_step_gradient=stop_step_gradient), bit_width
+    return quantizer.bins(
+        layer_params["kernel"],
+        params,
+        bit_width,
+        max_bits=layer.max_bits,
+        units=units,
+        stop_step_gradient=stop_step_gradient,
+    ), bit_width
 
 
-def bin_regularization(params, precision, bits=None, *, layers: Mapping[tuple[str, ...], LayerQuantizer] | None = None,
-                       units: str = "weight", stop_step_gradient: bool = False, reduction: str = "sum") -> jax.Array:
+def bin_regularization(
+    params,
+    precision,
+    bits=None,
+    *,
+    layers: Mapping[tuple[str, ...], LayerQuantizer] | None = None,
+    units: str = "weight",
+    stop_step_gradient: bool = False,
+    reduction: str = "sum",
+) -> jax.Array:
     """BR of a whole model at precision index ``precision`` (may be traced): summed (or averaged,
     ``reduction='mean'``) over the quantized layers.
 
@@ -118,7 +158,12 @@ def bin_regularization(params, precision, bits=None, *, layers: Mapping[tuple[st
     layers = {path: layer for path, layer in layers.items() if layer.max_bits > 0}
     total = jnp.zeros((), jnp.float32)
     for path, layer in layers.items():
-        binned, bit_width = layer_bins(get_path(params, path), layer, precision, units=units,
-                                       stop_step_gradient=stop_step_gradient)
+        binned, bit_width = layer_bins(
+            get_path(params, path),
+            layer,
+            precision,
+            units=units,
+            stop_step_gradient=stop_step_gradient,
+        )
         total = total + jnp.where(q.is_full_precision(bit_width), 0.0, bin_regularizer(*binned))
     return total / max(len(layers), 1) if reduction == "mean" else total

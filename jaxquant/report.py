@@ -1,4 +1,5 @@
 """Results: the per-bit-width accuracy table, its JSON file and the accuracy-vs-bit-width plot."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,9 @@ def format_table(results: Mapping[str, Mapping[int, float]], title: str = "") ->
     return "\n".join(lines)
 
 
-def save_results(workdir: str | pathlib.Path, accuracies: Mapping[int, float], extra: dict | None = None) -> pathlib.Path:
+def save_results(
+    workdir: str | pathlib.Path, accuracies: Mapping[int, float], extra: dict | None = None
+) -> pathlib.Path:
     """Write ``results.json`` (``{"accuracy": {"2": 0.93, ..., "32": 0.97}, ...}``) in the workdir."""
     path = pathlib.Path(workdir) / "results.json"
     payload = {"accuracy": {str(int(b)): float(a) for b, a in accuracies.items()}, **(extra or {})}
@@ -33,19 +36,27 @@ def save_results(workdir: str | pathlib.Path, accuracies: Mapping[int, float], e
     return path
 
 
-def plot_accuracy(results: Mapping[str, Mapping[int, float]], path: str | pathlib.Path, title: str = "") -> pathlib.Path:
+def plot_accuracy(
+    results: Mapping[str, Mapping[int, float]], path: str | pathlib.Path, title: str = ""
+) -> pathlib.Path:
     """Accuracy (%) against bit-width, one line per run; FP (32 bits) drawn as a dashed level."""
     # A bare Figure draws without pyplot, so a notebook's backend (inline, widget) is left alone.
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(5.5, 3.8), dpi=120)
     ax = fig.subplots()
     for run, accuracies in results.items():
         accuracies = {int(b): 100 * a for b, a in accuracies.items()}
         low = sorted(b for b in accuracies if b < 32)
-        line, = ax.plot(low, [accuracies[b] for b in low], marker="o", label=run)
+        (line,) = ax.plot(low, [accuracies[b] for b in low], marker="o", label=run)
         if 32 in accuracies:
-            ax.axhline(accuracies[32], color=line.get_color(), linestyle="--", linewidth=1,
-                       label=f"{run} (FP)")
+            ax.axhline(
+                accuracies[32],
+                color=line.get_color(),
+                linestyle="--",
+                linewidth=1,
+                label=f"{run} (FP)",
+            )
     ax.set_xlabel("bit-width (weights and activations)")
     ax.set_ylabel("test accuracy (%)")
     ticks = sorted({int(b) for a in results.values() for b in a if int(b) < 32})

@@ -1,5 +1,6 @@
 """A training run's directory read back: its ``config.json`` (with defaults for keys added
 since) and its latest checkpoint, as the trainer that wrote it."""
+
 from __future__ import annotations
 
 import json
@@ -18,15 +19,20 @@ def config_from_json(path: pathlib.Path) -> ml_collections.ConfigDict:
     """A run's ``config.json`` as a ConfigDict: the tuples JSON turned into lists are tuples
     again, and keys added to jaxquant after the run was written take their defaults."""
     if not path.is_file():
-        raise CheckpointError(f"{path.parent} has no config.json; is it a `jaxquant train` workdir?")
+        raise CheckpointError(
+            f"{path.parent} has no config.json; is it a `jaxquant train` workdir?"
+        )
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); restore it or retrain") from e
     from jaxquant.config import upgrade_legacy_keys
     from jaxquant.configs.base import base_config
+
     # A run written before the method sections has flat keys: they win over the defaults.
-    return upgrade_legacy_keys(ml_collections.ConfigDict(_with_defaults(raw, base_config())), warn=False)
+    return upgrade_legacy_keys(
+        ml_collections.ConfigDict(_with_defaults(raw, base_config())), warn=False
+    )
 
 
 def _with_defaults(raw: dict, defaults: ml_collections.ConfigDict) -> dict:
@@ -45,6 +51,7 @@ def load_run(workdir: str | pathlib.Path, dataset=None):
     """``(config, dataset, trainer, state, step)`` of the latest checkpoint of a training run."""
     from jaxquant.data import load_config_dataset
     from jaxquant.methods import build_trainer
+
     workdir = pathlib.Path(workdir)
     config = config_from_json(workdir / "config.json")
     dataset = dataset or load_config_dataset(config)

@@ -59,8 +59,14 @@ def kernel_of_this_interpreter(tmp_path, monkeypatch):
     notebook runs in the venv that runs the tests whatever kernels the machine has installed."""
     spec_dir = tmp_path / "jupyter" / "kernels" / "jaxquant-tests"
     spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "jaxquant tests", "language": "python"}))
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "jaxquant tests",
+                "language": "python",
+            }
+        )
+    )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     return "jaxquant-tests"

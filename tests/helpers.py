@@ -1,4 +1,5 @@
 """Assertions shared by the test modules (importable because pytest puts tests/ on sys.path)."""
+
 from jaxquant import cli
 
 

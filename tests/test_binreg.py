@@ -1,6 +1,7 @@
 """Bin Regularization: the regulariser against a plain NumPy loop, its traced bit-width and its
 gradient; the schedules and the training term; the bins of every quantizer against its output;
 the bin statistics, the `jaxquant bins` command and the plot on tiny digits runs."""
+
 import functools
 import importlib.util
 import json
@@ -12,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from helpers import assert_user_error
+
 from jaxquant import cli
 from jaxquant import quantizers as q
 from jaxquant import regularizers as r
@@ -28,6 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------------------------
 # The regulariser against a plain loop.
+
 
 def numpy_bin_regularizer(values, bins, levels):
     """Sum over non-empty bins of (mean - level)^2 + population variance (only the first term for
@@ -46,10 +48,15 @@ def numpy_lsq_reference(w, step, bits, units, per_channel):
     qn, qp = 2 ** (bits - 1), 2 ** (bits - 1) - 1
     steps = np.broadcast_to(step, w.shape)
     codes = np.round(np.clip(w / steps, -qn, qp)).astype(int)
-    channel = np.broadcast_to(np.arange(w.shape[-1]), w.shape) if per_channel else np.zeros(w.shape, int)
+    channel = (
+        np.broadcast_to(np.arange(w.shape[-1]), w.shape) if per_channel else np.zeros(w.shape, int)
+    )
     bins = (channel * 1000 + codes).ravel()
-    level_of = {c * 1000 + k: (k * (step[c] if per_channel else step) if units == "weight" else k)
-                for c in range(w.shape[-1]) for k in range(-qn, qp + 1)}
+    level_of = {
+        c * 1000 + k: (k * (step[c] if per_channel else step) if units == "weight" else k)
+        for c in range(w.shape[-1])
+        for k in range(-qn, qp + 1)
+    }
     values = (w / steps if units == "code" else w).ravel()
     return numpy_bin_regularizer(values, bins, level_of), codes
 
@@ -75,13 +82,19 @@ def test_lsq_bin_regularizer_matches_a_numpy_loop(bits, units, per_channel):
     step = rng.uniform(0.02, 0.08, 4).astype(np.float32) if per_channel else np.float32(0.05)
     special = special_tensor(bits, step, rng, per_channel)
     for w in (special, (rng.normal(size=(3, 3, 2, 4)) * 0.1).astype(np.float32)):
-        expected, _ = numpy_lsq_reference(w.astype(np.float64), np.asarray(step, np.float64), bits, units, per_channel)
-        got = r.lsq_bin_regularizer(jnp.asarray(w), jnp.asarray(step), bits, max_bits=4, units=units)
+        expected, _ = numpy_lsq_reference(
+            w.astype(np.float64), np.asarray(step, np.float64), bits, units, per_channel
+        )
+        got = r.lsq_bin_regularizer(
+            jnp.asarray(w), jnp.asarray(step), bits, max_bits=4, units=units
+        )
         np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-9)
     # The special tensor really has a one-element bin and an empty bin (in channel 0's grid).
-    _, codes = numpy_lsq_reference(special.astype(np.float64), np.asarray(step, np.float64), bits, units, per_channel)
+    _, codes = numpy_lsq_reference(
+        special.astype(np.float64), np.asarray(step, np.float64), bits, units, per_channel
+    )
     grid = codes[..., 0] if per_channel else codes
-    counts = np.bincount((grid + 2 ** (bits - 1)).ravel(), minlength=2 ** bits).tolist()
+    counts = np.bincount((grid + 2 ** (bits - 1)).ravel(), minlength=2**bits).tolist()
     assert 1 in counts and 0 in counts
 
 
@@ -93,8 +106,10 @@ def test_bins_on_their_levels_cost_nothing_and_full_precision_is_zero():
     assert float(r.lsq_bin_regularizer(w, step, 32, max_bits=4)) == 0.0
     # The identity of the module docstring: (mean - l)^2 + var = mean (v - l)^2 per bin.
     values, bins, levels, n = r.lsq_bins(w, step, 3, max_bits=3)
-    per_bin = [np.mean((np.asarray(values)[np.asarray(bins) == b] - np.asarray(levels)[b]) ** 2)
-               for b in np.unique(np.asarray(bins))]
+    per_bin = [
+        np.mean((np.asarray(values)[np.asarray(bins) == b] - np.asarray(levels)[b]) ** 2)
+        for b in np.unique(np.asarray(bins))
+    ]
     np.testing.assert_allclose(r.bin_regularizer(values, bins, levels, n), sum(per_bin), rtol=1e-5)
 
 
@@ -108,7 +123,9 @@ def test_traced_bit_width_compiles_once_for_every_bit_width():
         return r.lsq_bin_regularizer(w, 0.04, bits, max_bits=8)
 
     for b in (2, 3, 4, 8, 32):
-        assert float(br(jnp.int32(b))) == pytest.approx(float(r.lsq_bin_regularizer(w, 0.04, b, max_bits=8)), rel=1e-6)
+        assert float(br(jnp.int32(b))) == pytest.approx(
+            float(r.lsq_bin_regularizer(w, 0.04, b, max_bits=8)), rel=1e-6
+        )
     assert len(traces) == 1
 
 
@@ -128,7 +145,9 @@ def test_gradient_matches_central_differences_in_float64(units, per_channel):
         eps = 1e-6
         for _ in range(3):  # random directions in (w, s): <grad, d> against a central difference
             dw, ds = jnp.asarray(rng.normal(size=w.shape)), jnp.asarray(rng.normal(size=step.shape))
-            numeric = (f(w + eps * dw, step + eps * ds) - f(w - eps * dw, step - eps * ds)) / (2 * eps)
+            numeric = (f(w + eps * dw, step + eps * ds) - f(w - eps * dw, step - eps * ds)) / (
+                2 * eps
+            )
             analytic = jnp.sum(gw * dw) + jnp.sum(gs * ds)
             np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
         assert np.all(np.asarray(gs) != 0)
@@ -141,20 +160,29 @@ def test_gradient_matches_central_differences_in_float64(units, per_channel):
 # ----------------------------------------------------------------------------------------------
 # Every quantizer's bins map to exactly its output.
 
+
 def test_lsq_vertical_and_dorefa_bins_sit_on_the_quantizer_output():
     rng = np.random.default_rng(3)
     w = jnp.asarray(rng.normal(size=(3, 3, 4, 6)).astype(np.float32) * 0.1)
     for bits in (2, 5):
         values, bins, levels, _ = r.lsq_bins(w, 0.03, bits, max_bits=8)
-        np.testing.assert_allclose(levels[bins], q.lsq_quantize(w, 0.03, bits, signed=True), atol=1e-7)
+        np.testing.assert_allclose(
+            levels[bins], q.lsq_quantize(w, 0.03, bits, signed=True), atol=1e-7
+        )
         assert np.array_equal(values, w)
         steps = jnp.asarray(rng.uniform(0.02, 0.04, 6).astype(np.float32))
         values, bins, levels, n = r.lsq_bins(w, steps, bits, max_bits=8, units="code")
         assert n == 6 * 256
-        np.testing.assert_allclose(levels[bins] * steps, q.lsq_quantize(w, steps, bits, signed=True), atol=1e-7)
+        np.testing.assert_allclose(
+            levels[bins] * steps, q.lsq_quantize(w, steps, bits, signed=True), atol=1e-7
+        )
         for cascade in ("floor", "round_clip"):
-            values, bins, levels, _ = r.vertical_bins(w, 0.004, bits, source_bits=8, cascade=cascade)
-            np.testing.assert_allclose(levels[bins], q.vertical_weight(w, 0.004, bits, cascade=cascade), atol=1e-7)
+            values, bins, levels, _ = r.vertical_bins(
+                w, 0.004, bits, source_bits=8, cascade=cascade
+            )
+            np.testing.assert_allclose(
+                levels[bins], q.vertical_weight(w, 0.004, bits, cascade=cascade), atol=1e-7
+            )
         values, bins, levels, _ = r.dorefa_bins(w, bits, max_bits=8)
         np.testing.assert_allclose(levels[bins], q.dorefa_weight(w, bits), atol=1e-6)
         np.testing.assert_allclose(values, q.dorefa_weight(w, 32), atol=1e-6)  # the FP form
@@ -163,30 +191,53 @@ def test_lsq_vertical_and_dorefa_bins_sit_on_the_quantizer_output():
 def test_bin_regularization_walks_lsq_layers_per_precision():
     rng = np.random.default_rng(4)
     kernel = lambda *shape: (rng.normal(size=shape) * 0.1).astype(np.float32)  # noqa: E731
-    params = {"stem": {"kernel": kernel(3, 3, 1, 8)},  # full precision: not a quantized layer
-              "conv0": {"kernel": kernel(3, 3, 8, 8), "weight_step": np.asarray([0.08, 0.02, 0.01], np.float32),
-                        "act_step": np.ones(3, np.float32)},
-              "block": {"conv1": {"kernel": kernel(3, 3, 8, 8), "weight_step": np.asarray([0.09, 0.03, 0.01], np.float32)}},
-              "classifier": {"kernel": kernel(8, 10), "weight_step": np.asarray([0.05], np.float32)}}
+    params = {
+        "stem": {"kernel": kernel(3, 3, 1, 8)},  # full precision: not a quantized layer
+        "conv0": {
+            "kernel": kernel(3, 3, 8, 8),
+            "weight_step": np.asarray([0.08, 0.02, 0.01], np.float32),
+            "act_step": np.ones(3, np.float32),
+        },
+        "block": {
+            "conv1": {
+                "kernel": kernel(3, 3, 8, 8),
+                "weight_step": np.asarray([0.09, 0.03, 0.01], np.float32),
+            }
+        },
+        "classifier": {"kernel": kernel(8, 10), "weight_step": np.asarray([0.05], np.float32)},
+    }
     bits = (2, 4, 32)
     assert set(r.lsq_layers(params, bits)) == {("conv0",), ("block", "conv1"), ("classifier",)}
-    layers = {("conv0",): r.LayerQuantizer(bits), ("block", "conv1"): r.LayerQuantizer(bits),
-              ("classifier",): r.LayerQuantizer((8,))}  # a last layer at a fixed 8 bits
+    layers = {
+        ("conv0",): r.LayerQuantizer(bits),
+        ("block", "conv1"): r.LayerQuantizer(bits),
+        ("classifier",): r.LayerQuantizer((8,)),
+    }  # a last layer at a fixed 8 bits
 
     def numpy_br(path, index, layer_bits):
         layer = r.get_path(params, path)
         if layer_bits >= 32:
             return 0.0
-        return numpy_lsq_reference(layer["kernel"].astype(np.float64), float(layer["weight_step"][index]),
-                                   layer_bits, "weight", False)[0]
+        return numpy_lsq_reference(
+            layer["kernel"].astype(np.float64),
+            float(layer["weight_step"][index]),
+            layer_bits,
+            "weight",
+            False,
+        )[0]
 
     classifier = numpy_br(("classifier",), 0, 8)
-    expected = [numpy_br(("conv0",), p, b) + numpy_br(("block", "conv1"), p, b) + classifier for p, b in enumerate(bits)]
+    expected = [
+        numpy_br(("conv0",), p, b) + numpy_br(("block", "conv1"), p, b) + classifier
+        for p, b in enumerate(bits)
+    ]
 
     @jax.jit
     def all_precisions(params):
         per = jax.vmap(lambda p: r.bin_regularization(params, p, layers=layers))(jnp.arange(3))
-        mean = jax.vmap(lambda p: r.bin_regularization(params, p, layers=layers, reduction="mean"))(jnp.arange(3))
+        mean = jax.vmap(lambda p: r.bin_regularization(params, p, layers=layers, reduction="mean"))(
+            jnp.arange(3)
+        )
         default = r.bin_regularization(params, 0, bits)  # every LSQ layer at the model's bits
         return per, mean, default
 
@@ -201,13 +252,33 @@ def test_bin_regularization_walks_lsq_layers_per_precision():
 # ----------------------------------------------------------------------------------------------
 # Schedules and the training term.
 
+
 def test_schedules():
-    weight = lambda schedule, step, **kw: float(binreg.schedule_weight(step, lam=0.5, schedule=schedule,  # noqa: E731
-                                                                       steps_per_epoch=10, **kw))
+    weight = lambda schedule, step, **kw: float(
+        binreg.schedule_weight(
+            step,
+            lam=0.5,
+            schedule=schedule,  # noqa: E731
+            steps_per_epoch=10,
+            **kw,
+        )
+    )
     assert [weight("joint", s) for s in (0, 5, 99)] == [0.5, 0.5, 0.5]
     assert [weight("two_stage", s, start_epochs=3) for s in (0, 29, 30, 89)] == [0.0, 0.0, 0.5, 0.5]
-    assert [weight("alternating", s, alternate_epochs=1) for s in (0, 9, 10, 19, 20, 35)] == [0, 0, 0.5, 0.5, 0, 0.5]
-    assert [weight("alternating", s, alternate_epochs=0.1) for s in (0, 1, 2, 3)] == [0, 0.5, 0, 0.5]
+    assert [weight("alternating", s, alternate_epochs=1) for s in (0, 9, 10, 19, 20, 35)] == [
+        0,
+        0,
+        0.5,
+        0.5,
+        0,
+        0.5,
+    ]
+    assert [weight("alternating", s, alternate_epochs=0.1) for s in (0, 1, 2, 3)] == [
+        0,
+        0.5,
+        0,
+        0.5,
+    ]
     config = base_config()
     config.method, config.epochs = "binreg", 90
     assert binreg.resolve_lambda(config) == 0.5 and binreg.resolve_start_epochs(config) == 30.0
@@ -239,47 +310,77 @@ def tiny_config(method="binreg", **overrides):
 def test_train_step_adds_lambda_times_br_and_reports_it():
     dataset = tiny_dataset()
     images, labels = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
-    trainer = build_trainer(tiny_config(binreg__schedule="two_stage", binreg__start_epochs=1.0), dataset, steps_per_epoch=2)
+    trainer = build_trainer(
+        tiny_config(binreg__schedule="two_stage", binreg__start_epochs=1.0),
+        dataset,
+        steps_per_epoch=2,
+    )
     state = jax.jit(trainer.init)(jax.random.key(0), images)
     step = jax.jit(trainer.train_step)
     _, during_ce = step(state, images, labels, jax.random.key(1))  # step 0 < 2: CE only
-    _, during_br = step(state.replace(step=jnp.asarray(2, jnp.int32)), images, labels, jax.random.key(1))
-    assert float(during_ce["regularizer_weight"]) == 0.0 and float(during_br["regularizer_weight"]) == 0.5
-    np.testing.assert_allclose(during_ce["loss"], np.sum(during_ce["loss_per_precision"]), rtol=1e-6)
+    _, during_br = step(
+        state.replace(step=jnp.asarray(2, jnp.int32)), images, labels, jax.random.key(1)
+    )
+    assert (
+        float(during_ce["regularizer_weight"]) == 0.0
+        and float(during_br["regularizer_weight"]) == 0.5
+    )
+    np.testing.assert_allclose(
+        during_ce["loss"], np.sum(during_ce["loss_per_precision"]), rtol=1e-6
+    )
     layers = binreg.model_layers(trainer.model, images[:1])
     br = [float(r.bin_regularization(state.params, p, layers=layers)) for p in range(2)]
     assert min(br) > 0
     np.testing.assert_allclose(during_br["regularizer_per_precision"], br, rtol=1e-5)
-    np.testing.assert_allclose(during_br["loss"], np.sum(during_br["loss_per_precision"]) + 0.5 * sum(br), rtol=1e-5)
-    np.testing.assert_allclose(during_br["loss_per_precision"], during_ce["loss_per_precision"], rtol=1e-6)
+    np.testing.assert_allclose(
+        during_br["loss"], np.sum(during_br["loss_per_precision"]) + 0.5 * sum(br), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        during_br["loss_per_precision"], during_ce["loss_per_precision"], rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("method", ["vertical", "anyprecision"])
 def test_binreg_lambda_applies_to_multi_precision_methods(method):
     dataset = tiny_dataset()
     images = jnp.asarray(dataset.train_images)
-    trainer = build_trainer(tiny_config(method=method, bits=(2, 4, 32), binreg__lambda_=0.5, binreg__schedule="joint"),
-                            dataset, steps_per_epoch=2)
+    trainer = build_trainer(
+        tiny_config(method=method, bits=(2, 4, 32), binreg__lambda_=0.5, binreg__schedule="joint"),
+        dataset,
+        steps_per_epoch=2,
+    )
     assert trainer.regularizer is not None
     state = trainer.init(jax.random.key(0), images)
     reg = trainer.regularization(state.params, state.step)
     values = np.asarray(reg["regularizer_per_precision"])
-    assert values.shape == (3,) and np.all(values[:2] > 0) and values[2] == 0.0  # FP contributes nothing
+    assert (
+        values.shape == (3,) and np.all(values[:2] > 0) and values[2] == 0.0
+    )  # FP contributes nothing
     layers = binreg.model_layers(trainer.model, images[:1])
-    assert {layer.weight.name for layer in layers.values()} == {"vertical" if method == "vertical" else "dorefa"}
-    assert build_trainer(tiny_config(method=method), dataset, steps_per_epoch=2).regularizer is None  # default off
+    assert {layer.weight.name for layer in layers.values()} == {
+        "vertical" if method == "vertical" else "dorefa"
+    }
+    assert (
+        build_trainer(tiny_config(method=method), dataset, steps_per_epoch=2).regularizer is None
+    )  # default off
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (dict(method="mbquant", binreg__lambda_=0.5), "does not apply to method 'mbquant'"),
-    (dict(binreg__schedule="cyclic"), "unknown binreg.schedule"),
-    (dict(binreg__units="bits"), "unknown binreg.units"),
-    (dict(binreg__layer_reduction="max"), "unknown binreg.layer_reduction"),
-    (dict(binreg__start_epochs=3.0), "leaves no epoch of BR"),
-    (dict(binreg__schedule="alternating", binreg__alternate_epochs=0.0), "positive block length"),
-    (dict(binreg__lambda_=-0.5), "use a weight >= 0"),
-    (dict(bits=(32,)), "found no quantized weights"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(method="mbquant", binreg__lambda_=0.5), "does not apply to method 'mbquant'"),
+        (dict(binreg__schedule="cyclic"), "unknown binreg.schedule"),
+        (dict(binreg__units="bits"), "unknown binreg.units"),
+        (dict(binreg__layer_reduction="max"), "unknown binreg.layer_reduction"),
+        (dict(binreg__start_epochs=3.0), "leaves no epoch of BR"),
+        (
+            dict(binreg__schedule="alternating", binreg__alternate_epochs=0.0),
+            "positive block length",
+        ),
+        (dict(binreg__lambda_=-0.5), "use a weight >= 0"),
+        (dict(bits=(32,)), "found no quantized weights"),
+    ],
+)
 def test_configs_br_cannot_run_are_refused(overrides, match):
     with pytest.raises(ConfigError, match=match):
         build_trainer(tiny_config(**overrides), tiny_dataset(), steps_per_epoch=2)
@@ -296,14 +397,30 @@ def test_first_and_last_layers_at_fixed_bits_are_regularised_at_their_bits():
 # ----------------------------------------------------------------------------------------------
 # Measurements, the CLI and the plot on tiny digits runs.
 
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A 1-epoch digits LSQ + BR run (joint, so BR acts in the one epoch), and a copy of it
     standing in for a second run to compare with."""
     root = tmp_path_factory.mktemp("binreg")
-    assert cli.main(["train", "--workdir", str(root / "binreg"), "--config.method=binreg", "--config.bits=2",
-                     "--config.binreg.schedule=joint", "--config.epochs=1", "--config.widths=(8, 8)",
-                     "--config.batch_size=128", "--config.distillation=none", "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--workdir",
+                str(root / "binreg"),
+                "--config.method=binreg",
+                "--config.bits=2",
+                "--config.binreg.schedule=joint",
+                "--config.epochs=1",
+                "--config.widths=(8, 8)",
+                "--config.batch_size=128",
+                "--config.distillation=none",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     shutil.copytree(root / "binreg", root / "lsq")
     return root
 
@@ -311,14 +428,29 @@ def runs(tmp_path_factory):
 def test_bins_command_prints_writes_json_and_plots(runs, capsys):
     workdir = runs / "binreg"
     png = runs / "bins.png"
-    assert cli.main(["bins", "--workdir", str(workdir), "--layer", "conv0", "--plot", str(png),
-                     "--compare", str(runs / "lsq")]) == 0
+    assert (
+        cli.main(
+            [
+                "bins",
+                "--workdir",
+                str(workdir),
+                "--layer",
+                "conv0",
+                "--plot",
+                str(png),
+                "--compare",
+                str(runs / "lsq"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| conv0 | 2 |" in out and "mean offset" in out
     payload = json.loads((workdir / "bins.json").read_text())
     stats = payload["bits"]["2"]["conv0"]
     # MSE and bins by hand from the checkpoint.
     from jaxquant.runs import load_run
+
     _, _, _, state, _ = load_run(workdir)
     kernel, step = state.params["conv0"]["kernel"], state.params["conv0"]["weight_step"][0]
     w_hat = q.lsq_quantize(kernel, step, 2, signed=True)
@@ -337,6 +469,7 @@ def test_bins_command_prints_writes_json_and_plots(runs, capsys):
 
 def test_bin_report_totals_and_format(runs):
     from jaxquant.runs import load_run
+
     _, dataset, trainer, state, _ = load_run(runs / "lsq")
     layers = binreg.model_layers(trainer.model, jnp.asarray(dataset.train_images[:1]))
     report = binreg.bin_report(state.params, layers, 0)
@@ -345,10 +478,13 @@ def test_bin_report_totals_and_format(runs):
     assert "| total |" in binreg.format_report(report)
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--bits", "4"], "pass --bits one of [2]"),
-    (["--layer", "conv9"], "no quantized layer 'conv9'"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--bits", "4"], "pass --bits one of [2]"),
+        (["--layer", "conv9"], "no quantized layer 'conv9'"),
+    ],
+)
 def test_bins_command_user_errors(runs, capsys, argv, match):
     code = cli.main(["bins", "--workdir", str(runs / "binreg")] + argv)
     assert_user_error(code, capsys.readouterr().err, match)
@@ -357,16 +493,23 @@ def test_bins_command_user_errors(runs, capsys, argv, match):
 # ----------------------------------------------------------------------------------------------
 # The experiment's configs and runner.
 
+
 def test_cpu_config_sizes_and_schedules():
     config = load_config(ROOT / "experiments" / "configs" / "cifar10_binreg_cpu.py")
-    assert config.method == "binreg" and config.dataset == "cifar10" and tuple(config.widths) == (16, 32, 64, 64)
+    assert (
+        config.method == "binreg"
+        and config.dataset == "cifar10"
+        and tuple(config.widths) == (16, 32, 64, 64)
+    )
     assert config.binreg.schedule == "two_stage" and binreg.resolve_lambda(config) == 0.5
     assert 0 < binreg.resolve_start_epochs(config) < config.epochs
 
 
 @pytest.fixture(scope="module")
 def experiment():
-    spec = importlib.util.spec_from_file_location("binreg_cifar10", ROOT / "experiments" / "binreg_cifar10.py")
+    spec = importlib.util.spec_from_file_location(
+        "binreg_cifar10", ROOT / "experiments" / "binreg_cifar10.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclass looks its module up
     spec.loader.exec_module(module)
@@ -378,25 +521,38 @@ def test_experiment_plan_and_train_arguments(experiment):
     plan = experiment.PLAN
     assert len(plan) == 9 and len({run.name for run in plan}) == 9
     main = [(run.label, run.bits) for run in plan if run.table == "main"]
-    assert sorted(main) == sorted((label, b) for b in (2, 3, 4) for label in ("LSQ", "LSQ + BR (two-stage)"))
-    assert {dict(run.overrides).get("binreg.schedule", "two_stage") for run in plan if run.bits == 2} == {
-        "two_stage", "joint", "alternating"}
+    assert sorted(main) == sorted(
+        (label, b) for b in (2, 3, 4) for label in ("LSQ", "LSQ + BR (two-stage)")
+    )
+    assert {
+        dict(run.overrides).get("binreg.schedule", "two_stage") for run in plan if run.bits == 2
+    } == {"two_stage", "joint", "alternating"}
     args = experiment.argparse.Namespace(data_dir="/data", epochs=1, no_progress=True)
     argv = experiment.train_argv(plan[0], pathlib.Path("/r"), args)
     assert argv[:3] == ["train", "--config", str(experiment.CONFIG)]
-    assert {"--config.bits=2", "--config.method=lsq", "--config.data_dir=/data", "--config.epochs=1",
-            "--no-progress"} <= set(argv)
+    assert {
+        "--config.bits=2",
+        "--config.method=lsq",
+        "--config.data_dir=/data",
+        "--config.epochs=1",
+        "--no-progress",
+    } <= set(argv)
     # Each run is what its label says: the LSQ baseline without BR, every BR run with lambda 0.5.
     from jaxquant.config import apply_overrides
+
     for run in plan:
-        overrides = dict(arg[len("--config."):].split("=", 1) for arg in experiment.train_argv(run, pathlib.Path("/r"), args)
-                         if arg.startswith("--config."))
+        overrides = dict(
+            arg[len("--config.") :].split("=", 1)
+            for arg in experiment.train_argv(run, pathlib.Path("/r"), args)
+            if arg.startswith("--config.")
+        )
         config = apply_overrides(load_config(experiment.CONFIG), overrides)
         assert binreg.resolve_lambda(config) == (0.0 if run.label == "LSQ" else 0.5), run.label
 
 
 def test_experiment_summary_on_tiny_digits_runs(experiment, runs):
     from jaxquant.data import load_digits
+
     plan = [experiment.Run("LSQ", "lsq", 2), experiment.Run("LSQ + BR (two-stage)", "binreg", 2)]
     text = experiment.summarize(runs, plan, load_digits(), {"lsq": 1.0})
     assert "| LSQ + BR (two-stage) | 2 |" in text and "Weight quantization error" in text
@@ -405,11 +561,18 @@ def test_experiment_summary_on_tiny_digits_runs(experiment, runs):
 
 
 def test_gradient_scale_script_on_a_tiny_digits_run(runs):
-    spec = importlib.util.spec_from_file_location("binreg_gradient_scale", ROOT / "experiments" / "binreg_gradient_scale.py")
+    spec = importlib.util.spec_from_file_location(
+        "binreg_gradient_scale", ROOT / "experiments" / "binreg_gradient_scale.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     rows = module.gradient_scale(runs / "binreg", lam=0.5, batch_size=16)
-    assert [(row["units"], row["layer"]) for row in rows] == [("weight", "conv0"), ("code", "conv0")]
-    assert all(row[key] > 0 for row in rows for key in ("ce_kernel", "br_kernel", "ce_step", "br_step"))
+    assert [(row["units"], row["layer"]) for row in rows] == [
+        ("weight", "conv0"),
+        ("code", "conv0"),
+    ]
+    assert all(
+        row[key] > 0 for row in rows for key in ("ce_kernel", "br_kernel", "ce_step", "br_step")
+    )
     # Code units are the weight units over s^2: larger gradients on the kernel.
     assert rows[1]["br_kernel"] > rows[0]["br_kernel"]

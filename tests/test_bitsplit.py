@@ -1,16 +1,18 @@
 """BitSplit's weight optimisation against plain NumPy transcriptions of the official code's
 ``fwa``, ``ofwa`` and ``ofwa_rr`` (digest B2), and the properties the paper relies on."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jaxquant.errors import BitWidthError
 from jaxquant.methods import bitsplit
 
-
 # ---------------------------------------------------------------------------------------------
 # NumPy references, written from the digest's description of the official code.
+
 
 def fwa_reference(w, bits):
     qmax = 2 ** (bits - 1) - 1
@@ -61,6 +63,7 @@ def output_error(x, y, codes, alpha):
 
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
 def test_split_planes_are_ternary_msb_first_and_stitch_back(bits):
     qmax = 2 ** (bits - 1) - 1
@@ -75,8 +78,12 @@ def test_split_planes_are_ternary_msb_first_and_stitch_back(bits):
 
 
 @settings(max_examples=30, deadline=None)
-@given(bits=st.integers(2, 8), planes=st.lists(st.lists(st.sampled_from([-1.0, 0.0, 1.0]), min_size=7, max_size=7),
-                                                 min_size=7, max_size=7))
+@given(
+    bits=st.integers(2, 8),
+    planes=st.lists(
+        st.lists(st.sampled_from([-1.0, 0.0, 1.0]), min_size=7, max_size=7), min_size=7, max_size=7
+    ),
+)
 def test_any_ternary_planes_stitch_onto_the_grid(bits, planes):
     """Independently optimised planes may disagree in sign; their stitch is still an M-bit code."""
     planes = np.asarray(planes)[: bits - 1]
@@ -98,7 +105,9 @@ def test_fwa_matches_the_code_and_is_a_fixed_point(bits):
     np.testing.assert_allclose(np.asarray(alpha), ref_alpha, rtol=1e-5)
     np.testing.assert_array_equal(np.asarray(codes), ref_codes)
     codes = np.asarray(codes)
-    np.testing.assert_allclose(np.asarray(alpha), (w * codes).sum(1) / (codes * codes).sum(1), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(alpha), (w * codes).sum(1) / (codes * codes).sum(1), rtol=1e-5
+    )
 
 
 def test_round_to_nearest_uses_the_max_scale_per_channel():
@@ -123,10 +132,13 @@ def test_ofwa_rr_matches_the_code_loop(bits):
     x, w, y = post_relu_problem(2, rows=200, fan_in=18, out=5)
     codes, alpha = bitsplit.fwa(w, bits)
     planes = np.asarray(bitsplit.split(codes, bits))
-    ref_planes, ref_alpha = ofwa_rr_reference(x.astype(np.float64), y.astype(np.float64), planes,
-                                              np.asarray(alpha), epochs=3)
+    ref_planes, ref_alpha = ofwa_rr_reference(
+        x.astype(np.float64), y.astype(np.float64), planes, np.asarray(alpha), epochs=3
+    )
     for sequential in (True, False):
-        got_planes, got_alpha, _ = bitsplit.ofwa_rr(x, y, planes, alpha, epochs=3, block=4, sequential=sequential)
+        got_planes, got_alpha, _ = bitsplit.ofwa_rr(
+            x, y, planes, alpha, epochs=3, block=4, sequential=sequential
+        )
         np.testing.assert_array_equal(np.asarray(got_planes), ref_planes)
         np.testing.assert_allclose(np.asarray(got_alpha), ref_alpha, rtol=1e-4)
 
@@ -147,12 +159,14 @@ def test_ofwa_rr_descends_stays_on_grid_and_beats_round_to_nearest(bits):
     x, w, y = post_relu_problem(4, rows=2000, fan_in=72, out=16)
     result = bitsplit.quantize_weight(w, bits, x, y, epochs=30)
     errors = np.asarray(result["errors"], np.float64)
-    assert np.all(np.diff(errors) <= 1e-5 * errors[0]), errors      # never increases, epoch to epoch
+    assert np.all(np.diff(errors) <= 1e-5 * errors[0]), errors  # never increases, epoch to epoch
     assert errors[-1] < errors[0]
     codes = np.asarray(result["codes"])
     qmax = 2 ** (bits - 1) - 1
     assert np.all(codes == np.round(codes)) and np.abs(codes).max() <= qmax
-    np.testing.assert_allclose(np.asarray(result["weight"]), np.asarray(result["alpha"])[:, None] * codes)
+    np.testing.assert_allclose(
+        np.asarray(result["weight"]), np.asarray(result["alpha"])[:, None] * codes
+    )
     # The error the optimiser reports is the real output error on the rows.
     np.testing.assert_allclose(errors[-1], output_error(x, y, codes, result["alpha"]), rtol=1e-3)
     rtn_codes, rtn_alpha = bitsplit.round_to_nearest(w, bits)
@@ -162,8 +176,8 @@ def test_ofwa_rr_descends_stays_on_grid_and_beats_round_to_nearest(bits):
 def test_a_channel_the_data_never_excites_keeps_a_finite_scale():
     """``||X b_m|| = 0`` would give the code a NaN alpha; here alpha stays what it was."""
     x, w, y = post_relu_problem(5, fan_in=12, out=3)
-    x[:, :6] = 0.0                   # inputs 0..5 are dead ...
-    w[1, 6:] = 0.0                   # ... and channel 1 only reads them
+    x[:, :6] = 0.0  # inputs 0..5 are dead ...
+    w[1, 6:] = 0.0  # ... and channel 1 only reads them
     y = x @ w.T
     result = bitsplit.quantize_weight(w, 3, x, y, epochs=4)
     assert np.all(np.isfinite(np.asarray(result["alpha"])))
@@ -174,8 +188,11 @@ def test_gram_statistics_reproduce_the_error_of_the_rows():
     x, w, y = post_relu_problem(6)
     codes, alpha = bitsplit.fwa(w, 4)
     stats = bitsplit.gram_statistics(x, y)
-    np.testing.assert_allclose(float(bitsplit.reconstruction_error(*stats, codes, alpha)),
-                               output_error(x, y, codes, alpha), rtol=1e-4)
+    np.testing.assert_allclose(
+        float(bitsplit.reconstruction_error(*stats, codes, alpha)),
+        output_error(x, y, codes, alpha),
+        rtol=1e-4,
+    )
 
 
 def test_compiled_ofwa_rr_is_cached_per_shape():

@@ -1,5 +1,6 @@
 """The CLI end to end on the embedded digits default (tiny settings): the table, the files,
 the error paths (exit 2, one line, nothing overwritten) and deterministic SIGKILL/resume."""
+
 import hashlib
 import json
 import os
@@ -13,12 +14,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from jaxquant import cli
 from helpers import assert_user_error
 
-TINY = ["--config.epochs=1", "--config.widths=(8, 8, 8)", "--config.batch_size=64",
-        "--config.checkpoint_every_steps=5"]
+from jaxquant import cli
+
+TINY = [
+    "--config.epochs=1",
+    "--config.widths=(8, 8, 8)",
+    "--config.batch_size=64",
+    "--config.checkpoint_every_steps=5",
+]
 
 
 def run(capsys, *argv):
@@ -28,8 +33,11 @@ def run(capsys, *argv):
 
 
 def tree_digest(folder: pathlib.Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +70,24 @@ def test_rerun_of_a_finished_workdir_resumes_without_training(trained, capsys):
     assert tree_digest(trained / "checkpoints") == before
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--config.no_such_key=1"], "unknown config key 'no_such_key'"),
-    (["--config.optimizer.lernrate=1"], "unknown config key 'optimizer.lernrate'"),
-    (["--config.bits=(2, 33)"], "bit-width 33 is not supported"),
-    (["--config.method=lsq", "--config.bits=1"], "bit-width 1 is not supported by the lsq quantizer"),
-    (["--config.epochs=many"], "config.epochs expects a int"),
-    (["--config.dataset=fashion_mnist", "--config.data_dir=/nonexistent/tfds"], "prepare_tfds.py"),
-    (["--config", "/nonexistent/config.py"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--config.no_such_key=1"], "unknown config key 'no_such_key'"),
+        (["--config.optimizer.lernrate=1"], "unknown config key 'optimizer.lernrate'"),
+        (["--config.bits=(2, 33)"], "bit-width 33 is not supported"),
+        (
+            ["--config.method=lsq", "--config.bits=1"],
+            "bit-width 1 is not supported by the lsq quantizer",
+        ),
+        (["--config.epochs=many"], "config.epochs expects a int"),
+        (
+            ["--config.dataset=fashion_mnist", "--config.data_dir=/nonexistent/tfds"],
+            "prepare_tfds.py",
+        ),
+        (["--config", "/nonexistent/config.py"], "does not exist"),
+    ],
+)
 def test_user_errors_exit_2_with_one_line(tmp_path, capsys, argv, match):
     code, _, err = run(capsys, "train", "--workdir", str(tmp_path / "w"), "--no-progress", *argv)
     assert_user_error(code, err, match)
@@ -78,8 +95,15 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys, argv, match):
 
 def test_incompatible_checkpoint_is_refused_and_kept(trained, capsys):
     before = tree_digest(trained)
-    code, _, err = run(capsys, "train", "--workdir", str(trained), "--no-progress", *TINY,
-                       "--config.widths=(8, 8, 16)")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--workdir",
+        str(trained),
+        "--no-progress",
+        *TINY,
+        "--config.widths=(8, 8, 16)",
+    )
     assert_user_error(code, err, "use a new --workdir")
     assert tree_digest(trained) == before
 
@@ -89,17 +113,33 @@ def test_incompatible_checkpoint_error_is_the_only_line_a_fresh_process_prints(t
     reported as bare "RuntimeError: Event loop is closed" tracebacks around the error line, some
     while the interpreter exits (checkpoint._hold_back_closed_loop_callbacks)."""
     import shutil
+
     workdir = tmp_path / "incompatible"
     shutil.copytree(trained, workdir)
     env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
-    result = subprocess.run([sys.executable, "-m", "jaxquant.cli", "train", "--workdir", str(workdir),
-                             "--no-progress", *TINY, "--config.widths=(8, 8, 16)"],
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxquant.cli",
+            "train",
+            "--workdir",
+            str(workdir),
+            "--no-progress",
+            *TINY,
+            "--config.widths=(8, 8, 16)",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert_user_error(result.returncode, result.stderr, "use a new --workdir")
 
 
 def _corrupt_copy(trained, workdir):
     import shutil
+
     shutil.copytree(trained, workdir)
     for path in (workdir / "checkpoints" / "22").rglob("*"):
         if path.is_file() and path.stat().st_size > 100:
@@ -126,19 +166,33 @@ def test_corrupt_checkpoint_error_is_the_only_line_a_fresh_process_prints(traine
     workdir = tmp_path / "corrupt"
     _corrupt_copy(trained, workdir)
     env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
-    result = subprocess.run([sys.executable, "-m", "jaxquant.cli", "eval", "--workdir", str(workdir)],
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxquant.cli", "eval", "--workdir", str(workdir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert_user_error(result.returncode, result.stderr, "cannot be restored")
 
 
 def test_nan_loss_stops_with_exit_2_and_keeps_the_good_checkpoint(trained, tmp_path, capsys):
     import shutil
+
     workdir = tmp_path / "nan"
     shutil.copytree(trained, workdir)
     before = tree_digest(workdir / "checkpoints")
-    code, _, err = run(capsys, "train", "--workdir", str(workdir), "--no-progress", *TINY,
-                       "--config.epochs=3",
-                       "--config.optimizer.learning_rate=1e38", "--config.checkpoint_every_steps=100")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--workdir",
+        str(workdir),
+        "--no-progress",
+        *TINY,
+        "--config.epochs=3",
+        "--config.optimizer.learning_rate=1e38",
+        "--config.checkpoint_every_steps=100",
+    )
     assert_user_error(code, err, "loss became")
     assert "last good checkpoint (step 22) is kept" in err
     assert tree_digest(workdir / "checkpoints") == before
@@ -146,9 +200,23 @@ def test_nan_loss_stops_with_exit_2_and_keeps_the_good_checkpoint(trained, tmp_p
 
 def _train_process(workdir, extra=()):
     env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
-    return subprocess.Popen([sys.executable, "-m", "jaxquant.cli", "train", "--workdir", str(workdir),
-                             "--no-progress", *TINY, "--config.epochs=3", *extra],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jaxquant.cli",
+            "train",
+            "--workdir",
+            str(workdir),
+            "--no-progress",
+            *TINY,
+            "--config.epochs=3",
+            *extra,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _final_params(workdir):
@@ -156,7 +224,10 @@ def _final_params(workdir):
     from jaxquant.config import apply_overrides, load_config
     from jaxquant.data import load_digits
     from jaxquant.methods import build_trainer
-    config = apply_overrides(load_config(None), {a[9:].split("=")[0]: a.split("=", 1)[1] for a in TINY})
+
+    config = apply_overrides(
+        load_config(None), {a[9:].split("=")[0]: a.split("=", 1)[1] for a in TINY}
+    )
     dataset = load_digits()
     trainer = build_trainer(config, dataset, 22)
     template = trainer.init(jax.random.key(0), jnp.asarray(dataset.train_images[:64]))
@@ -173,8 +244,11 @@ def test_sigkill_then_resume_ends_with_exactly_the_uninterrupted_parameters(tmp_
     killed = _train_process(killed_dir)
     deadline = time.time() + 240
     while time.time() < deadline:  # wait for a finished (renamed) checkpoint, then kill -9
-        steps = [p.name for p in (killed_dir / "checkpoints").glob("*") if p.name.isdigit()] \
-            if (killed_dir / "checkpoints").exists() else []
+        steps = (
+            [p.name for p in (killed_dir / "checkpoints").glob("*") if p.name.isdigit()]
+            if (killed_dir / "checkpoints").exists()
+            else []
+        )
         if steps:
             break
         time.sleep(0.05)
@@ -197,8 +271,16 @@ def test_bf16_run_trains_digits_to_the_float32_band(tmp_path, capsys):
     (seed, batches, init) lands within 6 points of it at every bit-width (measured: 0.3-2.2)."""
     accuracy = {}
     for dtype in ("float32", "bfloat16"):
-        code, out, err = run(capsys, "train", "--workdir", str(tmp_path / dtype), "--no-progress", *TINY,
-                             "--config.epochs=3", f"--config.dtype={dtype}")
+        code, out, err = run(
+            capsys,
+            "train",
+            "--workdir",
+            str(tmp_path / dtype),
+            "--no-progress",
+            *TINY,
+            "--config.epochs=3",
+            f"--config.dtype={dtype}",
+        )
         assert code == 0, err
         assert f"compute {dtype}" in out
         accuracy[dtype] = json.loads((tmp_path / dtype / "results.json").read_text())["accuracy"]

@@ -18,7 +18,9 @@ def test_batch_indices_are_deterministic_permutations_per_epoch():
     np.testing.assert_array_equal(epoch0, again)
     epoch1 = np.concatenate([data.batch_indices(3, s, n, batch) for s in range(steps, 2 * steps)])
     assert not np.array_equal(epoch0, epoch1)
-    assert not np.array_equal(epoch0, np.concatenate([data.batch_indices(4, s, n, batch) for s in range(steps)]))
+    assert not np.array_equal(
+        epoch0, np.concatenate([data.batch_indices(4, s, n, batch) for s in range(steps)])
+    )
     with pytest.raises(ConfigError):
         data.batch_indices(0, 0, 5, 8)
 
@@ -28,8 +30,12 @@ def test_random_crop_is_a_shifted_window_of_the_zero_padded_image():
     out = np.asarray(data.random_crop(images, jax.random.key(0), 2))
     padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)))
     for i in range(2):
-        matches = [(dy, dx) for dy in range(5) for dx in range(5)
-                   if np.array_equal(padded[i, dy:dy + 6, dx:dx + 6], out[i])]
+        matches = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if np.array_equal(padded[i, dy : dy + 6, dx : dx + 6], out[i])
+        ]
         assert matches, "crop is not a window of the padded image"
 
 
@@ -68,18 +74,26 @@ def test_missing_dataset_says_how_to_build_it(tmp_path):
 
 def test_tfds_in_memory_loading_with_mock_data(tmp_path):
     import tensorflow_datasets as tfds
+
     with tfds.testing.mock_data(num_examples=12):
         ds = data.load_tfds_in_memory("cifar10", str(tmp_path), cache_dir=str(tmp_path / "cache"))
     assert ds.train_images.shape == (12, 32, 32, 3) and ds.train_images.dtype == np.uint8
     assert ds.test_labels.shape == (12,) and ds.num_classes == 10
 
 
-@pytest.mark.skipif(not os.environ.get("TFDS_DATA_DIR") or
-                    not os.path.isdir(os.path.join(os.environ.get("TFDS_DATA_DIR", ""), "mnist")),
-                    reason="real MNIST not built (.ci/run builds it from ../shared/data)")
+@pytest.mark.skipif(
+    not os.environ.get("TFDS_DATA_DIR")
+    or not os.path.isdir(os.path.join(os.environ.get("TFDS_DATA_DIR", ""), "mnist")),
+    reason="real MNIST not built (.ci/run builds it from ../shared/data)",
+)
 def test_real_mnist_from_shared_data(tmp_path):
     ds = data.load_dataset("mnist", cache_dir=str(tmp_path))
-    assert ds.train_images.shape == (60000, 28, 28, 1) and ds.test_images.shape == (10000, 28, 28, 1)
+    assert ds.train_images.shape == (60000, 28, 28, 1) and ds.test_images.shape == (
+        10000,
+        28,
+        28,
+        1,
+    )
     assert sorted(np.unique(ds.train_labels)) == list(range(10))
     mean = ds.train_images.mean() / 255
     assert abs(mean - data.NORMALIZATION["mnist"][0][0]) < 1e-3
@@ -88,11 +102,16 @@ def test_real_mnist_from_shared_data(tmp_path):
 def test_imagenet_stream_with_mock_data(tmp_path):
     pytest.importorskip("tensorflow")
     import tensorflow_datasets as tfds
+
     with tfds.testing.mock_data(num_examples=6):
         train = data.imagenet_batches("train", 4, str(tmp_path), image_size=32, train=True)
         images, labels = next(train)
-        assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8 and labels.dtype == np.int32
-        evaluation = list(data.imagenet_batches("validation", 4, str(tmp_path), image_size=32, train=False))
+        assert (
+            images.shape == (4, 32, 32, 3) and images.dtype == np.uint8 and labels.dtype == np.int32
+        )
+        evaluation = list(
+            data.imagenet_batches("validation", 4, str(tmp_path), image_size=32, train=False)
+        )
     assert [len(b[1]) for b in evaluation] == [4, 2]
     with pytest.raises(DatasetNotFoundError):
         next(data.imagenet_batches("train", 4, str(tmp_path)))

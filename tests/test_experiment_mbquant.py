@@ -1,6 +1,7 @@
 """The CIFAR-10 MBQuant experiment's claims about its own set-up: the Any-Precision baseline has
 exactly as many quantized body weights as MBQuant's four branches, the runs differ only in what
 their labels say, and the BitOPs line comes from the model's wiring."""
+
 import importlib.util
 import pathlib
 
@@ -14,7 +15,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def experiment():
-    spec = importlib.util.spec_from_file_location("mbquant_cifar10", ROOT / "experiments" / "mbquant_cifar10.py")
+    spec = importlib.util.spec_from_file_location(
+        "mbquant_cifar10", ROOT / "experiments" / "mbquant_cifar10.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -31,15 +34,26 @@ def test_runs_share_budget_and_bits(experiment):
     for label, (config_file, overrides) in experiment.RUNS.items():
         config = load_config(ROOT / "experiments" / "configs" / config_file)
         for override in overrides:
-            key, value = override[len("--config."):].split("=")
+            key, value = override[len("--config.") :].split("=")
             override_key(config, key, value)
         configs[label] = config
-    assert {c.epochs for c in configs.values()} == {2} and {c.batch_size for c in configs.values()} == {128}
+    assert {c.epochs for c in configs.values()} == {2} and {
+        c.batch_size for c in configs.values()
+    } == {128}
     assert {tuple(c.bits) for c in configs.values()} == {tuple(range(2, 9))}
     labels = list(configs)
-    assert configs[labels[0]].mbquant.selection == "amortised" and configs[labels[0]].distillation == "largest"
-    assert configs[labels[1]].mbquant.selection == "naive" and configs[labels[1]].distillation == "largest"
-    assert configs[labels[2]].mbquant.selection == "amortised" and configs[labels[2]].distillation == "none"
+    assert (
+        configs[labels[0]].mbquant.selection == "amortised"
+        and configs[labels[0]].distillation == "largest"
+    )
+    assert (
+        configs[labels[1]].mbquant.selection == "naive"
+        and configs[labels[1]].distillation == "largest"
+    )
+    assert (
+        configs[labels[2]].mbquant.selection == "amortised"
+        and configs[labels[2]].distillation == "none"
+    )
     assert configs[labels[3]].method == "anyprecision"
 
 

@@ -1,6 +1,7 @@
 """The vertical-layered artefact (`jaxquant.export`, `jaxquant export`): one tiny vertical run on
 digits, exported once; every bit-width read back as a prefix of the file must be the trained
 model at that bit-width, bit for bit, and a damaged file must say so."""
+
 from __future__ import annotations
 
 import json
@@ -9,13 +10,13 @@ import pathlib
 import jax
 import numpy as np
 import pytest
+from helpers import assert_user_error
 from numpy.testing import assert_allclose, assert_array_equal
 
 from jaxquant import cli, export, runs
 from jaxquant import config as config_lib
 from jaxquant import quantizers as q
 from jaxquant.errors import BitWidthError, CheckpointError, ConfigError
-from helpers import assert_user_error
 
 BITS = tuple(range(2, 9))  # what the artefact holds (basic layer 2 bits, source 8 bits)
 TINY = ["--config.epochs=1", "--config.widths=(8, 8, 8)", "--config.batch_size=64", "--no-progress"]
@@ -27,24 +28,46 @@ def run(tmp_path_factory):
     built the way export builds it (untrained 3, 5, 6, 7 bits borrow BatchNorm)."""
     from jaxquant.data import make_preprocess
     from jaxquant.methods import build_model, get_method, vertical
+
     tmp = tmp_path_factory.mktemp("vertical")
     workdir = tmp / "w"
-    assert cli.main(["train", "--config.method=vertical", "--config.bits=(2, 4, 8, 32)", *TINY,
-                     "--workdir", str(workdir)]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config.method=vertical",
+                "--config.bits=(2, 4, 8, 32)",
+                *TINY,
+                "--workdir",
+                str(workdir),
+            ]
+        )
+        == 0
+    )
     path = tmp / "model.vl"
     summary = export.export_vertical(workdir, path, log=lambda _: None)
 
     config, dataset, trainer, state, step = runs.load_run(workdir, None)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    variables, _ = vertical.expanded_variables(config, dataset.num_classes, variables, BITS, dataset.image_shape)
+    variables, _ = vertical.expanded_variables(
+        config, dataset.num_classes, variables, BITS, dataset.image_shape
+    )
     spec = get_method("vertical").quant_spec(config)
     model = build_model(config_lib.with_bits(config, BITS), dataset.num_classes, spec)
     preprocess = make_preprocess(dataset.mean, dataset.std)
     apply = jax.jit(lambda v, x, p: model.apply(v, preprocess(x, False, None), p, train=False))
     images = np.asarray(dataset.test_images[:96])
     trained = {k: np.asarray(apply(variables, images, BITS.index(k))) for k in BITS}
-    return dict(workdir=workdir, path=path, summary=summary, state=state, images=images, trained=trained,
-                dataset=dataset, data=path.read_bytes())
+    return dict(
+        workdir=workdir,
+        path=path,
+        summary=summary,
+        state=state,
+        images=images,
+        trained=trained,
+        dataset=dataset,
+        data=path.read_bytes(),
+    )
 
 
 def header_of(path):
@@ -61,12 +84,15 @@ def write(tmp_path, data: bytes, name="damaged.vl") -> pathlib.Path:
 # ----------------------------------------------------------------------------------------------
 # Every bit-width is a prefix, and exactly the trained model.
 
+
 def test_every_bit_width_is_the_trained_model_exactly_and_a_growing_prefix(run):
     summary, path = run["summary"], run["path"]
     assert summary["bits"] == BITS and summary["layers"] == 2
     assert summary["file_bytes"] == path.stat().st_size
     header, _ = header_of(path)
-    plane_bytes = sum(-(-int(np.prod(layer["shape"])) // 8) for layer in header["layers"])  # 8 weights a byte
+    plane_bytes = sum(
+        -(-int(np.prod(layer["shape"])) // 8) for layer in header["layers"]
+    )  # 8 weights a byte
     read = []
     for k in BITS:
         loaded = export.load_vertical(path, k)
@@ -77,7 +103,9 @@ def test_every_bit_width_is_the_trained_model_exactly_and_a_growing_prefix(run):
         for layer in ("conv0", "conv1"):
             trained = run["state"].params[layer]
             params = loaded.variables["params"][layer]
-            assert_array_equal(params["codes"], q.vertical_codes(trained["kernel"], trained["weight_step"], k))
+            assert_array_equal(
+                params["codes"], q.vertical_codes(trained["kernel"], trained["weight_step"], k)
+            )
             assert float(params["code_step"]) == float(trained["weight_step"]) * 2.0 ** (8 - k)
     assert all(b > a for a, b in zip(read, read[1:]))
     assert all(b - a == plane_bytes for a, b in zip(read, read[1:]))  # one enhance plane per layer
@@ -109,6 +137,7 @@ def test_missing_file_raises(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Truncated and corrupted files.
 
+
 def test_truncated_files_raise_checkpoint_error(run, tmp_path):
     data = run["data"]
     header, data_start = header_of(run["path"])
@@ -128,13 +157,15 @@ def test_truncated_files_raise_checkpoint_error(run, tmp_path):
                 export.load_vertical(damaged, k)
     # Inside the planes the 8-bit model needs: the error says how many bytes it needs.
     damaged = write(tmp_path, data[:-1])
-    with pytest.raises(CheckpointError, match=f"needs {len(data)} bytes, the file has {len(data) - 1}"):
+    with pytest.raises(
+        CheckpointError, match=f"needs {len(data)} bytes, the file has {len(data) - 1}"
+    ):
         export.load_vertical(damaged, 8)
 
 
 def test_a_truncated_file_still_serves_the_bit_widths_its_prefix_holds(run, tmp_path):
     needed = run["summary"]["bytes_for_bits"]
-    damaged = write(tmp_path, run["data"][:needed[4]])
+    damaged = write(tmp_path, run["data"][: needed[4]])
     for k in (2, 4):
         loaded = export.load_vertical(damaged, k)
         assert loaded.bytes_read == needed[k]
@@ -142,7 +173,7 @@ def test_a_truncated_file_still_serves_the_bit_widths_its_prefix_holds(run, tmp_
     for k in (5, 8):
         with pytest.raises(CheckpointError, match="truncated"):
             export.load_vertical(damaged, k)
-    damaged = write(tmp_path, run["data"][:needed[6] - 1])  # one byte short of 6 bits
+    damaged = write(tmp_path, run["data"][: needed[6] - 1])  # one byte short of 6 bits
     export.load_vertical(damaged, 5)
     with pytest.raises(CheckpointError, match=f"the 6-bit model needs {needed[6]} bytes"):
         export.load_vertical(damaged, 6)
@@ -164,7 +195,10 @@ def test_corrupted_bytes_raise_checkpoint_error(run, tmp_path):
         "header length, low byte": (8, "corrupted"),
         "header length, high bytes": (11, "corrupted"),  # (asked read() for 4 GB before the fix)
         "header length, byte 4": (12, "corrupted"),
-        "header length, top byte": (15, "corrupted"),  # (MemoryError / OverflowError before the fix)
+        "header length, top byte": (
+            15,
+            "corrupted",
+        ),  # (MemoryError / OverflowError before the fix)
         "header JSON": (16 + 30, "corrupted header"),
         "header CRC": (data_start - 1, "corrupted header"),
         "an array": (data_start + array["offset"] + array["nbytes"] // 2, "CRC mismatch"),
@@ -181,17 +215,23 @@ def test_a_corrupted_plane_breaks_only_the_bit_widths_that_read_it(run, tmp_path
     plane = header["layers"][1]["planes"][5]  # the 6th plane (0-based 5) of the second layer
     at = data_start + plane["offset"] + 3
     damaged = write(tmp_path, flipped(run["data"], at))
-    assert_array_equal(np.asarray(export.load_vertical(damaged, 5)(run["images"])), run["trained"][5])
+    assert_array_equal(
+        np.asarray(export.load_vertical(damaged, 5)(run["images"])), run["trained"][5]
+    )
     for k in (6, 8):
-        with pytest.raises(CheckpointError, match=f"CRC mismatch at byte {data_start + plane['offset']}"):
+        with pytest.raises(
+            CheckpointError, match=f"CRC mismatch at byte {data_start + plane['offset']}"
+        ):
             export.load_vertical(damaged, k)
 
 
 # ----------------------------------------------------------------------------------------------
 # What cannot be exported.
 
+
 def test_only_a_floor_cascade_vertical_run_exports_and_nothing_is_overwritten(run, tmp_path):
     import shutil
+
     out = tmp_path / "keep.vl"
     out.write_bytes(b"the user's file")
     # A round-clip cascade has the same parameters (the checkpoint restores) but no bit planes.
@@ -202,12 +242,27 @@ def test_only_a_floor_cascade_vertical_run_exports_and_nothing_is_overwritten(ru
     with pytest.raises(ConfigError, match="cascade 'round_clip'"):
         export.export_vertical(round_clip, out, dataset=run["dataset"], log=lambda _: None)
     with pytest.raises(BitWidthError, match="basic_bits"):
-        export.export_vertical(run["workdir"], out, basic_bits=9, dataset=run["dataset"], log=lambda _: None)
+        export.export_vertical(
+            run["workdir"], out, basic_bits=9, dataset=run["dataset"], log=lambda _: None
+        )
     # A trained LSQ run.
     lsq = tmp_path / "lsq"
-    assert cli.main(["train", "--config.method=lsq", "--config.bits=(4,)", "--config.epochs=1",
-                     "--config.widths=(8, 8, 8)", "--config.batch_size=479", "--no-progress",
-                     "--workdir", str(lsq)]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config.method=lsq",
+                "--config.bits=(4,)",
+                "--config.epochs=1",
+                "--config.widths=(8, 8, 8)",
+                "--config.batch_size=479",
+                "--no-progress",
+                "--workdir",
+                str(lsq),
+            ]
+        )
+        == 0
+    )
     with pytest.raises(ConfigError, match="trained method 'lsq'"):
         export.export_vertical(lsq, out, dataset=run["dataset"], log=lambda _: None)
     assert out.read_bytes() == b"the user's file"
@@ -215,8 +270,9 @@ def test_only_a_floor_cascade_vertical_run_exports_and_nothing_is_overwritten(ru
 
 
 def test_a_smaller_basic_layer_is_a_longer_file_with_the_same_models(run, tmp_path):
-    summary = export.export_vertical(run["workdir"], tmp_path / "b1.vl", basic_bits=1, dataset=run["dataset"],
-                                     log=lambda _: None)
+    summary = export.export_vertical(
+        run["workdir"], tmp_path / "b1.vl", basic_bits=1, dataset=run["dataset"], log=lambda _: None
+    )
     assert summary["bits"] == tuple(range(1, 9))
     header, _ = header_of(tmp_path / "b1.vl")
     assert header["basic_bits"] == 1 and header["bits"] == list(range(1, 9))
@@ -229,6 +285,7 @@ def test_a_smaller_basic_layer_is_a_longer_file_with_the_same_models(run, tmp_pa
 # ----------------------------------------------------------------------------------------------
 # The CLI.
 
+
 def test_cli_export_prints_one_row_per_bit_width(run, tmp_path, capsys):
     out = tmp_path / "cli.vl"
     code = cli.main(["export", "--workdir", str(run["workdir"]), "--out", str(out)])
@@ -238,7 +295,9 @@ def test_cli_export_prints_one_row_per_bit_width(run, tmp_path, capsys):
     rows = [line for line in printed.splitlines() if line.startswith("| ") and line[2].isdigit()]
     cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
     assert [int(c[0]) for c in cells] == list(BITS)
-    assert [int(c[1].replace(",", "")) for c in cells] == [run["summary"]["bytes_for_bits"][k] for k in BITS]
+    assert [int(c[1].replace(",", "")) for c in cells] == [
+        run["summary"]["bytes_for_bits"][k] for k in BITS
+    ]
     assert cells[-1][2] == "100.0%"
     # The loaded models are the trained ones: the same test accuracy as training reported.
     accuracy = json.loads((run["workdir"] / "results.json").read_text())["accuracy"]
@@ -266,11 +325,14 @@ def test_cli_eval_of_a_vertical_run_reports_every_bit_width_and_names_the_untrai
     for k in BITS:
         loaded = export.load_vertical(run["path"], k)
         predictions = np.argmax(np.asarray(loaded(dataset.test_images)), -1)
-        assert results["accuracy"][str(k)] == pytest.approx(np.mean(predictions == dataset.test_labels), abs=1e-12)
+        assert results["accuracy"][str(k)] == pytest.approx(
+            np.mean(predictions == dataset.test_labels), abs=1e-12
+        )
 
 
 def test_a_run_config_written_before_a_key_existed_gets_its_default(tmp_path):
     from jaxquant.configs.base import base_config
+
     old = base_config().to_dict()
     del old["image_size"], old["data_workers"]  # keys added with ImageNet streaming
     old["bits"] = [2, 32]

@@ -5,6 +5,7 @@ The quantizers: symmetric min-max weights (``s = max|w| / (2^(b-1) - 1)``, no pa
 PACT activations (Choi et al., 2018: ``y = clip(x, 0, alpha)``, ``y_q = round(y n / alpha)
 alpha / n`` with ``n = 2^b - 1``, a learned ``alpha`` per bit-width whose gradient is
 ``dy_q/dalpha = [x >= alpha]``, the rounding straight-through)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,6 +30,7 @@ from jaxquant.training import fit
 @dataclasses.dataclass(frozen=True)
 class MinMaxWeight(q.Quantizer):
     """Symmetric min-max: ``w_hat = round(w / s) s``, ``s = max|w| / (2^(b-1) - 1)`` (not learned)."""
+
     name: ClassVar[str] = "minmax"
 
     def _scale(self, w, bits):
@@ -46,6 +48,7 @@ class MinMaxWeight(q.Quantizer):
 @dataclasses.dataclass(frozen=True)
 class PACT(q.Quantizer):
     """PACT activations with a learned clip ``alpha`` per bit-width (ReLU at full precision)."""
+
     alpha_init: float = 6.0
     name: ClassVar[str] = "pact"
     param_names: ClassVar[tuple[str, ...]] = ("alpha",)
@@ -68,10 +71,14 @@ class PACT(q.Quantizer):
 
 
 def pact_spec(config) -> QuantSpec:
-    return QuantSpec(MinMaxWeight(), PACT(alpha_init=float(section(config, PACT_METHOD).alpha_init)))
+    return QuantSpec(
+        MinMaxWeight(), PACT(alpha_init=float(section(config, PACT_METHOD).alpha_init))
+    )
 
 
-PACT_METHOD = Method(name="pact", quant_spec=pact_spec, section={"alpha_init": 4.0}, distillation="largest")
+PACT_METHOD = Method(
+    name="pact", quant_spec=pact_spec, section={"alpha_init": 4.0}, distillation="largest"
+)
 
 
 @pytest.fixture
@@ -90,7 +97,9 @@ def test_the_new_quantizers_match_their_formulas(registered):
     s = float(np.max(np.abs(w))) / 7.0
     assert_allclose(MinMaxWeight().quantize(w, {}, 4), np.round(np.asarray(w) / s) * s, rtol=1e-6)
     x = jnp.linspace(-1.0, 3.0, 41)
-    pact = q.activation_quantizer("pact", alpha_init=2.0)  # the name table builds the registered type
+    pact = q.activation_quantizer(
+        "pact", alpha_init=2.0
+    )  # the name table builds the registered type
     params = pact.at(pact.init(x, (2, 4)), 0)
     expected = np.round(np.clip(np.asarray(x), 0, 2.0) * 3 / 2.0) * 2.0 / 3
     assert_allclose(pact.quantize(x, params, 2), expected, atol=1e-6)
@@ -115,8 +124,16 @@ def test_the_new_method_trains_through_the_trainer(registered, tmp_path):
     steps = dataset.train_size // config.batch_size
     trainer = build_trainer(config, dataset, steps)
     assert trainer.distillation == "largest"
-    state = fit(trainer, dataset, workdir=str(tmp_path), seed=0, epochs=1, batch_size=config.batch_size,
-                progress=False, log=lambda _: None)
+    state = fit(
+        trainer,
+        dataset,
+        workdir=str(tmp_path),
+        seed=0,
+        epochs=1,
+        batch_size=config.batch_size,
+        progress=False,
+        log=lambda _: None,
+    )
     conv = state.params["conv0"]
     assert set(conv) == {"kernel", "act_alpha"} and conv["act_alpha"].shape == (3,)
     assert not np.allclose(conv["act_alpha"], 4.0)  # alpha learned (the quantizer optimizer group)
@@ -125,9 +142,22 @@ def test_the_new_method_trains_through_the_trainer(registered, tmp_path):
 
 def test_the_new_method_trains_and_evaluates_through_the_cli(registered, tmp_path, capsys):
     workdir = tmp_path / "pact"
-    assert cli.main(["train", "--workdir", str(workdir), "--config.method=pact", "--config.bits=(2, 4)",
-                     "--config.pact.alpha_init=3.0", "--config.epochs=4", "--config.widths=(16, 16)",
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--workdir",
+                str(workdir),
+                "--config.method=pact",
+                "--config.bits=(2, 4)",
+                "--config.pact.alpha_init=3.0",
+                "--config.epochs=4",
+                "--config.widths=(16, 16)",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["method"] == "pact" and saved["pact"] == {"alpha_init": 3.0}
     accuracy = json.loads((workdir / "results.json").read_text())["accuracy"]

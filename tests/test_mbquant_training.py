@@ -1,6 +1,7 @@
 """MBQuant's training pieces: the branch-skipping static path of `MultiBranchConv`, the
 data-dependent interval init (`mbquant.initialize_intervals`), and the method's defaults
 (distillation 'auto' -> 'largest')."""
+
 from __future__ import annotations
 
 import flax
@@ -22,9 +23,13 @@ G = mbquant.NUM_BRANCHES
 HALF_NORMAL = 1.0 / np.sqrt(1.0 - 2.0 / np.pi)
 
 
-def _conv(bits=ALL_BITS, weight_slots="branch", std="chunk", skip=True, features=6, p_in=3, p_out=4):
+def _conv(
+    bits=ALL_BITS, weight_slots="branch", std="chunk", skip=True, features=6, p_in=3, p_out=4
+):
     sel = mbquant.branch_selection(bits, "amortised", weight_slots, std)
-    return MultiBranchConv(features, sel, bits, partial_in=p_in, partial_out=p_out, skip_deselected=skip)
+    return MultiBranchConv(
+        features, sel, bits, partial_in=p_in, partial_out=p_out, skip_deselected=skip
+    )
 
 
 def _relu_input(seed=0, shape=(3, 5, 5, G, 5)):
@@ -32,7 +37,9 @@ def _relu_input(seed=0, shape=(3, 5, 5, G, 5)):
 
 
 @pytest.mark.parametrize("weight_slots,grad_bits", [("branch", (3, 6)), ("position", (5,))])
-def test_static_precision_computes_only_selected_branches_and_equals_masked_path(weight_slots, grad_bits):
+def test_static_precision_computes_only_selected_branches_and_equals_masked_path(
+    weight_slots, grad_bits
+):
     """Values at every b, gradients at ``grad_bits`` (a partial from each parent kind; compiles
     are the cost of this test)."""
     x = _relu_input()
@@ -47,12 +54,20 @@ def test_static_precision_computes_only_selected_branches_and_equals_masked_path
                 assert not np.any(np.asarray(y_skip[..., g, :]))
         if b not in grad_bits:
             continue
+
         def grad(model):
-            return jax.grad(lambda v: jnp.sum(jnp.sin(model.apply({"params": v}, x, p))))(variables["params"])
+            return jax.grad(lambda v: jnp.sum(jnp.sin(model.apply({"params": v}, x, p))))(
+                variables["params"]
+            )
+
         g_skip, g_masked = grad(skip), grad(masked)
-        for (path, a), (_, m) in zip(jax.tree_util.tree_leaves_with_path(g_skip),
-                                     jax.tree_util.tree_leaves_with_path(g_masked)):
-            assert_allclose(a, m, rtol=1e-5, atol=1e-4, err_msg=f"b={b} {jax.tree_util.keystr(path)}")
+        for (path, a), (_, m) in zip(
+            jax.tree_util.tree_leaves_with_path(g_skip),
+            jax.tree_util.tree_leaves_with_path(g_masked),
+        ):
+            assert_allclose(
+                a, m, rtol=1e-5, atol=1e-4, err_msg=f"b={b} {jax.tree_util.keystr(path)}"
+            )
 
 
 def test_static_precision_runs_fewer_convs():
@@ -64,6 +79,7 @@ def test_static_precision_runs_fewer_convs():
     def count_convs(p):
         jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, p))(variables)
         return str(jaxpr).count("conv_general_dilated")
+
     assert [count_convs(ALL_BITS.index(b)) for b in (2, 3, 4, 8)] == [1, 2, 2, 4]
 
 
@@ -90,7 +106,9 @@ def test_interval_init_activation_slots_follow_the_formula(b):
         else:
             used, chunk = sel.partial[p] >= 0, xn[..., max(sel.partial[p], 0), :3]
         if used:
-            assert_allclose(fresh["act_upper"][p, slot], 3 * chunk.std(ddof=1) * HALF_NORMAL, rtol=1e-5)
+            assert_allclose(
+                fresh["act_upper"][p, slot], 3 * chunk.std(ddof=1) * HALF_NORMAL, rtol=1e-5
+            )
             assert_allclose(fresh["act_lower"][p, slot], chunk.min(), rtol=1e-6)
         else:
             assert fresh["act_upper"][p, slot] == old_upper[p, slot]
@@ -117,26 +135,44 @@ def test_interval_init_weight_slots_chunk_and_filter():
     # clean, position slots: slot 0 <- branch 1, slot 1 <- branch 2, slot 2 <- the partial slice
     model = _conv(weight_slots="position")
     fresh = _fresh_intervals(model, variables, x, p5)
-    assert_allclose(fresh["weight_upper"][:3], [3 * kernel[1].std(), 3 * kernel[2].std(),
-                                                3 * kernel[3, :, :, :3, :4].std()], rtol=1e-5)
+    assert_allclose(
+        fresh["weight_upper"][:3],
+        [3 * kernel[1].std(), 3 * kernel[2].std(), 3 * kernel[3, :, :, :3, :4].std()],
+        rtol=1e-5,
+    )
     # the official code: slot s <- output filter s of the (G*C_out, C_in, kh, kw) weight; the
     # partial's slot <- the slice
     model = _conv(weight_slots="position", std="filter")
     fresh = _fresh_intervals(model, variables, x, p5)
     torch_rows = np.moveaxis(kernel, -1, 1).reshape(G * 6, -1)  # branch-major output filters
-    assert_allclose(fresh["weight_upper"][:3], [3 * torch_rows[0].std(), 3 * torch_rows[1].std(),
-                                                3 * kernel[3, :, :, :3, :4].std()], rtol=1e-5)
+    assert_allclose(
+        fresh["weight_upper"][:3],
+        [3 * torch_rows[0].std(), 3 * torch_rows[1].std(), 3 * kernel[3, :, :, :3, :4].std()],
+        rtol=1e-5,
+    )
 
 
 def test_weight_interval_std_is_checked():
     with pytest.raises(ConfigError, match="weight_interval_std"):
-        BranchSelection(full=((True, False),), partial=(-1,), full_weight_slot=((0, 1),),
-                        partial_weight_slot=(0,), weight_interval_std="median")
+        BranchSelection(
+            full=((True, False),),
+            partial=(-1,),
+            full_weight_slot=((0, 1),),
+            partial_weight_slot=(0,),
+            weight_interval_std="median",
+        )
 
 
 def _cnn_config(**overrides):
     c = base_config()
-    c.method, c.model, c.widths, c.bits, c.epochs, c.batch_size = "mbquant", "small_cnn", (8, 8, 8), (2, 3, 4, 8), 1, 64
+    c.method, c.model, c.widths, c.bits, c.epochs, c.batch_size = (
+        "mbquant",
+        "small_cnn",
+        (8, 8, 8),
+        (2, 3, 4, 8),
+        1,
+        64,
+    )
     for k, v in overrides.items():
         setattr(c, k, v)
     return c
@@ -150,22 +186,36 @@ def test_initialize_intervals_uses_each_bit_widths_own_batch_in_ascending_order(
     config = _cnn_config(bits=(8, 2, 4))  # not sorted: the init still goes 2, 4, 8
     trainer = build_trainer(config, dataset, 10)
     state = trainer.init(jax.random.key(0), jnp.asarray(dataset.train_images[:64]))
-    batches = [dataset.train_images[i * 64:(i + 1) * 64] for i in range(3)]
+    batches = [dataset.train_images[i * 64 : (i + 1) * 64] for i in range(3)]
     new = mbquant.initialize_intervals(trainer, state, batches, jax.random.key(3))
     params = new.params
     for rank, b in enumerate((2, 4, 8)):
         p = config.bits.index(b)
-        x = trainer.preprocess(jnp.asarray(batches[rank]), True, jax.random.key(0))  # no augmentation: key unused
-        _, inter = trainer.model.apply({"params": params, "batch_stats": new.batch_stats}, x, p, train=True,
-                                       mutable=["batch_stats"],  # batch statistics, as in the init pass
-                                       capture_intermediates=lambda m, _: m.name == "stem_bn")
+        x = trainer.preprocess(
+            jnp.asarray(batches[rank]), True, jax.random.key(0)
+        )  # no augmentation: key unused
+        _, inter = trainer.model.apply(
+            {"params": params, "batch_stats": new.batch_stats},
+            x,
+            p,
+            train=True,
+            mutable=["batch_stats"],  # batch statistics, as in the init pass
+            capture_intermediates=lambda m, _: m.name == "stem_bn",
+        )
         stem = np.asarray(jax.nn.relu(inter["intermediates"]["stem_bn"]["__call__"][0]))
         sel = trainer.model.selection
         for g in range(G):
             if sel.full[p][g]:
-                assert_allclose(params["conv0"]["act_upper"][p, g], 3 * stem.std(ddof=1) * HALF_NORMAL, rtol=2e-3)
-    moved = jax.tree_util.tree_map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
-                                   state.batch_stats["stem_bn"], new.batch_stats["stem_bn"])
+                assert_allclose(
+                    params["conv0"]["act_upper"][p, g],
+                    3 * stem.std(ddof=1) * HALF_NORMAL,
+                    rtol=2e-3,
+                )
+    moved = jax.tree_util.tree_map(
+        lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+        state.batch_stats["stem_bn"],
+        new.batch_stats["stem_bn"],
+    )
     assert all(jax.tree_util.tree_leaves(moved))
     # only interval parameters changed
     flat_old = flax.traverse_util.flatten_dict(state.params)
@@ -179,7 +229,10 @@ def test_mbquant_defaults_distillation_largest_and_interval_init(tmp_path):
     assert config.distillation == "auto" and resolve_distillation(config) == "largest"
     dataset = load_dataset("digits")
     trainer = build_trainer(config, dataset, 10)
-    assert trainer.distillation == "largest" and trainer.init_from_batches is mbquant.initialize_intervals
+    assert (
+        trainer.distillation == "largest"
+        and trainer.init_from_batches is mbquant.initialize_intervals
+    )
     assert config.precision_mode == "auto" and trainer.precision_mode == "unroll"
     assert resolve_precision_mode(_cnn_config(method="anyprecision")) == "unroll"  # on CPU
     assert resolve_precision_mode(_cnn_config(method="anyprecision"), backend="gpu") == "vmap"
@@ -191,5 +244,7 @@ def test_mbquant_defaults_distillation_largest_and_interval_init(tmp_path):
     with pytest.raises(ConfigError, match="interval_init"):
         build_trainer(_cnn_config(interval_init="later"), dataset, 10)
     # a fresh fit runs the init; the run still trains to finite losses at every bit-width
-    state = fit(trainer, dataset, workdir=str(tmp_path), seed=0, epochs=1, batch_size=64, progress=False)
+    state = fit(
+        trainer, dataset, workdir=str(tmp_path), seed=0, epochs=1, batch_size=64, progress=False
+    )
     assert np.isfinite(np.asarray(jax.tree_util.tree_leaves(state.params)[0])).all()

@@ -12,8 +12,11 @@ def count(params):
 
 
 def kernels(params):
-    return {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
-            if "kernel" in jax.tree_util.keystr(p)}
+    return {
+        jax.tree_util.keystr(p): x.shape
+        for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+        if "kernel" in jax.tree_util.keystr(p)
+    }
 
 
 def test_cifar_resnet20_has_the_published_parameter_count():
@@ -64,6 +67,7 @@ def test_max_pool_2x2_matches_flax_and_splits_ties():
     import flax.linen as nn
 
     from jaxquant.models.common import max_pool_2x2
+
     x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))
     np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
     tied = jnp.ones((1, 2, 2, 1))
@@ -76,14 +80,22 @@ def test_mobilenet_v2_has_torchvisions_parameters_and_quantizes_depthwise_convs(
     from jaxquant.layers import FULL_PRECISION, QuantConv
     from jaxquant.models import MobileNetV2
     from jaxquant.models.mobilenet import make_divisible
+
     assert [make_divisible(c * 0.75) for c in (32, 16, 24, 1280)] == [24, 16, 24, 960]
     x = jnp.zeros((1, 32, 32, 3))
-    fp = jax.eval_shape(lambda: MobileNetV2(bits=(32,), spec=FULL_PRECISION).init(jax.random.key(0), x, 0))
+    fp = jax.eval_shape(
+        lambda: MobileNetV2(bits=(32,), spec=FULL_PRECISION).init(jax.random.key(0), x, 0)
+    )
     assert count(fp["params"]) == 3_504_872  # torchvision's mobilenet_v2 at width 1, 1000 classes
     model = MobileNetV2(num_classes=5, bits=(2, 4), spec=QuantSpec())
     shapes_only = jax.eval_shape(lambda: model.init(jax.random.key(1), x, 0))
     shapes = kernels(shapes_only["params"])
-    assert shapes["['block1_depthwise']['kernel']"] == (3, 3, 1, 96)     # depthwise: one input channel per group
+    assert shapes["['block1_depthwise']['kernel']"] == (
+        3,
+        3,
+        1,
+        96,
+    )  # depthwise: one input channel per group
     assert shapes["['block16_project']['kernel']"] == (1, 1, 960, 320)
     assert shapes_only["params"]["block1_depthwise"]["weight_step"].shape == (2,)
     # The expansion convs and the last conv read a linear bottleneck (signed inputs); the
@@ -98,25 +110,38 @@ def test_mobilenet_v2_has_torchvisions_parameters_and_quantizes_depthwise_convs(
     with nn.intercept_methods(record):
         jax.eval_shape(lambda: model.init(jax.random.key(1), x, 0))
     assert signed["block1_expand"] and signed["last_conv"]
-    assert not signed["block1_depthwise"] and not signed["block1_project"] and not signed["block0_depthwise"]
+    assert (
+        not signed["block1_depthwise"]
+        and not signed["block1_project"]
+        and not signed["block0_depthwise"]
+    )
     # One compiled training-mode forward of the quantized model on real numbers (init and
     # forward in one jit: one compile).
     images = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
-    logits, _ = jax.jit(lambda k, im: model.apply(model.init(k, im, 0, train=True), im, 1, train=True,
-                                                  mutable=["batch_stats"]))(jax.random.key(1), images)
+    logits, _ = jax.jit(
+        lambda k, im: model.apply(
+            model.init(k, im, 0, train=True), im, 1, train=True, mutable=["batch_stats"]
+        )
+    )(jax.random.key(1), images)
     assert logits.shape == (2, 5) and np.all(np.isfinite(logits))
 
 
 def test_grouped_quant_conv_equals_xla_grouped_conv_forward_and_backward():
     from jaxquant.layers import FULL_PRECISION, QuantConv
+
     conv = QuantConv(6, (3, 3), feature_group_count=3, spec=FULL_PRECISION)
     x = jax.random.normal(jax.random.key(0), (2, 5, 5, 6))
     params = conv.init(jax.random.key(1), x, 0)["params"]
     assert params["kernel"].shape == (3, 3, 2, 6)
     reference = lambda k, x: jax.lax.conv_general_dilated(  # noqa: E731
-        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=3)
-    np.testing.assert_allclose(conv.apply({"params": params}, x, 0), reference(params["kernel"], x), rtol=1e-5, atol=1e-5)
-    ours = jax.grad(lambda k: (conv.apply({"params": {"kernel": k}}, x, 0) ** 2).sum())(params["kernel"])
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=3
+    )
+    np.testing.assert_allclose(
+        conv.apply({"params": params}, x, 0), reference(params["kernel"], x), rtol=1e-5, atol=1e-5
+    )
+    ours = jax.grad(lambda k: (conv.apply({"params": {"kernel": k}}, x, 0) ** 2).sum())(
+        params["kernel"]
+    )
     theirs = jax.grad(lambda k: (reference(k, x) ** 2).sum())(params["kernel"])
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
     with pytest.raises(Exception, match="groups"):

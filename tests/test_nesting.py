@@ -1,4 +1,5 @@
 """Bit-width nesting: cascades, bit planes, packing."""
+
 import math
 
 import jax
@@ -21,15 +22,17 @@ def _python_round_clip_cascade(q: int, source_bits: int, bits: int) -> int:
 
 @pytest.mark.parametrize("source_bits", range(1, 9))
 def test_stitch_split_is_bit_exact_for_every_code(source_bits):
-    codes = jnp.arange(2 ** source_bits)
+    codes = jnp.arange(2**source_bits)
     for basic_bits in range(1, source_bits + 1):
         basic, enhance = nesting.split_layers(codes, source_bits, basic_bits)
         assert enhance.shape == (source_bits - basic_bits, codes.size)
         np.testing.assert_array_equal(nesting.stitch_layers(basic, enhance), codes)
         # The basic layer plus the first m planes is the (b_min + m)-bit floor-cascade code.
         for m in range(source_bits - basic_bits + 1):
-            np.testing.assert_array_equal(nesting.stitch_layers(basic, enhance, m),
-                                          nesting.floor_cascade(codes, source_bits, basic_bits + m))
+            np.testing.assert_array_equal(
+                nesting.stitch_layers(basic, enhance, m),
+                nesting.floor_cascade(codes, source_bits, basic_bits + m),
+            )
 
 
 def test_floor_cascade_equals_sequential_lsb_drops_and_slicing():
@@ -38,7 +41,9 @@ def test_floor_cascade_equals_sequential_lsb_drops_and_slicing():
     for k in range(7, 0, -1):
         sequential = sequential >> 1
         np.testing.assert_array_equal(nesting.floor_cascade(codes, 8, k), sequential)
-        np.testing.assert_array_equal(nesting.floor_cascade(codes, 8, k), np.arange(256) // 2 ** (8 - k))
+        np.testing.assert_array_equal(
+            nesting.floor_cascade(codes, 8, k), np.arange(256) // 2 ** (8 - k)
+        )
     np.testing.assert_array_equal(nesting.floor_cascade(codes, 8, 8), codes)
 
 
@@ -54,9 +59,9 @@ def test_k_bit_level_is_centre_of_merged_source_levels(k):
     source = 8
     u8 = np.arange(256)
     uk = np.asarray(nesting.floor_cascade(u8, source, k))
-    level8 = np.asarray(nesting.midrise_level(u8, source))               # in units of s_8
+    level8 = np.asarray(nesting.midrise_level(u8, source))  # in units of s_8
     levelk = np.asarray(nesting.midrise_level(uk, k)) * 2 ** (source - k)  # s_k = 2^(8-k) s_8
-    for code in range(2 ** k):
+    for code in range(2**k):
         merged = level8[uk == code]
         assert merged.size == 2 ** (source - k)
         assert levelk[uk == code][0] == merged.mean()
@@ -81,7 +86,9 @@ def test_round_clip_cascade_matches_python_at_every_traced_bit_width():
     for k in range(1, 9):
         out = np.asarray(fn(k))
         assert out.min() >= -(2 ** (k - 1)) and out.max() <= 2 ** (k - 1) - 1
-        np.testing.assert_array_equal(out, [_python_round_clip_cascade(int(q), 8, k) for q in codes])
+        np.testing.assert_array_equal(
+            out, [_python_round_clip_cascade(int(q), 8, k) for q in codes]
+        )
 
 
 def test_round_clip_residual_is_not_a_bit_plane():
@@ -94,9 +101,9 @@ def test_round_clip_residual_is_not_a_bit_plane():
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(2, 8), st.integers(1, 300), st.integers(0, 2 ** 31 - 1))
+@given(st.integers(2, 8), st.integers(1, 300), st.integers(0, 2**31 - 1))
 def test_pack_unpack_round_trip(bits, size, seed):
-    codes = np.random.default_rng(seed).integers(0, 2 ** bits, size)
+    codes = np.random.default_rng(seed).integers(0, 2**bits, size)
     planes = np.asarray(nesting.bit_planes(codes, bits))
     packed = nesting.pack_planes(planes)
     assert packed.shape == (bits, (size + 7) // 8) and packed.dtype == np.uint8

@@ -1,5 +1,6 @@
 """The package's public surface: every name in ``jaxquant.__all__`` resolves, ``dir`` lists them
 (a notebook's tab completion), and ``import jaxquant`` alone does not import JAX."""
+
 from __future__ import annotations
 
 import subprocess
@@ -27,7 +28,9 @@ def test_unknown_name_is_an_attribute_error():
 
 def test_import_jaxquant_does_not_import_jax():
     code = "import sys, jaxquant; print('jax' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "False"
 
 
@@ -38,6 +41,7 @@ def test_readme_python_example_runs():
 
     import jax.numpy as jnp
     import numpy as np
+
     readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
     code = re.search(r"## Use it from Python\n\n```python\n(.*?)```", readme, re.S).group(1)
     images = jnp.asarray(np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32))

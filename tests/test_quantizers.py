@@ -7,6 +7,7 @@ docstrings), never by calling the function under test. Integer ranges used by th
     unsigned LSQ (Qn, Qp) = (0, 2^b - 1)
     DoReFa / interval levels n = 2^b - 1
 """
+
 from __future__ import annotations
 
 import jax
@@ -30,8 +31,7 @@ LEVELS = {1: 1, 2: 3, 3: 7, 4: 15, 8: 255}
 # so the library's Qn, Qp and DoReFa level counts are off for 13..16 bits. Remove this marker once
 # the ranges are computed exactly (strict: the tests turn red when the bug is fixed).
 
-SETTINGS = settings(max_examples=40, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def f32(x):
@@ -48,17 +48,58 @@ def np_lsq(v, s, qn, qp):
 # Exact values on hand-made inputs.
 
 # Inputs in units of the step (step 0.5 is a power of two, so v / s reproduces these exactly).
-U = [-300, -130, -128.4, -9, -8.6, -4.6, -2.4, -1.6, -0.3,
-     0.3, 0.7, 1.4, 2.6, 3.4, 6.6, 7.4, 14.6, 15.6, 126.6, 127.4, 254.6, 300]
+U = [
+    -300,
+    -130,
+    -128.4,
+    -9,
+    -8.6,
+    -4.6,
+    -2.4,
+    -1.6,
+    -0.3,
+    0.3,
+    0.7,
+    1.4,
+    2.6,
+    3.4,
+    6.6,
+    7.4,
+    14.6,
+    15.6,
+    126.6,
+    127.4,
+    254.6,
+    300,
+]
 LSQ_CODES = {  # round(clip(U, -Qn, Qp)), worked out by hand
-    ("signed", 2): [-2, -2, -2, -2, -2, -2, -2, -2, 0,
-                    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
-    ("signed", 3): [-4, -4, -4, -4, -4, -4, -2, -2, 0,
-                    0, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3],
-    ("signed", 4): [-8, -8, -8, -8, -8, -5, -2, -2, 0,
-                    0, 1, 1, 3, 3, 7, 7, 7, 7, 7, 7, 7, 7],
-    ("signed", 8): [-128, -128, -128, -9, -9, -5, -2, -2, 0,
-                    0, 1, 1, 3, 3, 7, 7, 15, 16, 127, 127, 127, 127],
+    ("signed", 2): [-2, -2, -2, -2, -2, -2, -2, -2, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    ("signed", 3): [-4, -4, -4, -4, -4, -4, -2, -2, 0, 0, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3],
+    ("signed", 4): [-8, -8, -8, -8, -8, -5, -2, -2, 0, 0, 1, 1, 3, 3, 7, 7, 7, 7, 7, 7, 7, 7],
+    ("signed", 8): [
+        -128,
+        -128,
+        -128,
+        -9,
+        -9,
+        -5,
+        -2,
+        -2,
+        0,
+        0,
+        1,
+        1,
+        3,
+        3,
+        7,
+        7,
+        15,
+        16,
+        127,
+        127,
+        127,
+        127,
+    ],
     ("unsigned", 2): [0] * 9 + [0, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3],
     ("unsigned", 3): [0] * 9 + [0, 1, 1, 3, 3, 7, 7, 7, 7, 7, 7, 7, 7],
     ("unsigned", 4): [0] * 9 + [0, 1, 1, 3, 3, 7, 7, 15, 15, 15, 15, 15, 15],
@@ -140,8 +181,12 @@ def test_ranges_and_grad_scale_and_init_step():
     assert_allclose(float(q.lsq_grad_scale(6, 8, False)), 1 / np.sqrt(6 * 255), rtol=1e-6)
     # s0 = 2 mean|v| / sqrt(Qp)
     v = f32([[1.0, -2.0], [3.0, -6.0]])  # mean|v| = 3; per column [2, 4]
-    assert_allclose(float(q.lsq_init_step(jnp.asarray(v), 4, signed=True)), 6 / np.sqrt(7), rtol=1e-6)
-    assert_allclose(float(q.lsq_init_step(jnp.asarray(v), 2, signed=False)), 6 / np.sqrt(3), rtol=1e-6)
+    assert_allclose(
+        float(q.lsq_init_step(jnp.asarray(v), 4, signed=True)), 6 / np.sqrt(7), rtol=1e-6
+    )
+    assert_allclose(
+        float(q.lsq_init_step(jnp.asarray(v), 2, signed=False)), 6 / np.sqrt(3), rtol=1e-6
+    )
     per_col = q.lsq_init_step(jnp.asarray(v), 8, signed=True, axis=(0,))
     assert per_col.shape == (1, 2)
     assert_allclose(np.asarray(per_col), [[4 / np.sqrt(127), 8 / np.sqrt(127)]], rtol=1e-6)
@@ -154,7 +199,7 @@ def test_ranges_are_exact_integers_for_every_supported_bit_width(bits):
     qn, qp = (float(a) for a in q.signed_range(bits))
     assert (qn, qp) == (2.0 ** (bits - 1), 2.0 ** (bits - 1) - 1)
     qn, qp = (float(a) for a in q.unsigned_range(bits))
-    assert (qn, qp) == (0.0, 2.0 ** bits - 1)
+    assert (qn, qp) == (0.0, 2.0**bits - 1)
 
 
 def test_dorefa_activation_on_grid_at_15_bits():
@@ -166,7 +211,9 @@ def test_dorefa_activation_on_grid_at_15_bits():
 def test_lsq_gradient_at_qp_at_14_bits():
     # Signed 14-bit: Qp = 8191. v/s = 8191 exactly is at Qp: dv = 0, d/ds = Qp * g.
     v = jnp.asarray([8191.0], jnp.float32)
-    dv, ds = jax.grad(lambda v, s: q.lsq_quantize(v, s, 14, signed=True).sum(), (0, 1))(v, jnp.float32(1.0))
+    dv, ds = jax.grad(lambda v, s: q.lsq_quantize(v, s, 14, signed=True).sum(), (0, 1))(
+        v, jnp.float32(1.0)
+    )
     assert float(dv[0]) == 0.0
     assert_allclose(float(ds), 8191 / np.sqrt(8191), rtol=1e-6)
 
@@ -207,9 +254,9 @@ def test_dorefa_weight_matches_numpy_formula(bits):
 # x~ in [0, 1] chosen as exact binary fractions so that x~ * n is exact (no float ties).
 XT = [0.0, 0.125, 0.25, 0.5, 0.625, 0.875, 1.0]
 UNIT_CODES = {  # round(XT * n), by hand
-    2: [0, 0, 1, 2, 2, 3, 3],        # [0, .375, .75, 1.5, 1.875, 2.625, 3]
-    3: [0, 1, 2, 4, 4, 6, 7],        # [0, .875, 1.75, 3.5, 4.375, 6.125, 7]
-    4: [0, 2, 4, 8, 9, 13, 15],      # [0, 1.875, 3.75, 7.5, 9.375, 13.125, 15]
+    2: [0, 0, 1, 2, 2, 3, 3],  # [0, .375, .75, 1.5, 1.875, 2.625, 3]
+    3: [0, 1, 2, 4, 4, 6, 7],  # [0, .875, 1.75, 3.5, 4.375, 6.125, 7]
+    4: [0, 2, 4, 8, 9, 13, 15],  # [0, 1.875, 3.75, 7.5, 9.375, 13.125, 15]
     8: [0, 32, 64, 128, 159, 223, 255],  # [0, 31.875, 63.75, 127.5, 159.375, 223.125, 255]
 }
 
@@ -250,18 +297,23 @@ def test_interval_activation_exact_values(bits):
 # ----------------------------------------------------------------------------------------------
 # Gradients against closed forms.
 
+
 def test_ste_round_gradient_is_identity():
     x = jnp.asarray([-2.6, -0.5, 0.2, 0.5, 1.49, 7.0], jnp.float32)
     c = jnp.asarray([1.0, -2.0, 3.0, 0.5, -1.5, 4.0], jnp.float32)
     assert_array_equal(np.asarray(q.ste_round(x)), [-3, -0, 0, 0, 1, 7])
-    assert_array_equal(np.asarray(jax.grad(lambda x: jnp.sum(q.ste_round(x) * c))(x)), np.asarray(c))
+    assert_array_equal(
+        np.asarray(jax.grad(lambda x: jnp.sum(q.ste_round(x) * c))(x)), np.asarray(c)
+    )
     assert_array_equal(np.asarray(jax.grad(lambda x: q.ste_round(x))(jnp.float32(0.3))), 1.0)
 
 
 def test_lsq_gradients_hand_values():
     # Signed 2-bit (Qn = 2, Qp = 1), s = 0.5: v/s = [-4, -2, -0.6, 0.4, 0.8, 1, 6]
     v = jnp.asarray([-2.0, -1.0, -0.3, 0.2, 0.4, 0.5, 3.0], jnp.float32)
-    dv, ds = jax.grad(lambda v, s: q.lsq_quantize(v, s, 2, signed=True).sum(), (0, 1))(v, jnp.float32(0.5))
+    dv, ds = jax.grad(lambda v, s: q.lsq_quantize(v, s, 2, signed=True).sum(), (0, 1))(
+        v, jnp.float32(0.5)
+    )
     # strictly inside (-2, 1): only -0.6, 0.4, 0.8; -2 (at -Qn) and 1 (at Qp) are clipped
     assert_array_equal(np.asarray(dv), [0, 0, 1, 1, 1, 0, 0])
     # d/ds per element: [-Qn, -Qn, round(-.6)+.6, round(.4)-.4, round(.8)-.8, Qp, Qp]
@@ -289,7 +341,7 @@ def test_lsq_gradients_per_tensor_closed_form(bits, signed):
     s = np.float32(0.37 if bits < 8 else 0.02)
     v = f32(rng.normal(size=(6, 5)) * s * qp * 0.8)
     v[0, :3] = f32([-qn, qp, 0]) * s  # exactly at the clip points (x == -Qn or x == Qp)
-    v[1, 0] = f32(100 * s * qp)       # far outside
+    v[1, 0] = f32(100 * s * qp)  # far outside
     c = f32(rng.normal(size=v.shape))
     fn = lambda v, s: jnp.sum(q.lsq_quantize(v, s, bits, signed=signed) * c)  # noqa: E731
     dv, ds = jax.grad(fn, (0, 1))(jnp.asarray(v), jnp.asarray(s))
@@ -302,7 +354,9 @@ def test_lsq_gradients_per_tensor_closed_form(bits, signed):
 def test_lsq_gradient_num_elements_override():
     v = jnp.asarray([0.3, -0.2, 5.0], jnp.float32)
     # 4-bit signed, s = 1: elem = [0 - .3, 0 + .2, 5 - 5] = [-0.3, 0.2, 0]
-    ds = jax.grad(lambda s: q.lsq_quantize(v, s, 4, signed=True, num_elements=40).sum())(jnp.float32(1.0))
+    ds = jax.grad(lambda s: q.lsq_quantize(v, s, 4, signed=True, num_elements=40).sum())(
+        jnp.float32(1.0)
+    )
     assert_allclose(float(ds), -0.1 / np.sqrt(40 * 7), rtol=1e-5)
 
 
@@ -335,8 +389,8 @@ def np_dorefa_weight_grad(w, c):
     k = np.argmax(np.abs(t))
     m = np.abs(t[k])
     grad = c / m
-    grad[k] -= np.sign(t[k]) * np.sum(c * t) / m ** 2
-    return e * (1 - t ** 2) * grad
+    grad[k] -= np.sign(t[k]) * np.sum(c * t) / m**2
+    return e * (1 - t**2) * grad
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8, 32])
@@ -363,8 +417,8 @@ def interval_grads_np(x, lower, upper, c, scale):
     width = upper - lower
     inside = (x >= lower) & (x <= upper)
     dx = scale * c * inside / width
-    dl = scale * np.sum(c * inside * (x - upper)) / width ** 2
-    du = scale * np.sum(c * inside * -(x - lower)) / width ** 2
+    dl = scale * np.sum(c * inside * (x - upper)) / width**2
+    du = scale * np.sum(c * inside * -(x - lower)) / width**2
     return dx, dl, du
 
 
@@ -403,12 +457,17 @@ def test_interval_weight_gradients():
 # ----------------------------------------------------------------------------------------------
 # Full precision at 32 bits.
 
+
 def test_lsq_full_precision_passthrough():
     v = jnp.asarray([-1e6, -3.3, -0.01, 0.0, 0.2, 7.7, 1e6], jnp.float32)
     for signed in (True, False):
         for bits in (32, jnp.asarray(32, jnp.int32), 40):
-            assert_array_equal(np.asarray(q.lsq_quantize(v, 0.5, bits, signed=signed)), np.asarray(v))
-        dv, ds = jax.grad(lambda v, s: q.lsq_quantize(v, s, 32, signed=signed).sum(), (0, 1))(v, jnp.float32(0.5))
+            assert_array_equal(
+                np.asarray(q.lsq_quantize(v, 0.5, bits, signed=signed)), np.asarray(v)
+            )
+        dv, ds = jax.grad(lambda v, s: q.lsq_quantize(v, s, 32, signed=signed).sum(), (0, 1))(
+            v, jnp.float32(0.5)
+        )
         assert_array_equal(np.asarray(dv), np.ones(7))
         assert float(ds) == 0.0
 
@@ -428,14 +487,17 @@ def test_interval_activation_full_precision_passthrough():
     x = jnp.asarray([-3.0, 0.1, 0.6, 9.0], jnp.float32)
     assert_array_equal(np.asarray(q.interval_activation(x, 0.0, 1.0, 32)), np.asarray(x))
     dx, dl, du = jax.grad(lambda x, l, u: q.interval_activation(x, l, u, 32).sum(), (0, 1, 2))(
-        x, jnp.float32(0.0), jnp.float32(1.0))
+        x, jnp.float32(0.0), jnp.float32(1.0)
+    )
     assert_array_equal(np.asarray(dx), np.ones(4))
     assert float(dl) == 0.0 and float(du) == 0.0
 
 
 def test_is_full_precision():
-    assert_array_equal(np.asarray(q.is_full_precision(jnp.asarray([2, 16, 31, 32, 64]))),
-                       [False, False, False, True, True])
+    assert_array_equal(
+        np.asarray(q.is_full_precision(jnp.asarray([2, 16, 31, 32, 64]))),
+        [False, False, False, True, True],
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -456,7 +518,7 @@ def _lsq_unsigned(v, s, b):
 
 
 def _np_range(bits, signed):
-    return (2 ** (bits - 1), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+    return (2 ** (bits - 1), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
 
 
 @SETTINGS
@@ -507,8 +569,10 @@ def _interval_a(x, l, u, b):
 
 
 @SETTINGS
-@given(w=hnp.arrays(np.float32, (16,), elements=st.floats(-3, 3, width=32)),
-       bits=st.sampled_from([1, 2, 3, 4, 8]))
+@given(
+    w=hnp.arrays(np.float32, (16,), elements=st.floats(-3, 3, width=32)),
+    bits=st.sampled_from([1, 2, 3, 4, 8]),
+)
 def test_dorefa_weight_properties(w, bits):
     assume(np.max(np.abs(w)) > 1e-2)
     n = LEVELS[bits]
@@ -529,7 +593,7 @@ def test_dorefa_weight_properties(w, bits):
 @SETTINGS
 @given(x=VEC, bits=BITS)
 def test_dorefa_activation_properties(x, bits):
-    n = LEVELS.get(bits, 2 ** bits - 1)
+    n = LEVELS.get(bits, 2**bits - 1)
     b = jnp.asarray(bits, jnp.int32)
     out = np.asarray(_dorefa_a(jnp.asarray(x), b))
     k = out * n
@@ -555,7 +619,7 @@ def test_interval_weight_properties(w, lower, width):
 @SETTINGS
 @given(x=VEC, lower=st.floats(-5, 0, width=32), width=st.floats(0.125, 10, width=32), bits=BITS)
 def test_interval_activation_properties(x, lower, width, bits):
-    n = 2 ** bits - 1
+    n = 2**bits - 1
     upper = np.float32(lower + width)
     b = jnp.asarray(bits, jnp.int32)
     out = np.asarray(_interval_a(jnp.asarray(x), jnp.float32(lower), jnp.float32(upper), b))
@@ -565,35 +629,44 @@ def test_interval_activation_properties(x, lower, width, bits):
     assert np.all(out[x <= lower] == 0) and np.all(out[x >= upper] == 1)
     # With l = 0, u = 1 the quantizer is idempotent.
     once = np.asarray(_interval_a(jnp.asarray(out), jnp.float32(0), jnp.float32(1), b))
-    assert_array_equal(np.asarray(_interval_a(jnp.asarray(once), jnp.float32(0), jnp.float32(1), b)), once)
+    assert_array_equal(
+        np.asarray(_interval_a(jnp.asarray(once), jnp.float32(0), jnp.float32(1), b)), once
+    )
     assert_allclose(once, out, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------
 # One compiled function for every bit-width; vmap over bit-widths.
 
+
 def test_one_trace_serves_every_bit_width():
     traces = []
 
     def fn(v, step, bits):
         traces.append(1)  # runs only while tracing
-        return (q.lsq_quantize(v, step, bits, signed=True),
-                q.lsq_quantize(v, step, bits, signed=False),
-                q.dorefa_weight(v, bits),
-                q.dorefa_activation(v, bits),
-                q.interval_activation(v, -1.0, 2.0, bits))
+        return (
+            q.lsq_quantize(v, step, bits, signed=True),
+            q.lsq_quantize(v, step, bits, signed=False),
+            q.dorefa_weight(v, bits),
+            q.dorefa_activation(v, bits),
+            q.interval_activation(v, -1.0, 2.0, bits),
+        )
 
     jitted = jax.jit(fn)
     rng = np.random.default_rng(3)
     v = f32(rng.normal(size=(4, 5)))
     for bits in (2, 3, 4, 8):
-        lsq_s, lsq_u, dw, da, ia = jitted(jnp.asarray(v), jnp.float32(0.25), jnp.asarray(bits, jnp.int32))
+        lsq_s, lsq_u, dw, da, ia = jitted(
+            jnp.asarray(v), jnp.float32(0.25), jnp.asarray(bits, jnp.int32)
+        )
         assert_array_equal(np.asarray(lsq_s), np_lsq(v, 0.25, *SIGNED[bits]))
         assert_array_equal(np.asarray(lsq_u), np_lsq(v, 0.25, *UNSIGNED[bits]))
         n = LEVELS[bits]
         assert_allclose(np.asarray(dw), np_dorefa_weight(v, n), rtol=1e-5, atol=1e-6)
         assert_allclose(np.asarray(da), np.round(np.clip(v, 0, 1) * n) / n, rtol=1e-6, atol=1e-7)
-        assert_allclose(np.asarray(ia), np.round(np.clip((v + 1) / 3, 0, 1) * n) / n, rtol=1e-6, atol=1e-7)
+        assert_allclose(
+            np.asarray(ia), np.round(np.clip((v + 1) / 3, 0, 1) * n) / n, rtol=1e-6, atol=1e-7
+        )
     assert len(traces) == 1
 
 
@@ -653,15 +726,20 @@ def test_vmap_over_bits_dorefa_and_interval():
         assert_allclose(np.asarray(out), np.asarray(loop), rtol=1e-6, atol=1e-7)
     # Gradients w.r.t. the input under vmap over bits.
     dw = jax.vmap(lambda b: jax.grad(lambda w: jnp.sum(q.dorefa_weight(w, b) ** 2))(v))(bits)
-    loop = jnp.stack([jax.grad(lambda w: jnp.sum(q.dorefa_weight(w, b) ** 2))(v) for b in BIT_VECTOR])
+    loop = jnp.stack(
+        [jax.grad(lambda w: jnp.sum(q.dorefa_weight(w, b) ** 2))(v) for b in BIT_VECTOR]
+    )
     assert_allclose(np.asarray(dw), np.asarray(loop), rtol=1e-5, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------------------------
 # Static validation of bit-width tuples.
 
-@pytest.mark.parametrize("bits", [(0,), (1,), (33,), (17,), (-4,), (2.5,), (4.0,), (True,), ("4",),
-                                  (2, 4, 2), (), (2, 1, 8)])
+
+@pytest.mark.parametrize(
+    "bits",
+    [(0,), (1,), (33,), (17,), (-4,), (2.5,), (4.0,), (True,), ("4",), (2, 4, 2), (), (2, 1, 8)],
+)
 def test_validate_bits_rejects_lsq(bits):
     with pytest.raises(BitWidthError):
         q.validate_bits(bits, "lsq")

@@ -1,6 +1,7 @@
 """Data parallelism: the step on a batch sharded over 4 (fake CPU) devices equals the
 single-device step on the same global batch. Runs in a subprocess: XLA_FLAGS must be set
 before JAX starts."""
+
 import os
 import pathlib
 import subprocess
@@ -44,8 +45,14 @@ SCRIPT = textwrap.dedent("""
 
 def test_four_device_sharded_step_equals_single_device_step():
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()
-    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        XLA_FLAGS=flags,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SHARDED_EQUALS_SINGLE" in result.stdout

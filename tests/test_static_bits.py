@@ -2,6 +2,7 @@
 the full-precision or quantized branch of each quantizer in Python: the same values and
 gradients as the same bit-width passed as a traced array (which computes both branches and
 selects with ``jnp.where``), with only one branch in the trace."""
+
 from __future__ import annotations
 
 import collections
@@ -32,15 +33,31 @@ CASES = [
     ("dorefa_activation", lambda x, p, b: q.dorefa_activation(x * 0.8 + 0.5, b), ()),
     ("dorefa_weight", lambda x, p, b: q.dorefa_weight(x, b), ()),
     ("lsq_signed", lambda x, p, b: q.lsq_quantize(x, p[0], b, signed=True), (jnp.float32(0.3),)),
-    ("lsq_unsigned", lambda x, p, b: q.lsq_quantize(jax.nn.relu(x), p[0], b, signed=False, num_elements=20),
-     (jnp.float32(0.2),)),
-    ("lsq_per_channel", lambda x, p, b: q.lsq_quantize(x, p[0], b, signed=True),
-     (jnp.asarray([0.2, 0.3, 0.4, 0.5, 0.6], jnp.float32),)),
-    ("interval_activation", lambda x, p, b: q.interval_activation(x, p[0], p[1], b),
-     (jnp.float32(-0.5), jnp.float32(1.2))),
-    ("vertical_floor", lambda x, p, b: q.vertical_weight(x, p[0], b, source_bits=8), (jnp.float32(0.05),)),
-    ("vertical_round_clip", lambda x, p, b: q.vertical_weight(x, p[0], b, source_bits=8, cascade="round_clip"),
-     (jnp.float32(0.05),)),
+    (
+        "lsq_unsigned",
+        lambda x, p, b: q.lsq_quantize(jax.nn.relu(x), p[0], b, signed=False, num_elements=20),
+        (jnp.float32(0.2),),
+    ),
+    (
+        "lsq_per_channel",
+        lambda x, p, b: q.lsq_quantize(x, p[0], b, signed=True),
+        (jnp.asarray([0.2, 0.3, 0.4, 0.5, 0.6], jnp.float32),),
+    ),
+    (
+        "interval_activation",
+        lambda x, p, b: q.interval_activation(x, p[0], p[1], b),
+        (jnp.float32(-0.5), jnp.float32(1.2)),
+    ),
+    (
+        "vertical_floor",
+        lambda x, p, b: q.vertical_weight(x, p[0], b, source_bits=8),
+        (jnp.float32(0.05),),
+    ),
+    (
+        "vertical_round_clip",
+        lambda x, p, b: q.vertical_weight(x, p[0], b, source_bits=8, cascade="round_clip"),
+        (jnp.float32(0.05),),
+    ),
 ]
 
 
@@ -48,6 +65,7 @@ def _value_and_grads(fn, x, params, cotangent, bits):
     def loss(x, params):
         out = fn(x, params, bits)
         return jnp.sum(out * cotangent), out
+
     (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(x, params)
     return out, grads
 
@@ -57,12 +75,17 @@ def _value_and_grads(fn, x, params, cotangent, bits):
 def test_static_bits_equal_traced_bits(name, fn, params, bits):
     x, cotangent = _operands()
     traced = jax.jit(lambda x, params, b: _value_and_grads(fn, x, params, cotangent, b))(
-        x, params, jnp.asarray(bits, jnp.int32))
+        x, params, jnp.asarray(bits, jnp.int32)
+    )
     for static in (bits, np.int32(bits)):
-        result = jax.jit(lambda x, params: _value_and_grads(fn, x, params, cotangent, static))(x, params)
+        result = jax.jit(lambda x, params: _value_and_grads(fn, x, params, cotangent, static))(
+            x, params
+        )
         for got, want in zip(jax.tree.leaves(result), jax.tree.leaves(traced)):
             assert got.shape == want.shape and got.dtype == want.dtype
-            assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7, err_msg=f"{name} at {bits}")
+            assert_allclose(
+                np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7, err_msg=f"{name} at {bits}"
+            )
 
 
 def _primitives(fn, *args):
@@ -106,7 +129,9 @@ def test_bits_at_is_a_python_int_for_a_static_precision():
     assert isinstance(traced, jax.Array) and int(traced) == 32
 
 
-@pytest.mark.parametrize("spec", [QuantSpec("dorefa", "dorefa"), QuantSpec()], ids=["dorefa", "lsq"])
+@pytest.mark.parametrize(
+    "spec", [QuantSpec("dorefa", "dorefa"), QuantSpec()], ids=["dorefa", "lsq"]
+)
 def test_layers_static_precision_equal_traced_precision(spec):
     """A QuantConv and QuantDense called with a Python-int precision (the unrolled step) give the
     values and parameter gradients of the same precision passed as an array (the vmapped step)."""
@@ -123,8 +148,13 @@ def test_layers_static_precision_equal_traced_precision(spec):
     variables = net.init(jax.random.key(0), x, 0)
 
     for p in range(len(bits)):
-        static = jax.jit(lambda v: jax.value_and_grad(lambda v: jnp.sum(jnp.sin(net.apply(v, x, p))))(v))(variables)
-        traced = jax.jit(lambda v, p: jax.value_and_grad(lambda v: jnp.sum(jnp.sin(net.apply(v, x, p))))(v))(
-            variables, jnp.int32(p))
+        static = jax.jit(
+            lambda v: jax.value_and_grad(lambda v: jnp.sum(jnp.sin(net.apply(v, x, p))))(v)
+        )(variables)
+        traced = jax.jit(
+            lambda v, p: jax.value_and_grad(lambda v: jnp.sum(jnp.sin(net.apply(v, x, p))))(v)
+        )(variables, jnp.int32(p))
         for got, want in zip(jax.tree.leaves(static), jax.tree.leaves(traced)):
-            assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6, err_msg=f"precision {p}")
+            assert_allclose(
+                np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6, err_msg=f"precision {p}"
+            )

@@ -7,9 +7,16 @@ import pytest
 from jaxquant.errors import ConfigError
 from jaxquant.layers import FULL_PRECISION, QuantSpec
 from jaxquant.models import SmallCNN
-from jaxquant.training import (MultiPrecisionTrainer, OptimizerConfig, cross_entropy, evaluate,
-                               learning_rate_schedule, make_optimizer, multi_precision_loss,
-                               soft_cross_entropy)
+from jaxquant.training import (
+    MultiPrecisionTrainer,
+    OptimizerConfig,
+    cross_entropy,
+    evaluate,
+    learning_rate_schedule,
+    make_optimizer,
+    multi_precision_loss,
+    soft_cross_entropy,
+)
 
 BITS = (2, 4, 8, 32)
 
@@ -43,14 +50,20 @@ def test_multi_precision_loss_formulas(distillation):
     if distillation == "none":
         expected = ce
     elif distillation == "largest":  # teacher: index 2 (32 bits)
-        expected = [0.5 * soft(0, 2) + 0.5 * ce[0], 0.5 * soft(1, 2) + 0.5 * ce[1], ce[2],
-                    0.5 * soft(3, 2) + 0.5 * ce[3]]
+        expected = [
+            0.5 * soft(0, 2) + 0.5 * ce[0],
+            0.5 * soft(1, 2) + 0.5 * ce[1],
+            ce[2],
+            0.5 * soft(3, 2) + 0.5 * ce[3],
+        ]
     else:  # 32 -> 8 -> 4 -> 2
         expected = [soft(0, 3), soft(1, 0), ce[2], soft(3, 2)]
     total, per = multi_precision_loss(jnp.asarray(logits), labels, bits, distillation)
     np.testing.assert_allclose(per, expected, rtol=1e-5)
     np.testing.assert_allclose(total, sum(expected), rtol=1e-5)
-    weighted, _ = multi_precision_loss(jnp.asarray(logits), labels, bits, distillation, (1.0, 2.0, 0.5, 0.0))
+    weighted, _ = multi_precision_loss(
+        jnp.asarray(logits), labels, bits, distillation, (1.0, 2.0, 0.5, 0.0)
+    )
     np.testing.assert_allclose(weighted, np.dot(expected, [1.0, 2.0, 0.5, 0.0]), rtol=1e-5)
 
 
@@ -67,7 +80,11 @@ def test_learning_rate_schedules():
     cosine = learning_rate_schedule(1.0, "cosine", 100, 10)
     np.testing.assert_allclose([cosine(0), cosine(50), cosine(100)], [1.0, 0.5, 0.0], atol=1e-6)
     staircase = learning_rate_schedule(1.0, "cosine", 100, 10, per_epoch=True)
-    assert float(staircase(19)) == float(staircase(10)) == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.1)))
+    assert (
+        float(staircase(19))
+        == float(staircase(10))
+        == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.1)))
+    )
     step = learning_rate_schedule(1.0, "step", 100, 10, step_epochs=(5, 8), step_factor=0.1)
     np.testing.assert_allclose([step(49), step(50), step(80)], [1.0, 0.1, 0.01], rtol=1e-6)
     warm = learning_rate_schedule(1.0, "constant", 100, 10, warmup_epochs=1)
@@ -76,8 +93,13 @@ def test_learning_rate_schedules():
 
 def _trainer(spec=QuantSpec(), mode="vmap", distillation="recursive", bits=BITS, **opt):
     model = SmallCNN(bits=bits, spec=spec, widths=(8, 16, 16))
-    return MultiPrecisionTrainer(model, bits, make_optimizer(OptimizerConfig(**opt), 100, 10),
-                                 distillation=distillation, precision_mode=mode)
+    return MultiPrecisionTrainer(
+        model,
+        bits,
+        make_optimizer(OptimizerConfig(**opt), 100, 10),
+        distillation=distillation,
+        precision_mode=mode,
+    )
 
 
 def _batch(n=16):
@@ -93,7 +115,10 @@ def test_optimizer_groups_quantizer_params_use_their_own_optimizer():
     new, _ = jax.jit(trainer.train_step)(state, x, y, jax.random.key(2))
     flat_old = jax.tree_util.tree_flatten_with_path(state.params)[0]
     flat_new = jax.tree_util.tree_flatten_with_path(new.params)[0]
-    moved = {jax.tree_util.keystr(p): not np.array_equal(a, b) for (p, a), (_, b) in zip(flat_old, flat_new)}
+    moved = {
+        jax.tree_util.keystr(p): not np.array_equal(a, b)
+        for (p, a), (_, b) in zip(flat_old, flat_new)
+    }
     assert any(v for k, v in moved.items() if "step" in k)
     assert not any(v for k, v in moved.items() if "step" not in k)
     assert int(new.step) == 1
@@ -111,14 +136,27 @@ def test_vmap_equals_unrolled_loop():
         results[mode] = (new, metrics, trainer.logits(new.params, new.batch_stats, x))
     (a, ma, la), (b, mb, lb) = results["vmap"], results["unroll"]
     np.testing.assert_allclose(ma["loss_per_precision"], mb["loss_per_precision"], rtol=1e-5)
-    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6), a.params, b.params)
-    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a.batch_stats, b.batch_stats)
+    jax.tree.map(
+        lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6), a.params, b.params
+    )
+    jax.tree.map(
+        lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6),
+        a.batch_stats,
+        b.batch_stats,
+    )
     np.testing.assert_allclose(la, lb, rtol=1e-4, atol=1e-5)
     # Quantized: the same forward (logits of every precision) from the same parameters.
-    trainer_v, trainer_u = _trainer(QuantSpec(), "vmap", bits=(2, 4, 32)), _trainer(QuantSpec(), "unroll", bits=(2, 4, 32))
+    trainer_v, trainer_u = (
+        _trainer(QuantSpec(), "vmap", bits=(2, 4, 32)),
+        _trainer(QuantSpec(), "unroll", bits=(2, 4, 32)),
+    )
     state = trainer_v.init(jax.random.key(1), x)
-    np.testing.assert_allclose(trainer_v.logits(state.params, state.batch_stats, x),
-                               trainer_u.logits(state.params, state.batch_stats, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        trainer_v.logits(state.params, state.batch_stats, x),
+        trainer_u.logits(state.params, state.batch_stats, x),
+        rtol=1e-4,
+        atol=1e-4,
+    )
     _, mv = jax.jit(trainer_v.train_step)(state, x, y, jax.random.key(2))
     _, mu = jax.jit(trainer_u.train_step)(state, x, y, jax.random.key(2))
     np.testing.assert_allclose(mv["loss_per_precision"], mu["loss_per_precision"], rtol=1e-4)
@@ -131,10 +169,18 @@ def test_step_updates_each_precisions_batch_stats_row_only_from_its_own_batch():
     new, _ = jax.jit(trainer.train_step)(state, x, y, jax.random.key(2))
     # Every precision ran, so every row moved; each row equals a single-precision update.
     for p in range(2):
-        _, updates = trainer.model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                                         x, p, train=True, mutable=["batch_stats"])
-        jax.tree.map(lambda got, want: np.testing.assert_allclose(got[p], want[p], rtol=1e-5, atol=1e-6),
-                     new.batch_stats, updates["batch_stats"])
+        _, updates = trainer.model.apply(
+            {"params": state.params, "batch_stats": state.batch_stats},
+            x,
+            p,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        jax.tree.map(
+            lambda got, want: np.testing.assert_allclose(got[p], want[p], rtol=1e-5, atol=1e-6),
+            new.batch_stats,
+            updates["batch_stats"],
+        )
 
 
 def test_evaluate_counts_every_example_once():
@@ -148,19 +194,36 @@ def test_evaluate_counts_every_example_once():
 
 
 def test_weight_decay_mask_can_spare_batchnorm():
-    trainer = _trainer(FULL_PRECISION, learning_rate=1.0, momentum=0.0, weight_decay=0.5,
-                       decay_batchnorm=False, bits=(32,))
+    trainer = _trainer(
+        FULL_PRECISION,
+        learning_rate=1.0,
+        momentum=0.0,
+        weight_decay=0.5,
+        decay_batchnorm=False,
+        bits=(32,),
+    )
     state = trainer.init(jax.random.key(1), _batch()[0])
     grads = jax.tree.map(jnp.zeros_like, state.params)
     updates, _ = trainer.optimizer.update(grads, state.opt_state, state.params)
     np.testing.assert_allclose(updates["stem_bn"]["scale"], 0.0)
-    np.testing.assert_allclose(updates["conv0"]["kernel"], -0.5 * state.params["conv0"]["kernel"], rtol=1e-6)
+    np.testing.assert_allclose(
+        updates["conv0"]["kernel"], -0.5 * state.params["conv0"]["kernel"], rtol=1e-6
+    )
 
 
 def test_quantizer_group_follows_the_step_schedule_too():
-    config = OptimizerConfig(optimizer="sgd", learning_rate=0.0, momentum=0.0, weight_decay=0.0,
-                             schedule="step", quantizer_schedule="step", quantizer_optimizer="sgd",
-                             quantizer_learning_rate=1.0, step_epochs=(1.0,), step_factor=0.1)
+    config = OptimizerConfig(
+        optimizer="sgd",
+        learning_rate=0.0,
+        momentum=0.0,
+        weight_decay=0.0,
+        schedule="step",
+        quantizer_schedule="step",
+        quantizer_optimizer="sgd",
+        quantizer_learning_rate=1.0,
+        step_epochs=(1.0,),
+        step_factor=0.1,
+    )
     tx = make_optimizer(config, total_steps=20, steps_per_epoch=10)
     params = {"conv": {"weight_step": jnp.ones(())}}
     state = tx.init(params)
@@ -169,12 +232,13 @@ def test_quantizer_group_follows_the_step_schedule_too():
     for _ in range(12):
         u, state = tx.update(grads, state, params)
         updates.append(float(u["conv"]["weight_step"]))
-    np.testing.assert_allclose(updates[9], -1.0, rtol=1e-6)   # epoch 0
+    np.testing.assert_allclose(updates[9], -1.0, rtol=1e-6)  # epoch 0
     np.testing.assert_allclose(updates[10], -0.1, rtol=1e-6)  # epoch 1: decayed
 
 
 def test_accuracy_counts_every_example_once_across_batches():
     from jaxquant.training import accuracy
+
     labels = np.asarray([0, 1, 2, 0, 1, 2, 0])
     images = np.asarray([0, 1, 0, 0, 1, 2, 1])  # "images" are the predicted classes: 5 of 7 right
     seen = []
@@ -190,13 +254,20 @@ def test_accuracy_counts_every_example_once_across_batches():
 # ----------------------------------------------------------------------------------------------
 # The fit loop: no host sync between log points, the NaN guard, asynchronous checkpoints.
 
+
 def _tiny_fit_trainer(learning_rate=0.05):
     from jaxquant.data import load_digits, make_preprocess
+
     dataset = load_digits()
     model = SmallCNN(bits=(2, 32), spec=QuantSpec(), widths=(4, 4))
     optimizer = make_optimizer(OptimizerConfig(learning_rate=learning_rate), 40, 20)
-    trainer = MultiPrecisionTrainer(model, (2, 32), optimizer, precision_mode="unroll",
-                                    preprocess=make_preprocess(dataset.mean, dataset.std))
+    trainer = MultiPrecisionTrainer(
+        model,
+        (2, 32),
+        optimizer,
+        precision_mode="unroll",
+        preprocess=make_preprocess(dataset.mean, dataset.std),
+    )
     return trainer, dataset
 
 
@@ -214,6 +285,7 @@ class _HostReads:
         import threading
 
         from jax._src import array as array_module
+
         self.batches, self.reads = 0, []
         main = threading.main_thread()
         original_value = array_module.ArrayImpl._value
@@ -246,11 +318,21 @@ def test_fit_reads_nothing_on_the_host_between_log_points(tmp_path, monkeypatch)
     before the first step); the loop before this change read the loss after every step."""
     from jaxquant.checkpoint import Checkpointer
     from jaxquant.training import fit
+
     trainer, dataset = _tiny_fit_trainer()
     total = 2 * (dataset.train_size // 128)
     reads = _HostReads(monkeypatch)
-    state = fit(trainer, dataset, workdir=str(tmp_path), seed=0, epochs=2, batch_size=128,
-                checkpoint_every_steps=10, log_every_steps=7, progress=False)
+    state = fit(
+        trainer,
+        dataset,
+        workdir=str(tmp_path),
+        seed=0,
+        epochs=2,
+        batch_size=128,
+        checkpoint_every_steps=10,
+        log_every_steps=7,
+        progress=False,
+    )
     monkeypatch.undo()
     assert int(state.step) == total
     allowed = {0, total} | set(range(7, total + 1, 7)) | set(range(10, total + 1, 10))
@@ -267,10 +349,20 @@ def test_fit_nan_names_the_step_where_it_began_and_saves_nothing_after(tmp_path)
     from jaxquant.checkpoint import Checkpointer
     from jaxquant.errors import NonFiniteLossError
     from jaxquant.training import fit
+
     trainer, dataset = _tiny_fit_trainer(learning_rate=1e38)
     with pytest.raises(NonFiniteLossError, match=r"at step (\d+)") as info:
-        fit(trainer, dataset, workdir=str(tmp_path), seed=0, epochs=2, batch_size=128,
-            checkpoint_every_steps=1000, log_every_steps=1000, progress=False)
+        fit(
+            trainer,
+            dataset,
+            workdir=str(tmp_path),
+            seed=0,
+            epochs=2,
+            batch_size=128,
+            checkpoint_every_steps=1000,
+            log_every_steps=1000,
+            progress=False,
+        )
     first_bad = int(__import__("re").search(r"at step (\d+)", str(info.value)).group(1))
     assert 1 <= first_bad <= 3  # lr 1e38 overflows within the first steps, long before the end
     assert "no checkpoint was written" in str(info.value)
@@ -281,6 +373,15 @@ def test_fit_nan_names_the_step_where_it_began_and_saves_nothing_after(tmp_path)
 
 def test_fit_rejects_log_every_steps_below_one(tmp_path):
     from jaxquant.training import fit
+
     trainer, dataset = _tiny_fit_trainer()
     with pytest.raises(ConfigError, match="log_every_steps"):
-        fit(trainer, dataset, workdir=str(tmp_path), seed=0, epochs=1, batch_size=128, log_every_steps=0)
+        fit(
+            trainer,
+            dataset,
+            workdir=str(tmp_path),
+            seed=0,
+            epochs=1,
+            batch_size=128,
+            log_every_steps=0,
+        )

@@ -13,6 +13,7 @@ the function under test). The floor cascade, source bits B, step s, ``x = w/s``:
 Round-clip (mid-tread): q_B = clip(round_half_even(x), -2^(B-1), 2^(B-1)-1), then
 ``q_{b-1} = clip(floor(q_b/2 + 1/2))`` step by step (or once, ``direct``), w_k = q_k 2^(B-k) s.
 """
+
 from __future__ import annotations
 
 import jax
@@ -36,25 +37,26 @@ def f32(x):
 # ----------------------------------------------------------------------------------------------
 # NumPy references of the formulas.
 
+
 def np_floor_codes(w, s, k, source=B):
     x = f32(w) / f32(s)
-    u = np.clip(np.floor(x + np.float32(2 ** (source - 1))), 0, 2 ** source - 1).astype(np.int64)
+    u = np.clip(np.floor(x + np.float32(2 ** (source - 1))), 0, 2**source - 1).astype(np.int64)
     return u >> (source - k)
 
 
 def np_floor_weight(w, s, k, source=B):
-    level = np_floor_codes(w, s, k, source) - (2 ** k - 1) / 2
+    level = np_floor_codes(w, s, k, source) - (2**k - 1) / 2
     return (level * 2 ** (source - k) * np.float64(f32(s))).astype(np.float32)
 
 
 def np_round_clip_codes(w, s, k, direct=False, source=B):
     x = f32(w) / f32(s)
-    code = np.clip(np.round(x), -2 ** (source - 1), 2 ** (source - 1) - 1).astype(np.int64)
+    code = np.clip(np.round(x), -(2 ** (source - 1)), 2 ** (source - 1) - 1).astype(np.int64)
     if direct:
         code = np.floor(code / 2 ** (source - k) + 0.5).astype(np.int64)
-        return np.clip(code, -2 ** (k - 1), 2 ** (k - 1) - 1)
+        return np.clip(code, -(2 ** (k - 1)), 2 ** (k - 1) - 1)
     for b in range(source, k, -1):  # the step b -> b-1
-        code = np.clip(np.floor(code / 2 + 0.5).astype(np.int64), -2 ** (b - 2), 2 ** (b - 2) - 1)
+        code = np.clip(np.floor(code / 2 + 0.5).astype(np.int64), -(2 ** (b - 2)), 2 ** (b - 2) - 1)
     return code
 
 
@@ -71,7 +73,23 @@ FLOOR_CODES = {  # u_B = clip(floor(x + 128), 0, 255) then >> (8-k), worked out 
     1: [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
 }
 FLOOR_WEIGHTS = {  # (u_k - (2^k-1)/2) * 2^(8-k) * 0.5
-    8: [-63.75, -63.75, -63.75, -0.25, -0.25, -0.25, 0.25, 0.25, 0.25, 0.75, 2.75, 50.25, 63.75, 63.75, 63.75],
+    8: [
+        -63.75,
+        -63.75,
+        -63.75,
+        -0.25,
+        -0.25,
+        -0.25,
+        0.25,
+        0.25,
+        0.25,
+        0.75,
+        2.75,
+        50.25,
+        63.75,
+        63.75,
+        63.75,
+    ],
     4: [-60, -60, -60, -4, -4, -4, 4, 4, 4, 4, 4, 52, 60, 60, 60],
     3: [-56, -56, -56, -8, -8, -8, 8, 8, 8, 8, 8, 56, 56, 56, 56],
     2: [-48, -48, -48, -16, -16, -16, 16, 16, 16, 16, 16, 48, 48, 48, 48],
@@ -95,11 +113,13 @@ def test_floor_cascade_matches_numpy_on_random_weights(source, k):
     w = f32(rng.normal(scale=2 ** (source - 1) * 0.6 * s, size=(5, 3, 2, 7)))
     got = np.asarray(q.vertical_weight(jnp.asarray(w), s, k, source_bits=source))
     assert_array_equal(got, np_floor_weight(w, s, k, source))
-    assert_array_equal(q.vertical_codes(jnp.asarray(w), s, k, source_bits=source), np_floor_codes(w, s, k, source))
+    assert_array_equal(
+        q.vertical_codes(jnp.asarray(w), s, k, source_bits=source), np_floor_codes(w, s, k, source)
+    )
     # The level set: 2^k mid-rise levels of step 2^(B-k) s, symmetric, no zero level.
     levels = np.float64(got) / (np.float64(s) * 2 ** (source - k))
     assert_allclose(levels, np.round(levels - 0.5) + 0.5, rtol=1e-6)  # odd multiples of 1/2
-    assert np.abs(levels).max() <= (2 ** k - 1) / 2 * (1 + 1e-6)
+    assert np.abs(levels).max() <= (2**k - 1) / 2 * (1 + 1e-6)
     assert np.abs(levels).min() >= 0.5 * (1 - 1e-6)
 
 
@@ -149,8 +169,10 @@ def test_round_clip_matches_numpy_on_random_weights(cascade, k):
 def test_full_precision_passes_weights_through_with_unit_gradient(cascade):
     w = jnp.asarray(f32([-1e3, -0.3, 0.0, 0.123456, 7.7, 1e3]))
     assert_array_equal(q.vertical_weight(w, 0.01, 32, cascade=cascade), w)
-    dw, ds = jax.grad(lambda w, s: jnp.sum(q.vertical_weight(w, s, 32, cascade=cascade) * jnp.arange(6.0)),
-                      argnums=(0, 1))(w, jnp.float32(0.01))
+    dw, ds = jax.grad(
+        lambda w, s: jnp.sum(q.vertical_weight(w, s, 32, cascade=cascade) * jnp.arange(6.0)),
+        argnums=(0, 1),
+    )(w, jnp.float32(0.01))
     assert_array_equal(dw, np.arange(6.0))
     assert float(ds) == 0.0
 
@@ -163,19 +185,22 @@ def test_unknown_cascade_raises():
 # ----------------------------------------------------------------------------------------------
 # Gradients against the closed form.
 
+
 def np_expected_gradients(w, s, g, k, cascade):
     """(dL/dw, dL/ds) for L = sum(g * w_k), from the docstring's formulas, in float64."""
     w, g = np.float64(f32(w)), np.float64(g)
-    x = f32(w) / f32(s)                       # the quantizer's x, float32 as it computes it
+    x = f32(w) / f32(s)  # the quantizer's x, float32 as it computes it
     x_k = np.float64(x) / 2 ** (B - k)
     half = 2 ** (k - 1)
     if cascade == "floor":
-        level = np_floor_codes(w, f32(s), k) - (2 ** k - 1) / 2
+        level = np_floor_codes(w, f32(s), k) - (2**k - 1) / 2
         below, above = x_k < -half, x_k >= half
-        lowest, highest = -(2 ** k - 1) / 2, (2 ** k - 1) / 2
-        qp = (2 ** k - 1) / 2
+        lowest, highest = -(2**k - 1) / 2, (2**k - 1) / 2
+        qp = (2**k - 1) / 2
     else:
-        level = np_round_clip_codes(w, f32(s), k, direct=cascade.endswith("direct")).astype(np.float64)
+        level = np_round_clip_codes(w, f32(s), k, direct=cascade.endswith("direct")).astype(
+            np.float64
+        )
         below, above = x_k <= -half, x_k >= half - 1
         lowest, highest = -half, half - 1
         qp = max(half - 1, 0.5)
@@ -183,7 +208,7 @@ def np_expected_gradients(w, s, g, k, cascade):
     n = w.size // np.size(s)
     element = np.where(below, lowest, np.where(above, highest, level - x_k)) * 2 ** (B - k)
     gk = 1.0 / np.sqrt(n * qp)
-    ds = (g * element)
+    ds = g * element
     ds = ds.reshape(-1, np.size(s)).sum(0) if np.ndim(s) else ds.sum()
     return g * inside, gk * ds
 
@@ -193,7 +218,11 @@ def test_floor_gradients_match_the_closed_form(k):
     rng = np.random.default_rng(100 + k)
     s = np.float32(0.0625)  # a power of two: the boundary values below divide exactly
     # ~10% of the weights outside [-128 s, 128 s), and the boundaries themselves.
-    w = f32(np.concatenate([rng.normal(scale=80 * s, size=200), f32([-128.0, -128.5, 127.99, 128.0]) * s]))
+    w = f32(
+        np.concatenate(
+            [rng.normal(scale=80 * s, size=200), f32([-128.0, -128.5, 127.99, 128.0]) * s]
+        )
+    )
     g = f32(rng.normal(size=w.shape))
     loss = lambda w, s: jnp.sum(jnp.asarray(g) * q.vertical_weight(w, s, k))  # noqa: E731
     dw, ds = jax.grad(loss, argnums=(0, 1))(jnp.asarray(w), jnp.float32(s))
@@ -225,12 +254,17 @@ def test_grad_scale_values():
     assert_allclose(q.vertical_grad_scale(100, 3, 8), 1 / np.sqrt(100 * 3.5), rtol=1e-6)
     assert_allclose(q.vertical_grad_scale(100, 1, 8), 1 / np.sqrt(100 * 0.5), rtol=1e-6)
     assert_allclose(q.vertical_grad_scale(100, 32, 8), 1 / np.sqrt(100 * 127.5), rtol=1e-6)
-    assert_allclose(q.vertical_grad_scale(100, 3, 8, "round_clip"), 1 / np.sqrt(100 * 3.0), rtol=1e-6)
-    assert_allclose(q.vertical_grad_scale(100, 1, 8, "round_clip"), 1 / np.sqrt(100 * 0.5), rtol=1e-6)
+    assert_allclose(
+        q.vertical_grad_scale(100, 3, 8, "round_clip"), 1 / np.sqrt(100 * 3.0), rtol=1e-6
+    )
+    assert_allclose(
+        q.vertical_grad_scale(100, 1, 8, "round_clip"), 1 / np.sqrt(100 * 0.5), rtol=1e-6
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Codes, dequantization, one compiled function for every k.
+
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 6, 8])
 def test_codes_and_midrise_dequantize_reproduce_the_weights_bit_for_bit(k):
@@ -239,7 +273,7 @@ def test_codes_and_midrise_dequantize_reproduce_the_weights_bit_for_bit(k):
     w = jnp.asarray(f32(rng.normal(scale=50, size=(3, 3, 4, 3)) * s))
     codes = q.vertical_codes(w, s, k)
     assert codes.dtype == jnp.int32
-    assert int(codes.min()) >= 0 and int(codes.max()) <= 2 ** k - 1
+    assert int(codes.min()) >= 0 and int(codes.max()) <= 2**k - 1
     assert_array_equal(codes, np.asarray(q.vertical_codes(w, s, 8)) >> (8 - k))
     step_k = jnp.asarray(s) * np.float32(2.0 ** (8 - k))
     assert_array_equal(q.midrise_dequantize(codes, step_k, k), q.vertical_weight(w, s, k))
@@ -255,7 +289,9 @@ def test_one_compiled_function_serves_every_bit_width(cascade):
     @jax.jit
     def run(w, s, k):
         traces.append(k)
-        return q.vertical_weight(w, s, k, cascade=cascade), q.vertical_codes(w, s, k, cascade=cascade)
+        return q.vertical_weight(w, s, k, cascade=cascade), q.vertical_codes(
+            w, s, k, cascade=cascade
+        )
 
     for k in (1, 2, 3, 4, 5, 6, 7, 8, 32):
         weights, codes = run(w, s, jnp.int32(k))
@@ -277,13 +313,17 @@ def test_vmap_over_bits_equals_the_loop(cascade):
 
     @jax.jit
     def one(w, s, k):
-        return (q.vertical_weight(w, s, k, cascade=cascade),) + jax.grad(loss, argnums=(0, 1))(w, s, k)
+        return (q.vertical_weight(w, s, k, cascade=cascade),) + jax.grad(loss, argnums=(0, 1))(
+            w, s, k
+        )
 
     weights, dw, ds = jax.vmap(one, in_axes=(None, None, 0))(w, s, jnp.asarray(ks))
     for i, k in enumerate(ks):
         weights_k, dw_k, ds_k = one(w, s, k)
         assert_array_equal(weights[i], weights_k)
-        assert_array_equal(weights[i], np_floor_weight(w, s, k) if cascade == "floor" and k < 32 else weights_k)
+        assert_array_equal(
+            weights[i], np_floor_weight(w, s, k) if cascade == "floor" and k < 32 else weights_k
+        )
         assert_array_equal(dw[i], dw_k)
         assert_allclose(ds[i], ds_k, rtol=1e-6)
     assert float(ds[-1]) == 0.0  # FP: the step gets nothing, the weights all of g
@@ -296,7 +336,8 @@ def test_vmap_over_bits_equals_the_loop(cascade):
 PER_PRECISION_KEYS = {
     f"['{c}']['{layer}']['{leaf}']"
     for c, leaves in (("params", ("scale", "bias")), ("batch_stats", ("mean", "var")))
-    for layer in ("stem_bn", "bn0", "bn1") for leaf in leaves
+    for layer in ("stem_bn", "bn0", "bn1")
+    for leaf in leaves
 } | {"['params']['conv0']['act_step']", "['params']['conv1']['act_step']"}
 
 
@@ -304,12 +345,24 @@ def vertical_config(bits):
     """A tiny vertical SmallCNN whose optimizer is plain SGD with learning rate 1 for both groups,
     so one step's update is exactly minus the gradient."""
     from jaxquant.config import load_config
+
     config = load_config(None)
-    config.method, config.widths, config.bits, config.distillation = "vertical", (8, 8, 8), tuple(bits), "none"
+    config.method, config.widths, config.bits, config.distillation = (
+        "vertical",
+        (8, 8, 8),
+        tuple(bits),
+        "none",
+    )
     config.batch_size = 32
     config.conv_weight_gradient = "xla"  # compiles faster; the im2col path has its own tests
     o = config.optimizer
-    o.optimizer, o.learning_rate, o.momentum, o.weight_decay, o.schedule = "sgd", 1.0, 0.0, 0.0, "constant"
+    o.optimizer, o.learning_rate, o.momentum, o.weight_decay, o.schedule = (
+        "sgd",
+        1.0,
+        0.0,
+        0.0,
+        "constant",
+    )
     o.quantizer_optimizer, o.quantizer_learning_rate, o.quantizer_schedule = "sgd", 1.0, "constant"
     return config
 
@@ -317,12 +370,14 @@ def vertical_config(bits):
 @pytest.fixture(scope="module")
 def digits():
     from jaxquant.data import load_digits
+
     return load_digits()
 
 
 @pytest.fixture(scope="module")
 def trainer_and_state(digits):
     from jaxquant.methods import build_trainer
+
     trainer = build_trainer(vertical_config((2, 4, 8, 32)), digits, 10)
     state = jax.jit(trainer.init)(jax.random.key(0), jnp.asarray(digits.train_images[:32]))
     return trainer, state
@@ -331,9 +386,16 @@ def trainer_and_state(digits):
 def test_vertical_model_layout(trainer_and_state):
     trainer, state = trainer_and_state
     spec = trainer.model.spec
-    assert (spec.weight.name, spec.activation.name, spec.source_bits, spec.cascade) == ("vertical", "lsq", 8, "floor")
+    assert (spec.weight.name, spec.activation.name, spec.source_bits, spec.cascade) == (
+        "vertical",
+        "lsq",
+        8,
+        "floor",
+    )
     for layer in ("conv0", "conv1"):
-        assert state.params[layer]["weight_step"].shape == ()  # one shared source step, not per precision
+        assert (
+            state.params[layer]["weight_step"].shape == ()
+        )  # one shared source step, not per precision
         assert state.params[layer]["act_step"].shape == (4,)
     assert vertical.quantized_layers(state.params) == [("conv0",), ("conv1",)]
 
@@ -343,27 +405,37 @@ def test_train_step_and_every_precision_reaches_the_shared_weights(trainer_and_s
     compiled step gives the update of each precision alone; with SGD at learning rate 1 the update
     is minus the gradient."""
     import dataclasses
+
     trainer, state = trainer_and_state
     images, labels = jnp.asarray(digits.train_images[:32]), jnp.asarray(digits.train_labels[:32])
 
     @jax.jit
     def step(state, weights):
-        return dataclasses.replace(trainer, loss_weights=weights).train_step(state, images, labels, jax.random.key(1))
+        return dataclasses.replace(trainer, loss_weights=weights).train_step(
+            state, images, labels, jax.random.key(1)
+        )
 
     def gradient(weights):
         new, metrics = step(state, jnp.asarray(weights, jnp.float32))
         assert np.isfinite(float(metrics["loss"]))
         assert np.all(np.isfinite(np.asarray(metrics["loss_per_precision"])))
-        return metrics, jax.tree_util.tree_map(lambda a, b: np.asarray(a, np.float64) - np.asarray(b, np.float64),
-                                               state.params, new.params)
+        return metrics, jax.tree_util.tree_map(
+            lambda a, b: np.asarray(a, np.float64) - np.asarray(b, np.float64),
+            state.params,
+            new.params,
+        )
 
     metrics, total = gradient(np.ones(4))
     assert_allclose(metrics["loss"], np.sum(metrics["loss_per_precision"]), rtol=1e-5)
     per = [gradient(np.eye(4)[i])[1] for i in range(4)]  # only 2, 4, 8, FP bits in the loss
     for layer in ("conv0", "conv1"):
         kernels = [g[layer]["kernel"] for g in per]
-        assert all(np.abs(k).sum() > 0 for k in kernels)  # every precision reaches the shared kernel
-        assert not np.allclose(kernels[0], kernels[2], rtol=0.05, atol=0)  # 2-bit and 8-bit pull differently
+        assert all(
+            np.abs(k).sum() > 0 for k in kernels
+        )  # every precision reaches the shared kernel
+        assert not np.allclose(
+            kernels[0], kernels[2], rtol=0.05, atol=0
+        )  # 2-bit and 8-bit pull differently
         assert not np.allclose(kernels[0], kernels[3], rtol=0.05, atol=0)
         scale = max(np.abs(k).max() for k in kernels)
         assert_allclose(total[layer]["kernel"], sum(kernels), rtol=0, atol=1e-4 * scale)
@@ -392,7 +464,9 @@ def test_vertical_weights_at(trainer_and_state):
     for layer in ("conv0", "conv1"):
         assert "weight_step" not in frozen[layer]
         assert_array_equal(frozen[layer]["act_step"], state.params[layer]["act_step"])
-        expected = np_floor_weight(state.params[layer]["kernel"], state.params[layer]["weight_step"], 3)
+        expected = np_floor_weight(
+            state.params[layer]["kernel"], state.params[layer]["weight_step"], 3
+        )
         assert_array_equal(frozen[layer]["kernel"], expected)
     assert_array_equal(frozen["stem"]["kernel"], state.params["stem"]["kernel"])
     assert "weight_step" in state.params["conv0"]  # the input is not modified
@@ -403,12 +477,22 @@ def test_vertical_weights_at(trainer_and_state):
 # ----------------------------------------------------------------------------------------------
 # Bit-widths that were not trained.
 
+
 def test_source_precision():
     trained = (2, 4, 8)
-    assert [vertical.source_precision(trained, k) for k in (1, 2, 3, 4, 5, 6, 7, 8)] == [0, 0, 1, 1, 2, 2, 2, 2]
+    assert [vertical.source_precision(trained, k) for k in (1, 2, 3, 4, 5, 6, 7, 8)] == [
+        0,
+        0,
+        1,
+        1,
+        2,
+        2,
+        2,
+        2,
+    ]
     assert vertical.source_precision((2, 4, 8, 32), 32) == 3
     assert vertical.source_precision((8, 2, 32), 5) == 0  # by value, not position
-    assert vertical.source_precision((2, 4), 7) == 1     # none above: the nearest below
+    assert vertical.source_precision((2, 4), 7) == 1  # none above: the nearest below
     with pytest.raises(BitWidthError, match="full precision"):
         vertical.source_precision(trained, 32)
     with pytest.raises(BitWidthError, match="no integer"):
@@ -421,6 +505,7 @@ def trained_248(trainer_and_state):
     three rows of the (2, 4, 8, 32) state, perturbed)."""
     from jaxquant.config import with_bits
     from jaxquant.methods import build_model
+
     config = vertical_config((2, 4, 8))
     spec = vertical.quant_spec(config)
     build = lambda b: build_model(with_bits(config, b), 10, spec)  # noqa: E731
@@ -436,7 +521,9 @@ def trained_248(trainer_and_state):
             return jnp.asarray(f32([0.5, 0.7, 0.9]))
         return leaf[:3] + jnp.asarray(f32(rng.uniform(0.1, 1.0, size=(3,) + leaf.shape[1:])))
 
-    variables = jax.tree_util.tree_map_with_path(distinct, {"params": state.params, "batch_stats": state.batch_stats})
+    variables = jax.tree_util.tree_map_with_path(
+        distinct, {"params": state.params, "batch_stats": state.batch_stats}
+    )
     return config, spec, build, per_precision, variables
 
 
@@ -451,8 +538,14 @@ def test_select_precisions_copies_trained_rows_and_borrows_for_untrained(trained
     selected = vertical.select_precisions(variables, per_precision, (2, 4, 8), target)
     source_row = {1: 0, 2: 0, 3: 1, 4: 1, 5: 2, 6: 2, 7: 2, 8: 2}
     act_ratio = {1: 3 / 1, 2: 1, 3: 15 / 7, 4: 1, 5: 255 / 31, 6: 255 / 63, 7: 255 / 127, 8: 1}
-    flat_in = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(variables)[0]}
-    flat_out = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(selected)[0]}
+    flat_in = {
+        jax.tree_util.keystr(p): np.asarray(v)
+        for p, v in jax.tree_util.tree_flatten_with_path(variables)[0]
+    }
+    flat_out = {
+        jax.tree_util.keystr(p): np.asarray(v)
+        for p, v in jax.tree_util.tree_flatten_with_path(selected)[0]
+    }
     assert flat_in.keys() == flat_out.keys()
     for key, value in flat_out.items():
         if key not in per_precision:
@@ -469,16 +562,25 @@ def test_select_precisions_copies_trained_rows_and_borrows_for_untrained(trained
             else:
                 assert_array_equal(value[i], row)
     # 3 bits gets exactly the 4-bit BatchNorm and act_step * 15/7 (the same clipping range 15 s_4).
-    assert_array_equal(selected["params"]["bn0"]["scale"][2], variables["params"]["bn0"]["scale"][1])
-    assert_array_equal(selected["batch_stats"]["bn1"]["var"][2], variables["batch_stats"]["bn1"]["var"][1])
+    assert_array_equal(
+        selected["params"]["bn0"]["scale"][2], variables["params"]["bn0"]["scale"][1]
+    )
+    assert_array_equal(
+        selected["batch_stats"]["bn1"]["var"][2], variables["batch_stats"]["bn1"]["var"][1]
+    )
     assert_allclose(selected["params"]["conv0"]["act_step"][2] * 7, 0.7 * 15, rtol=1e-6)
     # The result has the shapes of the model built for the target bits.
-    shapes = jax.eval_shape(lambda: build(target).init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), 0, train=True))
-    assert jax.tree_util.tree_map(lambda a: a.shape, shapes) == jax.tree_util.tree_map(jnp.shape, selected)
+    shapes = jax.eval_shape(
+        lambda: build(target).init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), 0, train=True)
+    )
+    assert jax.tree_util.tree_map(lambda a: a.shape, shapes) == jax.tree_util.tree_map(
+        jnp.shape, selected
+    )
 
 
 def test_recalibrate_batch_norm_moves_only_the_chosen_rows(trained_248, digits):
     from jaxquant.data import make_preprocess
+
     config, spec, build, per_precision, variables = trained_248
     target = (2, 3, 4, 8)
     selected = vertical.select_precisions(variables, per_precision, (2, 4, 8), target)
@@ -497,8 +599,16 @@ def test_recalibrate_batch_norm_moves_only_the_chosen_rows(trained_248, digits):
     mean = np.float64(selected["batch_stats"]["stem_bn"]["mean"][1])
     var = np.float64(selected["batch_stats"]["stem_bn"]["var"][1])
     for images in batches:
-        y = np.asarray(jax.lax.conv_general_dilated(preprocess(jnp.asarray(images), False, None), kernel, (1, 1),
-                                                    "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")), np.float64)
+        y = np.asarray(
+            jax.lax.conv_general_dilated(
+                preprocess(jnp.asarray(images), False, None),
+                kernel,
+                (1, 1),
+                "SAME",
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            ),
+            np.float64,
+        )
         mean = 0.9 * mean + 0.1 * y.mean((0, 1, 2))
         var = 0.9 * var + 0.1 * y.var((0, 1, 2))
     assert_allclose(out["batch_stats"]["stem_bn"]["mean"][1], mean, rtol=1e-4, atol=1e-5)
@@ -508,14 +618,21 @@ def test_recalibrate_batch_norm_moves_only_the_chosen_rows(trained_248, digits):
 # ----------------------------------------------------------------------------------------------
 # MSB slicing of a dedicated LSQ model.
 
+
 def test_msb_sliced_weights_by_hand():
     # step 0.5: q_B = round(clip(w/0.5, -128, 127)) = [6, -6, 127, -128, 0, -1]
     kernel = jnp.asarray(f32([3.0, -3.0, 63.5, -64.0, 0.2, -0.3]))
-    params = {"conv": {"kernel": kernel, "weight_step": jnp.asarray(f32([0.5, 9.9])), "act_step": jnp.ones(2)},
-              "stem": {"kernel": kernel}}
+    params = {
+        "conv": {
+            "kernel": kernel,
+            "weight_step": jnp.asarray(f32([0.5, 9.9])),
+            "act_step": jnp.ones(2),
+        },
+        "stem": {"kernel": kernel},
+    }
     expected = {  # (q_B >> (8-k)) * 2^(8-k) * 0.5, arithmetic shift
-        4: [0, -8, 56, -64, 0, -8],          # q >> 4 = [0, -1, 7, -8, 0, -1], times 8
-        2: [0, -32, 32, -64, 0, -32],        # q >> 6 = [0, -1, 1, -2, 0, -1], times 32
+        4: [0, -8, 56, -64, 0, -8],  # q >> 4 = [0, -1, 7, -8, 0, -1], times 8
+        2: [0, -32, 32, -64, 0, -32],  # q >> 6 = [0, -1, 1, -2, 0, -1], times 32
         8: [3.0, -3.0, 63.5, -64.0, 0.0, -0.5],
     }
     for k, values in expected.items():
@@ -524,12 +641,20 @@ def test_msb_sliced_weights_by_hand():
         assert "weight_step" not in sliced["conv"]
         assert_array_equal(sliced["stem"]["kernel"], kernel)
     # centred: half a k-bit step up, (q_k + 1/2) * 2^(8-k) * 0.5
-    assert_array_equal(vertical.msb_sliced_weights(params, 4, centred=True)["conv"]["kernel"],
-                       f32([4, -4, 60, -60, 4, -4]))
+    assert_array_equal(
+        vertical.msb_sliced_weights(params, 4, centred=True)["conv"]["kernel"],
+        f32([4, -4, 60, -60, 4, -4]),
+    )
     # rounded: clip(floor(q_B / 2^(8-k) + 1/2), -2^(k-1), 2^(k-1)-1) * 2^(8-k) * 0.5; k = 8 is the model itself
-    rounded = {4: [0, 0, 56, -64, 0, 0], 2: [0, 0, 32, -64, 0, 0], 8: [3.0, -3.0, 63.5, -64.0, 0.0, -0.5]}
+    rounded = {
+        4: [0, 0, 56, -64, 0, 0],
+        2: [0, 0, 32, -64, 0, 0],
+        8: [3.0, -3.0, 63.5, -64.0, 0.0, -0.5],
+    }
     for k, values in rounded.items():
-        assert_array_equal(vertical.msb_sliced_weights(params, k, rounded=True)["conv"]["kernel"], f32(values))
+        assert_array_equal(
+            vertical.msb_sliced_weights(params, k, rounded=True)["conv"]["kernel"], f32(values)
+        )
     with pytest.raises(ConfigError):
         vertical.msb_sliced_weights(params, 4, centred=True, rounded=True)
 
@@ -537,6 +662,8 @@ def test_msb_sliced_weights_by_hand():
 def test_msb_sliced_weights_per_channel():
     # steps (P=2, C=2): only precision 0's row [0.5, 0.25] is used; channels on the last axis.
     kernel = jnp.asarray(f32([[3.0, 3.0], [-3.0, -3.0]]))  # q = [[6, 12], [-6, -12]]
-    params = {"conv": {"kernel": kernel, "weight_step": jnp.asarray(f32([[0.5, 0.25], [7.0, 7.0]]))}}
+    params = {
+        "conv": {"kernel": kernel, "weight_step": jnp.asarray(f32([[0.5, 0.25], [7.0, 7.0]]))}
+    }
     sliced = vertical.msb_sliced_weights(params, 5)  # q >> 3 = [[0, 1], [-1, -2]], times 8 s
     assert_array_equal(sliced["conv"]["kernel"], f32([[0, 2], [-4, -4]]))

@@ -14,6 +14,7 @@ offsets) and per-bit-width stem BN; set ``weight_slots='position'`` and
 CIFAR-100 must be prepared in DATA_DIR (array_record), e.g. `tfds build cifar100 --data_dir DATA_DIR
 --file_format array_record` on a machine with internet; this project's machines have no copy.
 """
+
 from jaxquant.configs.base import base_config
 
 

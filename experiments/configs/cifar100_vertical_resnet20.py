@@ -10,6 +10,7 @@ CIFAR-100 must be prepared in DATA_DIR in the array_record format, e.g. on a mac
 `tfds build cifar100 --data_dir DATA_DIR --file_format array_record` (needs the `tf` extra);
 this project's machines have no copy of it.
 """
+
 from cifar10_vertical_resnet20 import get_config as cifar10_config  # a sibling config
 
 

@@ -6,6 +6,7 @@ quantizers, switchable BN, recursive distillation, Any-Precision's Adam (lr 1e-3
 decay, cosine), the same 2 epochs and batch as MBQuant.
   jaxquant train --config experiments/configs/cifar10_anyprecision_cpu.py --config.data_dir=/tmp/tfds_data
 """
+
 from jaxquant.configs.base import base_config
 
 

@@ -7,6 +7,7 @@ The official README reports 91.89 / 93.90 / 93.86 / 93.75 / 94.11 (1/2/4/8/FP bi
   jaxquant train --config experiments/configs/cifar10_anyprecision_resnet20.py --config.data_dir=...
 On this project's data the dataset is CIFAR-10 (JPEG-rebuilt): report it under that name.
 """
+
 from jaxquant.configs.base import base_config
 
 

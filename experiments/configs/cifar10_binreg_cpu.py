@@ -9,6 +9,7 @@ paper: 30 of 90), then CE + 0.5 * BR (weight units, sum over layers). About 3-3.
 run on the 2-core machine when it is quiet.
   jaxquant train --config experiments/configs/cifar10_binreg_cpu.py --config.bits=2 --config.data_dir=/tmp/tfds_data
 """
+
 from cifar10_lsq_cpu import get_config as lsq_config  # a sibling config
 
 
@@ -17,7 +18,9 @@ def get_config():
     c.method = "binreg"
     c.bits = (2,)
     c.epochs = 6
-    c.binreg.lambda_ = -1.0          # the method's: 0.5 for binreg (the paper), 0 for the --config.method=lsq baseline
+    c.binreg.lambda_ = (
+        -1.0
+    )  # the method's: 0.5 for binreg (the paper), 0 for the --config.method=lsq baseline
     c.binreg.schedule = "two_stage"
     c.binreg.start_epochs = 2.0
     c.binreg.units = "weight"

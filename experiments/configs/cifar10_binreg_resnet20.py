@@ -8,6 +8,7 @@ recipe is not known to us), weight units, summed over layers. The paper starts f
 full-precision model, as LSQ does; this config trains from scratch (no FP-checkpoint init here).
   jaxquant train --config experiments/configs/cifar10_binreg_resnet20.py --config.bits=2 --config.data_dir=...
 """
+
 from cifar10_lsq_resnet20 import get_config as lsq_config  # a sibling config
 
 
@@ -15,9 +16,11 @@ def get_config():
     c = lsq_config()
     c.method = "binreg"
     c.bits = (2,)
-    c.binreg.lambda_ = -1.0          # the method's: 0.5 for binreg (the paper), 0 for the --config.method=lsq baseline
+    c.binreg.lambda_ = (
+        -1.0
+    )  # the method's: 0.5 for binreg (the paper), 0 for the --config.method=lsq baseline
     c.binreg.schedule = "two_stage"
-    c.binreg.start_epochs = -1.0     # a third of the 200 epochs
+    c.binreg.start_epochs = -1.0  # a third of the 200 epochs
     c.binreg.units = "weight"
     c.binreg.layer_reduction = "sum"
     return c

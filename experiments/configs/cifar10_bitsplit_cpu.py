@@ -4,6 +4,7 @@ layer and classifier, 8-bit classifier input, BN re-estimated twice) for W8A8 (a
 W3A8, W2A8 and W4A4, each by round-to-nearest, BitSplit and BitSplit + ECAQ.
   jaxquant ptq --workdir runs/fp_resnet20_cpu --config experiments/configs/cifar10_bitsplit_cpu.py
 """
+
 from jaxquant.ptq import ptq_config
 
 

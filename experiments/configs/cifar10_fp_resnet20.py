@@ -4,10 +4,11 @@ momentum 0.9, lr 0.1, cosine, weight decay 1e-4, 200 epochs, batch 128, crop + f
   jaxquant train --config experiments/configs/cifar10_fp_resnet20.py --workdir runs/fp_resnet20
   jaxquant ptq --workdir runs/fp_resnet20
 """
+
 from cifar10_lsq_resnet20 import get_config as lsq_config  # a sibling config
 
 
 def get_config():
     c = lsq_config()
-    c.bits = (32,)   # 32 = full precision: the LSQ quantizers pass their inputs through
+    c.bits = (32,)  # 32 = full precision: the LSQ quantizers pass their inputs through
     return c

@@ -2,6 +2,7 @@
 epochs, the FP model of the BitSplit CPU experiment (`experiments/bitsplit_cifar10.py`).
   jaxquant train --config experiments/configs/cifar10_fp_resnet20_cpu.py --config.data_dir=/tmp/tfds_data
 """
+
 from cifar10_fp_resnet20 import get_config as fp_config  # a sibling config
 
 

@@ -3,6 +3,7 @@ one model per bit-width (``--config.bits=2`` ... ``8``; ``32`` trains the FP mod
 budget and optimizer.
   jaxquant train --config experiments/configs/cifar10_lsq_cpu.py --config.bits=4 --config.data_dir=/tmp/tfds_data
 """
+
 from cifar10_vertical_cpu import get_config as vertical_config  # a sibling config
 
 

@@ -11,6 +11,7 @@ model size. `experiments/mbquant_cifar10.py` runs the comparison (naive selectio
 distillation, Any-Precision of the same body size).
   jaxquant train --config experiments/configs/cifar10_mbquant_cpu.py --config.data_dir=/tmp/tfds_data
 """
+
 from jaxquant.configs.base import base_config
 
 

@@ -5,6 +5,7 @@ cosine, no augmentation; the precisions unrolled in the step (faster than vmap o
   jaxquant train --config experiments/configs/cifar10_vertical_cpu.py --config.data_dir=/tmp/tfds_data
 The whole comparison (VL vs dedicated LSQ vs MSB slicing): experiments/vertical_cifar10.py.
 """
+
 from jaxquant.configs.base import base_config
 
 

@@ -21,6 +21,7 @@ The loss is a sum over the 8 precisions, so the shared weights get about 8x the 
 dedicated model (Any-Precision sums too and raises its ImageNet SGD lr to 0.5); if training is
 unstable, lower --config.optimizer.learning_rate or set --config.loss_weights.
 """
+
 from jaxquant.configs.base import base_config
 
 
@@ -33,7 +34,7 @@ def get_config():
     c.width = 1
     c.preactivation = False
     c.quantize_shortcut = False
-    c.first_last_bits = 0            # FP stem and classifier (the artefact needs this)
+    c.first_last_bits = 0  # FP stem and classifier (the artefact needs this)
     c.per_channel = False
     c.bits = (2, 3, 4, 5, 6, 7, 8, 32)
     c.vertical.source_bits = 8

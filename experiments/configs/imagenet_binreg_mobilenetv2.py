@@ -12,6 +12,7 @@ the BR paper's own was not reachable: SGD momentum 0.9, weight decay 2.5e-5, cos
 ImageNet streams from ``imagenet2012`` prepared as array_record in DATA_DIR (`jaxquant.data.StreamingDataset`):
   jaxquant train --config experiments/configs/imagenet_binreg_mobilenetv2.py --config.data_dir=DATA_DIR --workdir runs/imagenet_br_mobilenetv2
 """
+
 from imagenet_binreg_resnet18 import get_config as resnet18_config  # a sibling config
 
 

@@ -11,6 +11,7 @@ and MobileNetV3-Small at 2 bits; jaxquant has no MobileNetV3.
 ImageNet streams from ``imagenet2012`` prepared as array_record in DATA_DIR (`jaxquant.data.StreamingDataset`):
   jaxquant train --config experiments/configs/imagenet_binreg_resnet18.py --config.data_dir=DATA_DIR --workdir runs/imagenet_br_resnet18
 """
+
 from jaxquant.configs.base import base_config
 
 
@@ -21,11 +22,13 @@ def get_config():
     c.model = "resnet18"
     c.bits = (2,)
     c.distillation = "none"
-    c.augment = "none"               # RandomResizedCrop + flip happen on the host as the data streams
+    c.augment = "none"  # RandomResizedCrop + flip happen on the host as the data streams
     c.epochs = 90
     c.batch_size = 256
     c.eval_batch_size = 250
-    c.binreg.lambda_ = -1.0          # the method's: 0.5 for binreg (the paper), 0 for the --config.method=lsq baseline
+    c.binreg.lambda_ = (
+        -1.0
+    )  # the method's: 0.5 for binreg (the paper), 0 for the --config.method=lsq baseline
     c.binreg.schedule = "two_stage"
     c.binreg.start_epochs = 30.0
     c.binreg.units = "weight"

@@ -7,6 +7,7 @@ For real clusters: ``ofwa_rr`` on layer4 (512 x 4608) is about 11 GMAC per plane
 FP_RESNET18_RUN is a `jaxquant train` run of ``model=resnet18``, ``bits=(32,)``
 (`imagenet_fp_resnet18.py`); calibration and BN batches stream from its ``imagenet2012``.
 """
+
 from jaxquant.ptq import ptq_config
 
 

@@ -6,17 +6,18 @@ streams from ``imagenet2012`` prepared as array_record in DATA_DIR.
   jaxquant train --config experiments/configs/imagenet_fp_resnet18.py --config.data_dir=DATA_DIR --workdir runs/imagenet_fp_resnet18
   jaxquant ptq --workdir runs/imagenet_fp_resnet18 --config experiments/configs/imagenet_bitsplit_resnet18.py
 """
+
 from jaxquant.configs.base import base_config
 
 
 def get_config():
     c = base_config()
     c.method = "lsq"
-    c.bits = (32,)                   # 32 = full precision: the LSQ quantizers pass their inputs through
+    c.bits = (32,)  # 32 = full precision: the LSQ quantizers pass their inputs through
     c.dataset = "imagenet2012"
     c.model = "resnet18"
     c.distillation = "none"
-    c.augment = "none"               # RandomResizedCrop + flip happen on the host as the data streams
+    c.augment = "none"  # RandomResizedCrop + flip happen on the host as the data streams
     c.epochs = 90
     c.batch_size = 256
     c.eval_batch_size = 250

@@ -21,6 +21,7 @@ slots and init quirk).
 ImageNet streams from ``imagenet2012`` prepared as array_record in DATA_DIR. ResNet-34: ``--config.model=resnet34``
 (the code's partial widths 39/78/188/400 follow from the stage sizes).
 """
+
 from jaxquant.configs.base import base_config
 
 
@@ -31,11 +32,13 @@ def get_config():
     c.model = "resnet18"
     c.bits = (2, 4, 6, 8)
     c.mbquant.selection = "amortised"
-    c.mbquant.partial_widths = ()            # the model's default: the code's (40, 76, 184, 396)
-    c.mbquant.channel_shuffle = True         # the code's cross-branch shuffle in downsample blocks (parity)
+    c.mbquant.partial_widths = ()  # the model's default: the code's (40, 76, 184, 396)
+    c.mbquant.channel_shuffle = (
+        True  # the code's cross-branch shuffle in downsample blocks (parity)
+    )
     c.distillation = "largest"
     c.mbquant.interval_init = "batches"
-    c.augment = "none"               # RandomResizedCrop + flip happen in the input pipeline
+    c.augment = "none"  # RandomResizedCrop + flip happen in the input pipeline
     c.epochs = 90
     c.batch_size = 256
     c.optimizer.optimizer = "sgd"

@@ -3,6 +3,7 @@
 One SmallCNN trained once for bits 2, 4, 8 and FP (32): DoReFa quantizers, switchable BN,
 recursive in-place distillation, FP first conv and classifier. About a minute on 2 CPU cores.
 """
+
 from jaxquant.configs.base import base_config
 
 
@@ -12,7 +13,9 @@ def get_config():
     config.dataset = "digits"
     config.model = "small_cnn"
     config.bits = (2, 4, 8, 32)
-    config.distillation = "auto"  # the method's own: recursive for Any-Precision, none for lsq/binreg
+    config.distillation = (
+        "auto"  # the method's own: recursive for Any-Precision, none for lsq/binreg
+    )
     config.epochs = 40
     config.batch_size = 64
     config.optimizer.optimizer = "adam"

@@ -18,18 +18,52 @@ extra) for users who feed their own loop.
 The project's machines are offline: a tfds dataset must be prepared beforehand in ``data_dir``
 (``TFDS_DATA_DIR``); otherwise `DatasetNotFoundError` says how.
 """
+
 from jaxquant.data.loading import load_config_dataset, load_dataset
 from jaxquant.data.memory import ArrayDataset, array_batches, load_digits, load_tfds_in_memory
 from jaxquant.data.order import batch_indices
 from jaxquant.data.preprocess import AUGMENTATIONS, make_preprocess, random_crop, random_flip
-from jaxquant.data.sources import (BUILD_HINT, IN_MEMORY, NORMALIZATION, NUM_CLASSES, STREAM_SPLITS, STREAMING,
-                                   default_data_dir)
-from jaxquant.data.streaming import (StreamingDataset, eval_transform, load_streaming, random_resized_crop_box,
-                                     train_transform)
+from jaxquant.data.sources import (
+    BUILD_HINT,
+    IN_MEMORY,
+    NORMALIZATION,
+    NUM_CLASSES,
+    STREAM_SPLITS,
+    STREAMING,
+    default_data_dir,
+)
+from jaxquant.data.streaming import (
+    StreamingDataset,
+    eval_transform,
+    load_streaming,
+    random_resized_crop_box,
+    train_transform,
+)
 from jaxquant.data.tfdata import imagenet_batches
 
-__all__ = ["IN_MEMORY", "STREAMING", "STREAM_SPLITS", "NORMALIZATION", "NUM_CLASSES", "BUILD_HINT", "ArrayDataset",
-           "array_batches", "default_data_dir", "load_digits", "load_tfds_in_memory", "load_dataset",
-           "load_config_dataset", "batch_indices", "random_crop", "random_flip", "AUGMENTATIONS", "make_preprocess",
-           "random_resized_crop_box", "train_transform", "eval_transform", "StreamingDataset", "load_streaming",
-           "imagenet_batches"]
+__all__ = [
+    "IN_MEMORY",
+    "STREAMING",
+    "STREAM_SPLITS",
+    "NORMALIZATION",
+    "NUM_CLASSES",
+    "BUILD_HINT",
+    "ArrayDataset",
+    "array_batches",
+    "default_data_dir",
+    "load_digits",
+    "load_tfds_in_memory",
+    "load_dataset",
+    "load_config_dataset",
+    "batch_indices",
+    "random_crop",
+    "random_flip",
+    "AUGMENTATIONS",
+    "make_preprocess",
+    "random_resized_crop_box",
+    "train_transform",
+    "eval_transform",
+    "StreamingDataset",
+    "load_streaming",
+    "imagenet_batches",
+]

@@ -1,4 +1,5 @@
 """A dataset by name: in memory, or streamed from disk."""
+
 from __future__ import annotations
 
 from jaxquant.data.memory import ArrayDataset, load_digits, load_tfds_in_memory
@@ -7,8 +8,13 @@ from jaxquant.data.streaming import StreamingDataset, load_streaming
 from jaxquant.errors import ConfigError
 
 
-def load_dataset(name: str, data_dir: str | None = None, cache_dir: str | None = None, image_size: int = 224,
-                 workers: int = 8) -> "ArrayDataset | StreamingDataset":
+def load_dataset(
+    name: str,
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+    image_size: int = 224,
+    workers: int = 8,
+) -> "ArrayDataset | StreamingDataset":
     """A dataset by tfds name: in memory (``digits`` is scikit-learn's, always available), or
     streamed from disk for ``imagenet2012`` (at ``image_size`` squares, ``workers`` host threads)."""
     if name == "digits":
@@ -22,5 +28,9 @@ def load_dataset(name: str, data_dir: str | None = None, cache_dir: str | None =
 
 def load_config_dataset(config) -> "ArrayDataset | StreamingDataset":
     """The dataset a run ``config`` names, with its ``data_dir``, ``image_size`` and ``data_workers``."""
-    return load_dataset(config.dataset, config.data_dir or None, image_size=config.image_size,
-                        workers=config.data_workers)
+    return load_dataset(
+        config.dataset,
+        config.data_dir or None,
+        image_size=config.image_size,
+        workers=config.data_workers,
+    )

@@ -1,5 +1,6 @@
 """On-device preprocessing: to float, random crop + flip when training, normalisation; runs
 inside the jitted step."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -16,7 +17,9 @@ def random_crop(images: jax.Array, key: jax.Array, padding: int) -> jax.Array:
     n, h, w, c = images.shape
     padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     offsets = jax.random.randint(key, (n, 2), 0, 2 * padding + 1)
-    return jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c)))(padded, offsets)
+    return jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c)))(
+        padded, offsets
+    )
 
 
 def random_flip(images: jax.Array, key: jax.Array) -> jax.Array:

@@ -2,6 +2,7 @@
 tfds dataset is read from: ``data_dir`` (``TFDS_DATA_DIR``), never a download. The project's
 machines are offline, so a dataset that is not prepared raises `DatasetNotFoundError` saying how
 to build it."""
+
 from __future__ import annotations
 
 import os
@@ -22,29 +23,48 @@ NORMALIZATION = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
-               "imagenet2012": 1000}
-BUILD_HINT = {name: f"python ../shared/data/prepare_tfds.py DATA_DIR {name}" for name in ("mnist", "fashion_mnist", "cifar10")}
-BUILD_HINT["imagenet2012"] = ("tfds build imagenet2012 --data_dir DATA_DIR --manual_dir <folder with ILSVRC2012_img_*.tar> "
-                              "--file_format array_record")
+NUM_CLASSES = {
+    "digits": 10,
+    "mnist": 10,
+    "fashion_mnist": 10,
+    "cifar10": 10,
+    "cifar100": 100,
+    "imagenet2012": 1000,
+}
+BUILD_HINT = {
+    name: f"python ../shared/data/prepare_tfds.py DATA_DIR {name}"
+    for name in ("mnist", "fashion_mnist", "cifar10")
+}
+BUILD_HINT["imagenet2012"] = (
+    "tfds build imagenet2012 --data_dir DATA_DIR --manual_dir <folder with ILSVRC2012_img_*.tar> "
+    "--file_format array_record"
+)
 
 
 def default_data_dir(data_dir: str | None = None) -> str:
     """``data_dir`` if given, else ``$TFDS_DATA_DIR``, else tfds's default (~/tensorflow_datasets)."""
-    return data_dir or os.environ.get("TFDS_DATA_DIR") or str(pathlib.Path.home() / "tensorflow_datasets")
+    return (
+        data_dir
+        or os.environ.get("TFDS_DATA_DIR")
+        or str(pathlib.Path.home() / "tensorflow_datasets")
+    )
 
 
 def _not_prepared(name: str, data_dir: str) -> DatasetNotFoundError:
-    hint = BUILD_HINT.get(name, f"prepare it with tfds on a machine with internet and copy it to {data_dir}")
+    hint = BUILD_HINT.get(
+        name, f"prepare it with tfds on a machine with internet and copy it to {data_dir}"
+    )
     return DatasetNotFoundError(
         f"dataset {name!r} is not prepared in {data_dir} and this machine cannot download it; "
         f"build it ({hint.replace('DATA_DIR', data_dir)}) or set --config.data_dir / TFDS_DATA_DIR "
-        "to a folder that has it")
+        "to a folder that has it"
+    )
 
 
 def _open_source(name: str, data_dir: str, split: str):
     """``tfds.data_source`` of one split without any download attempt; a clear error when missing."""
     import tensorflow_datasets as tfds
+
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises several types here
@@ -53,4 +73,5 @@ def _open_source(name: str, data_dir: str, split: str):
         hint = BUILD_HINT.get(name, "prepare_tfds.py builds it so").replace("DATA_DIR", data_dir)
         raise DatasetNotFoundError(
             f"dataset {name!r} in {data_dir} cannot be read by index ({str(e).splitlines()[0]}); "
-            f"rebuild it in the array_record format ({hint})") from e
+            f"rebuild it in the array_record format ({hint})"
+        ) from e

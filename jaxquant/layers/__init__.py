@@ -32,14 +32,14 @@ own): ``batching`` ``auto`` (default) is ``unroll`` on CPU and ``native`` on GPU
 (`resolve_conv_batching`); ``weight_gradient`` ``auto`` is ``im2col`` on CPU and ``xla``
 elsewhere (`resolve_weight_gradient`).
 """
+
 from jaxquant.layers.batchnorm import PrecisionBatchNorm, batch_moments, batch_norm_train, normalize
-from jaxquant.layers.find import visit_layers
 from jaxquant.layers.conv import (
     CONV_BATCHINGS,
     WEIGHT_GRADIENTS,
+    Lowering,
     conv_backward,
     conv_forward,
-    Lowering,
     conv_weight_gradient,
     current_lowering,
     lowering,
@@ -47,13 +47,20 @@ from jaxquant.layers.conv import (
     resolve_conv_batching,
     resolve_weight_gradient,
 )
+from jaxquant.layers.find import visit_layers
 from jaxquant.layers.multibranch import (
     INTERVAL_INIT,
     WEIGHT_INTERVAL_STDS,
     BranchSelection,
     MultiBranchConv,
 )
-from jaxquant.layers.quant import QuantConv, QuantDense, bits_at, check_exact_codes, quantizer_params
+from jaxquant.layers.quant import (
+    QuantConv,
+    QuantDense,
+    bits_at,
+    check_exact_codes,
+    quantizer_params,
+)
 from jaxquant.layers.spec import (
     EXECUTIONS,
     FULL_PRECISION,
@@ -62,9 +69,35 @@ from jaxquant.layers.spec import (
     is_quantizer_param,
 )
 
-__all__ = ["EXECUTIONS", "QUANTIZER_PARAM_PREFIXES", "is_quantizer_param",
-           "QuantSpec", "FULL_PRECISION", "CONV_BATCHINGS", "WEIGHT_GRADIENTS",
-           "Lowering", "lowering", "current_lowering", "resolve_conv_batching", "resolve_weight_gradient", "conv_forward", "conv_backward",
-           "conv_weight_gradient", "precision_conv", "bits_at", "check_exact_codes", "quantizer_params", "QuantConv",
-           "QuantDense", "batch_norm_train", "batch_moments", "normalize", "PrecisionBatchNorm",
-           "visit_layers", "INTERVAL_INIT", "WEIGHT_INTERVAL_STDS", "BranchSelection", "MultiBranchConv"]
+__all__ = [
+    "EXECUTIONS",
+    "QUANTIZER_PARAM_PREFIXES",
+    "is_quantizer_param",
+    "QuantSpec",
+    "FULL_PRECISION",
+    "CONV_BATCHINGS",
+    "WEIGHT_GRADIENTS",
+    "Lowering",
+    "lowering",
+    "current_lowering",
+    "resolve_conv_batching",
+    "resolve_weight_gradient",
+    "conv_forward",
+    "conv_backward",
+    "conv_weight_gradient",
+    "precision_conv",
+    "bits_at",
+    "check_exact_codes",
+    "quantizer_params",
+    "QuantConv",
+    "QuantDense",
+    "batch_norm_train",
+    "batch_moments",
+    "normalize",
+    "PrecisionBatchNorm",
+    "visit_layers",
+    "INTERVAL_INIT",
+    "WEIGHT_INTERVAL_STDS",
+    "BranchSelection",
+    "MultiBranchConv",
+]

@@ -1,5 +1,6 @@
 """Switchable BatchNorm (`PrecisionBatchNorm`) and training BatchNorm with its backward
 written out (`batch_norm_train`)."""
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -10,7 +11,9 @@ from jaxquant import quantizers as q
 
 
 @jax.custom_vjp
-def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon) -> tuple[jax.Array, ...]:
+def batch_norm_train(
+    x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon
+) -> tuple[jax.Array, ...]:
     """Training-mode BatchNorm over all axes but the last: ``(y, mean, var)`` with
     ``y = x_hat scale + bias``, ``x_hat = (x - mean) r``, ``r = 1/sqrt(var + eps)``, ``mean``
     and the biased ``var`` of the batch, computed in float32 (``y`` in ``x``'s dtype).
@@ -38,7 +41,13 @@ def normalize(x: jax.Array, mean, var, scale, bias, epsilon) -> jax.Array:
 
 def _batch_norm_train_fwd(x, scale, bias, epsilon):
     mean, var = batch_moments(x)
-    return (normalize(x, mean, var, scale, bias, epsilon), mean, var), (x, mean, var, scale, epsilon)
+    return (normalize(x, mean, var, scale, bias, epsilon), mean, var), (
+        x,
+        mean,
+        var,
+        scale,
+        epsilon,
+    )
 
 
 def _batch_norm_train_bwd(res, cotangents):
@@ -68,6 +77,7 @@ class PrecisionBatchNorm(nn.Module):
     (``ra = momentum * ra + (1 - momentum) * batch``, Flax's convention: PyTorch's 0.1 is 0.9).
     Statistics and normalisation in float32 (running stats are float32); output in the input's
     dtype. Training without ``axis_name`` runs `batch_norm_train` (its backward written out)."""
+
     num_precisions: int = 1
     momentum: float = 0.9
     epsilon: float = 1e-5
@@ -104,15 +114,34 @@ class PrecisionBatchNorm(nn.Module):
         shape = (self.num_precisions, self._num_channels(x))
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
-        scale = self.param("scale", nn.initializers.ones, shape) if self.use_scale else jnp.ones(shape, jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, shape) if self.use_bias else jnp.zeros(shape, jnp.float32)
+        scale = (
+            self.param("scale", nn.initializers.ones, shape)
+            if self.use_scale
+            else jnp.ones(shape, jnp.float32)
+        )
+        bias = (
+            self.param("bias", nn.initializers.zeros, shape)
+            if self.use_bias
+            else jnp.zeros(shape, jnp.float32)
+        )
         scale, bias = self._take(scale, precision), self._take(bias, precision)
         if not train:
-            return self._normalize(x, self._take(ra_mean.value, precision), self._take(ra_var.value, precision),
-                                   scale, bias)
+            return self._normalize(
+                x,
+                self._take(ra_mean.value, precision),
+                self._take(ra_var.value, precision),
+                scale,
+                bias,
+            )
         y, mean, var = self._train(x, scale, bias)
         if not self.is_initializing():
             m = self.momentum
-            ra_mean.value = self._put(ra_mean.value, precision, m * self._take(ra_mean.value, precision) + (1.0 - m) * mean)
-            ra_var.value = self._put(ra_var.value, precision, m * self._take(ra_var.value, precision) + (1.0 - m) * var)
+            ra_mean.value = self._put(
+                ra_mean.value,
+                precision,
+                m * self._take(ra_mean.value, precision) + (1.0 - m) * mean,
+            )
+            ra_var.value = self._put(
+                ra_var.value, precision, m * self._take(ra_var.value, precision) + (1.0 - m) * var
+            )
         return y

@@ -6,6 +6,7 @@ How convs are lowered is one setting, a `Lowering`, read when a model is traced:
 carry it. ``with lowering(Lowering('unroll', 'xla')): ...`` sets it for the traces inside
 (`MultiPrecisionTrainer` enters its own around every trace); outside any, ``auto`` picks per
 backend. It changes speed, never values beyond float rounding."""
+
 from __future__ import annotations
 
 import contextlib
@@ -41,7 +42,9 @@ def resolve_weight_gradient(weight_gradient: str = "auto", backend: str | None =
     """What ``weight_gradient`` runs on ``backend`` (default ``jax.default_backend()``): ``auto``
     is ``im2col`` (`conv_weight_gradient`) on CPU and ``xla`` (XLA's own) on GPU/TPU."""
     if weight_gradient not in WEIGHT_GRADIENTS:
-        raise ConfigError(f"unknown weight_gradient {weight_gradient!r}; choose one of {WEIGHT_GRADIENTS}")
+        raise ConfigError(
+            f"unknown weight_gradient {weight_gradient!r}; choose one of {WEIGHT_GRADIENTS}"
+        )
     if weight_gradient != "auto":
         return weight_gradient
     return "im2col" if (backend or jax.default_backend()) == "cpu" else "xla"
@@ -51,6 +54,7 @@ def resolve_weight_gradient(weight_gradient: str = "auto", backend: str | None =
 class Lowering:
     """How `precision_conv` computes: ``batching`` (`resolve_conv_batching`) and
     ``weight_gradient`` (`resolve_weight_gradient`), each ``auto`` by default (per backend)."""
+
     batching: str = "auto"
     weight_gradient: str = "auto"
 
@@ -71,7 +75,9 @@ def current_lowering() -> Lowering:
 def lowering(setting: Lowering | None = None, **fields) -> Iterator[Lowering]:
     """Lower the convs of models traced inside the block by ``setting`` (or
     ``Lowering(**fields)``); None and no fields leave the current one."""
-    setting = setting if setting is not None else (Lowering(**fields) if fields else current_lowering())
+    setting = (
+        setting if setting is not None else (Lowering(**fields) if fields else current_lowering())
+    )
     token = _CURRENT.set(setting)
     try:
         yield setting
@@ -86,8 +92,15 @@ def _static_padding(padding):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _low_precision_conv(x, kernel, strides, padding, groups):
     """A conv of low-precision operands with float32 accumulation and a float32 result."""
-    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DIMENSIONS,
-                                        feature_group_count=groups, preferred_element_type=jnp.float32)
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        strides,
+        padding,
+        dimension_numbers=_DIMENSIONS,
+        feature_group_count=groups,
+        preferred_element_type=jnp.float32,
+    )
 
 
 def _low_precision_conv_fwd(x, kernel, strides, padding, groups):
@@ -100,8 +113,10 @@ def _low_precision_conv_bwd(strides, padding, groups, residuals, g):
     x, kernel = residuals
 
     def narrow(x, kernel):
-        return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DIMENSIONS,
-                                            feature_group_count=groups)
+        return jax.lax.conv_general_dilated(
+            x, kernel, strides, padding, dimension_numbers=_DIMENSIONS, feature_group_count=groups
+        )
+
     return jax.vjp(narrow, x, kernel)[1](g.astype(x.dtype))
 
 
@@ -114,17 +129,31 @@ def conv_forward(x, kernel, strides=(1, 1), padding="SAME", groups: int = 1):
     float32 (``preferred_element_type``); their backward convs take bfloat16 operands."""
     if q.is_low_precision(x.dtype) or q.is_low_precision(kernel.dtype):
         dtype = x.dtype if q.is_low_precision(x.dtype) else kernel.dtype
-        return _low_precision_conv(x.astype(dtype), kernel.astype(dtype), tuple(int(v) for v in strides),
-                                   _static_padding(padding), int(groups))
-    return jax.lax.conv_general_dilated(x, kernel, tuple(strides), padding,
-                                        dimension_numbers=_DIMENSIONS, feature_group_count=groups)
+        return _low_precision_conv(
+            x.astype(dtype),
+            kernel.astype(dtype),
+            tuple(int(v) for v in strides),
+            _static_padding(padding),
+            int(groups),
+        )
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        tuple(strides),
+        padding,
+        dimension_numbers=_DIMENSIONS,
+        feature_group_count=groups,
+    )
 
 
-def conv_backward(x, kernel, g, strides=(1, 1), padding="SAME", weight_gradient: str = "auto", groups: int = 1):
+def conv_backward(
+    x, kernel, g, strides=(1, 1), padding="SAME", weight_gradient: str = "auto", groups: int = 1
+):
     """``(dL/dx, dL/dkernel)`` of `conv_forward` for the output cotangent ``g``: XLA's
     transposed conv for ``dx``; ``dkernel`` by `conv_weight_gradient` (im2col) or XLA's,
     as ``weight_gradient`` says (``auto`` per backend, `resolve_weight_gradient`; grouped convs
     always use XLA's). Cotangents come in the operands' dtypes."""
+
     def plain(x, kernel):
         return conv_forward(x, kernel, strides, padding, groups)
 
@@ -138,6 +167,7 @@ def conv_backward(x, kernel, g, strides=(1, 1), padding="SAME", weight_gradient:
 def _unrolled_vmap(fn: Callable) -> Callable:
     """``fn`` whose ``jax.vmap`` runs ``fn`` once per batch element (a Python-unrolled loop
     inside the trace) instead of batching its primitives."""
+
     @custom_batching.custom_vmap
     def wrapped(*args):
         return fn(*args)
@@ -146,8 +176,10 @@ def _unrolled_vmap(fn: Callable) -> Callable:
     def _rule(axis_size, in_batched, *args):
         if not any(in_batched):
             return wrapped(*args), jax.tree_util.tree_map(lambda _: False, fn(*args))
-        outs = [wrapped(*(a[i] if batched else a for a, batched in zip(args, in_batched)))
-                for i in range(axis_size)]
+        outs = [
+            wrapped(*(a[i] if batched else a for a, batched in zip(args, in_batched)))
+            for i in range(axis_size)
+        ]
         stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
         return stacked, jax.tree_util.tree_map(lambda _: True, stacked)
 
@@ -168,8 +200,14 @@ def _batch_chunk(n: int, limit: int) -> int:
     return divisor if 2 * divisor > limit else limit
 
 
-def conv_weight_gradient(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...], strides=(1, 1),
-                         padding="SAME", cache_bytes: int = 2 ** 21) -> jax.Array:
+def conv_weight_gradient(
+    x: jax.Array,
+    g: jax.Array,
+    kernel_shape: tuple[int, ...],
+    strides=(1, 1),
+    padding="SAME",
+    cache_bytes: int = 2**21,
+) -> jax.Array:
     """``dL/dkernel`` of an NHWC/HWIO conv as im2col matmuls over chunks of the batch.
 
     ``dW[i, j, c, o] = sum_{n, y, x} x_pad[n, y*s + i, x*s + j, c] * g[n, y, x, o]``. Per chunk of
@@ -201,11 +239,30 @@ def conv_weight_gradient(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ..
 
     def accumulate(total, chunk_arrays):
         xc, gc = chunk_arrays
-        width_patches = jnp.concatenate([jax.lax.slice(xc, (0, 0, j, 0), (chunk, rows, j + (ow - 1) * sw + 1, c),
-                                                       (1, 1, sw, 1)) for j in range(kw)], axis=-1)
+        width_patches = jnp.concatenate(
+            [
+                jax.lax.slice(
+                    xc, (0, 0, j, 0), (chunk, rows, j + (ow - 1) * sw + 1, c), (1, 1, sw, 1)
+                )
+                for j in range(kw)
+            ],
+            axis=-1,
+        )
         gc = gc.reshape(-1, o)
-        per_row = [matmul(jax.lax.slice(width_patches, (0, i, 0, 0), (chunk, i + (oh - 1) * sh + 1, ow, kw * c),
-                                        (1, sh, 1, 1)).reshape(-1, kw * c).T, gc) for i in range(kh)]
+        per_row = [
+            matmul(
+                jax.lax.slice(
+                    width_patches,
+                    (0, i, 0, 0),
+                    (chunk, i + (oh - 1) * sh + 1, ow, kw * c),
+                    (1, sh, 1, 1),
+                )
+                .reshape(-1, kw * c)
+                .T,
+                gc,
+            )
+            for i in range(kh)
+        ]
         return total + jnp.stack(per_row), None
 
     total, _ = jax.lax.scan(accumulate, jnp.zeros((kh, kw * c, o), jnp.float32), (xp, g))
@@ -213,7 +270,9 @@ def conv_weight_gradient(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ..
 
 
 @functools.lru_cache(maxsize=None)
-def _make_precision_conv(strides: tuple[int, ...], padding, weight_gradient: str, groups: int = 1) -> Callable:
+def _make_precision_conv(
+    strides: tuple[int, ...], padding, weight_gradient: str, groups: int = 1
+) -> Callable:
     """A conv whose vmap runs one plain conv per precision, forward and backward.
 
     XLA lowers a vmapped conv with batched input *and* kernel to a grouped conv, which on CPU
@@ -221,6 +280,7 @@ def _make_precision_conv(strides: tuple[int, ...], padding, weight_gradient: str
     --conv-batching native``). ``custom_vmap`` does not support reverse-mode autodiff, so the
     gradient is a ``custom_vjp`` whose forward and backward are each unrolled under vmap.
     """
+
     def plain(x, kernel):
         return conv_forward(x, kernel, strides, padding, groups)
 
@@ -236,13 +296,21 @@ def _make_precision_conv(strides: tuple[int, ...], padding, weight_gradient: str
     def conv(x, kernel):
         return forward(x, kernel)
 
-    conv.defvjp(lambda x, kernel: (forward(x, kernel), (x, kernel)),
-                lambda res, g: backward(*res, g))
+    conv.defvjp(
+        lambda x, kernel: (forward(x, kernel), (x, kernel)), lambda res, g: backward(*res, g)
+    )
     return conv
 
 
-def precision_conv(x, kernel, strides=(1, 1), padding="SAME", batching: str | None = None,
-                   weight_gradient: str | None = None, groups: int = 1):
+def precision_conv(
+    x,
+    kernel,
+    strides=(1, 1),
+    padding="SAME",
+    batching: str | None = None,
+    weight_gradient: str | None = None,
+    groups: int = 1,
+):
     """NHWC/HWIO convolution (``groups`` > 1: grouped, e.g. depthwise with ``groups = C``) of
     `conv_forward` (bfloat16 operands: float32 accumulation and result), batched over precision:
 
@@ -257,7 +325,9 @@ def precision_conv(x, kernel, strides=(1, 1), padding="SAME", batching: str | No
     CPU, XLA elsewhere); it applies with ``unroll`` to ungrouped convs. Either left None is the
     `current_lowering`'s."""
     batching = current_lowering().batching if batching is None else batching
-    weight_gradient = current_lowering().weight_gradient if weight_gradient is None else weight_gradient
+    weight_gradient = (
+        current_lowering().weight_gradient if weight_gradient is None else weight_gradient
+    )
     strides = tuple(strides)
     resolve_weight_gradient(weight_gradient)  # validates
     if resolve_conv_batching(batching) == "native":

@@ -1,6 +1,7 @@
 """`MultiBranchConv`, the layer MBQuant builds on (G branches of fixed 2-bit weights), and
 `BranchSelection`, which branches each precision uses (the tables are the method's:
 `jaxquant.methods.mbquant`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,25 +37,37 @@ class BranchSelection:
     the chunk the slot quantizes) or ``filter`` (the official code: 3 std of output filter #slot).
     A branch is never both full and partial at one precision.
     """
+
     full: tuple[tuple[bool, ...], ...]
     partial: tuple[int, ...]
     full_weight_slot: tuple[tuple[int, ...], ...]
     partial_weight_slot: tuple[int, ...]
-    weight_interval_std: str = "chunk"   # data-dependent init of the weight slots: chunk | filter
+    weight_interval_std: str = "chunk"  # data-dependent init of the weight slots: chunk | filter
 
     def __post_init__(self):
         p, g = len(self.full), len(self.full[0]) if self.full else 0
         if p == 0 or g == 0:
             raise ConfigError("a branch selection needs at least one precision and one branch")
-        if (len(self.partial) != p or len(self.full_weight_slot) != p or len(self.partial_weight_slot) != p
-                or any(len(row) != g for row in self.full) or any(len(row) != g for row in self.full_weight_slot)):
-            raise ConfigError(f"branch selection rows disagree: expected {p} precisions x {g} branches")
+        if (
+            len(self.partial) != p
+            or len(self.full_weight_slot) != p
+            or len(self.partial_weight_slot) != p
+            or any(len(row) != g for row in self.full)
+            or any(len(row) != g for row in self.full_weight_slot)
+        ):
+            raise ConfigError(
+                f"branch selection rows disagree: expected {p} precisions x {g} branches"
+            )
         if self.weight_interval_std not in WEIGHT_INTERVAL_STDS:
-            raise ConfigError(f"unknown weight_interval_std {self.weight_interval_std!r}; "
-                              f"choose one of {WEIGHT_INTERVAL_STDS}")
+            raise ConfigError(
+                f"unknown weight_interval_std {self.weight_interval_std!r}; "
+                f"choose one of {WEIGHT_INTERVAL_STDS}"
+            )
         for row, pb in zip(self.full, self.partial):
             if not -1 <= pb < g or (pb >= 0 and row[pb]):
-                raise ConfigError(f"partial branch {pb} is out of range or also a full branch in {row}")
+                raise ConfigError(
+                    f"partial branch {pb} is out of range or also a full branch in {row}"
+                )
 
     @property
     def num_branches(self) -> int:
@@ -70,8 +83,11 @@ class BranchSelection:
         full = jnp.asarray(self.full, jnp.float32)[precision]
         partial = jnp.asarray(self.partial, jnp.int32)[precision]
         onehot = (jnp.arange(self.num_branches) == partial).astype(jnp.float32)
-        slot = jnp.where(onehot > 0, jnp.asarray(self.partial_weight_slot, jnp.int32)[precision],
-                         jnp.asarray(self.full_weight_slot, jnp.int32)[precision])
+        slot = jnp.where(
+            onehot > 0,
+            jnp.asarray(self.partial_weight_slot, jnp.int32)[precision],
+            jnp.asarray(self.full_weight_slot, jnp.int32)[precision],
+        )
         return full, onehot, slot
 
     def order(self, precision: int) -> list[int]:
@@ -117,30 +133,37 @@ class MultiBranchConv(nn.Module):
     Output in the input's dtype; intervals are initialised from ``x.astype(float32)``; bfloat16
     inputs convolve the integer codes (`_conv`: ``conv(n_x, n_w) * s_x/3``, bits <= 8).
     """
+
     features: int
     selection: BranchSelection
     bits: tuple[int, ...]
-    partial_in: int | None = None      # input channels of the partial slice (None: all)
-    partial_out: int | None = None     # output channels of the partial slice (None: all)
+    partial_in: int | None = None  # input channels of the partial slice (None: all)
+    partial_out: int | None = None  # output channels of the partial slice (None: all)
     kernel_size: Sequence[int] = (3, 3)
     strides: Sequence[int] = (1, 1)
     padding: Any = "SAME"
     kernel_init: Callable = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-    skip_deselected: bool = True       # a static (Python int) precision computes only its branches
+    skip_deselected: bool = True  # a static (Python int) precision computes only its branches
 
     @nn.compact
     def __call__(self, x: jax.Array, precision) -> jax.Array:
         sel = self.selection
         g = sel.num_branches
         if sel.num_precisions != len(self.bits):
-            raise ConfigError(f"the branch selection has {sel.num_precisions} precisions but bits={self.bits}")
+            raise ConfigError(
+                f"the branch selection has {sel.num_precisions} precisions but bits={self.bits}"
+            )
         if x.ndim != 5 or x.shape[-2] != g:
-            raise ConfigError(f"MultiBranchConv expects inputs (N, H, W, {g}, C), got shape {x.shape}")
+            raise ConfigError(
+                f"MultiBranchConv expects inputs (N, H, W, {g}, C), got shape {x.shape}"
+            )
         c_in = x.shape[-1]
         p_in = c_in if self.partial_in is None else self.partial_in
         p_out = self.features if self.partial_out is None else self.partial_out
         if not (0 < p_in <= c_in and 0 < p_out <= self.features):
-            raise ConfigError(f"partial slice {p_in}x{p_out} does not fit a {c_in}->{self.features} conv")
+            raise ConfigError(
+                f"partial slice {p_in}x{p_out} does not fit a {c_in}->{self.features} conv"
+            )
         kernel = self.param("kernel", self.kernel_init, (g, *self.kernel_size, c_in, self.features))
         dtype, x32 = x.dtype, q.as_float32(x)  # data-dependent inits and quantizers read float32
         if q.is_low_precision(dtype):
@@ -152,27 +175,53 @@ class MultiBranchConv(nn.Module):
         def act_init(stat):
             def init(_):
                 per_branch = jnp.moveaxis(x32, -2, 0).reshape(g, -1)
-                values = jnp.concatenate([stat(per_branch, axis=1), stat(x32.reshape(1, -1), axis=1)])
+                values = jnp.concatenate(
+                    [stat(per_branch, axis=1), stat(x32.reshape(1, -1), axis=1)]
+                )
                 return jnp.broadcast_to(values, (len(self.bits), g + 1))
+
             return init
+
         # 3 std / sqrt(1 - 2/pi) and the minimum, as the official init (kept apart by at least 1e-3).
         a_lower = self.param("act_lower", act_init(jnp.min))
-        a_upper = self.param("act_upper", act_init(
-            lambda v, axis: jnp.maximum(3.0 * jnp.std(v, axis=axis, ddof=1) * _ARCSINE_HALF_NORMAL,
-                                        jnp.min(v, axis=axis) + 1e-3)))
+        a_upper = self.param(
+            "act_upper",
+            act_init(
+                lambda v, axis: jnp.maximum(
+                    3.0 * jnp.std(v, axis=axis, ddof=1) * _ARCSINE_HALF_NORMAL,
+                    jnp.min(v, axis=axis) + 1e-3,
+                )
+            ),
+        )
 
-        if self.is_mutable_collection(INTERVAL_INIT) and not self.is_initializing():  # init makes every collection mutable
+        if (
+            self.is_mutable_collection(INTERVAL_INIT) and not self.is_initializing()
+        ):  # init makes every collection mutable
             w_lower, w_upper, a_lower, a_upper = self._initial_intervals(
-                x32, kernel, precision, p_in, p_out, (w_lower, w_upper, a_lower, a_upper))
+                x32, kernel, precision, p_in, p_out, (w_lower, w_upper, a_lower, a_upper)
+            )
         bit_width = bits_at(self.bits, precision)
         if self.skip_deselected and isinstance(precision, (int, np.integer)):
-            return self._selected_branches(x, kernel, int(precision), p_in, p_out,
-                                           (w_lower, w_upper, a_lower, a_upper), bit_width).astype(dtype)
+            return self._selected_branches(
+                x,
+                kernel,
+                int(precision),
+                p_in,
+                p_out,
+                (w_lower, w_upper, a_lower, a_upper),
+                bit_width,
+            ).astype(dtype)
         full, partial, slot = sel.gather(precision)
         shape5 = (g, 1, 1, 1, 1)
-        quantized = q.interval_weight(kernel, w_lower[slot].reshape(shape5), w_upper[slot].reshape(shape5))
-        slice_mask = ((jnp.arange(c_in) < p_in)[:, None] & (jnp.arange(self.features) < p_out)[None, :])
-        keep = full[:, None, None] + partial[:, None, None] * slice_mask.astype(jnp.float32)  # (G, C_in, C_out)
+        quantized = q.interval_weight(
+            kernel, w_lower[slot].reshape(shape5), w_upper[slot].reshape(shape5)
+        )
+        slice_mask = (jnp.arange(c_in) < p_in)[:, None] & (jnp.arange(self.features) < p_out)[
+            None, :
+        ]
+        keep = full[:, None, None] + partial[:, None, None] * slice_mask.astype(
+            jnp.float32
+        )  # (G, C_in, C_out)
         quantized = quantized * keep[:, None, None]
         act_slot = jnp.where(partial > 0, g, jnp.arange(g))
         lower = a_lower[precision][act_slot][:, None]
@@ -192,7 +241,9 @@ class MultiBranchConv(nn.Module):
         snapped to their integers (`quantizers.grid_integers`), float32 accumulation.
         """
         dtype = jnp.dtype(x.dtype if dtype is None else dtype)
-        conv = functools.partial(lowering.precision_conv, strides=self.strides, padding=self.padding)
+        conv = functools.partial(
+            lowering.precision_conv, strides=self.strides, padding=self.padding
+        )
         if not q.is_low_precision(dtype) or bit_width is None:
             return conv(x, kernel.astype(x.dtype)).astype(dtype)
         s_x = q.unit_grid_scale(bit_width)
@@ -201,7 +252,9 @@ class MultiBranchConv(nn.Module):
         scale = jax.lax.stop_gradient(s_x * q.INTERVAL_WEIGHT_GRID_SCALE)
         return (conv(n_x, n_w) * scale).astype(dtype)
 
-    def _selected_branches(self, x, kernel, precision: int, p_in: int, p_out: int, intervals, bit_width):
+    def _selected_branches(
+        self, x, kernel, precision: int, p_in: int, p_out: int, intervals, bit_width
+    ):
         """The same function as the masked path for a static precision, computing only the
         selected branches (deselected slots are zeros that no conv produced)."""
         sel, g = self.selection, self.selection.num_branches
@@ -227,13 +280,22 @@ class MultiBranchConv(nn.Module):
         for branch, chunk in zip(sel.order(precision), chunks):
             if branch == pb:
                 slot, act = sel.partial_weight_slot[precision], g
-                p_in, p_out = chunk.shape[-1], self.features if self.partial_out is None else self.partial_out
-                wq = q.interval_weight(kernel[pb, :, :, :p_in, :p_out], w_lower[slot], w_upper[slot])
+                p_in, p_out = (
+                    chunk.shape[-1],
+                    self.features if self.partial_out is None else self.partial_out,
+                )
+                wq = q.interval_weight(
+                    kernel[pb, :, :, :p_in, :p_out], w_lower[slot], w_upper[slot]
+                )
             else:
                 slot, act = sel.full_weight_slot[precision][branch], branch
                 wq = q.interval_weight(kernel[branch], w_lower[slot], w_upper[slot])
-            xq = q.interval_activation(chunk, a_lower[precision, act], a_upper[precision, act], bit_width)
-            outputs.append(self._conv(xq, wq, bit_width=bit_width, dtype=chunk.dtype))  # the input's dtype
+            xq = q.interval_activation(
+                chunk, a_lower[precision, act], a_upper[precision, act], bit_width
+            )
+            outputs.append(
+                self._conv(xq, wq, bit_width=bit_width, dtype=chunk.dtype)
+            )  # the input's dtype
         return outputs
 
     def selected_branches(self, xs: Sequence[jax.Array], precision: int) -> list[jax.Array]:
@@ -247,24 +309,34 @@ class MultiBranchConv(nn.Module):
         initialised (its ``__call__`` runs at ``init``)."""
         sel = self.selection
         if not isinstance(precision, (int, np.integer)):
-            raise ConfigError("MultiBranchConv.selected_branches needs a static (Python int) precision")
+            raise ConfigError(
+                "MultiBranchConv.selected_branches needs a static (Python int) precision"
+            )
         precision = int(precision)
         kernel = self.get_variable("params", "kernel")
-        intervals = tuple(self.get_variable("params", name)
-                          for name in ("weight_lower", "weight_upper", "act_lower", "act_upper"))
+        intervals = tuple(
+            self.get_variable("params", name)
+            for name in ("weight_lower", "weight_upper", "act_lower", "act_upper")
+        )
         c_in = kernel.shape[-2]
         p_in = c_in if self.partial_in is None else self.partial_in
         order = sel.order(precision)
         widths = tuple(x.shape[-1] for x in xs)
         wanted = tuple(p_in if branch == sel.partial[precision] else c_in for branch in order)
-        if len(widths) != len(wanted) or any(w < need if branch == sel.partial[precision] else w != need
-                                             for branch, w, need in zip(order, widths, wanted)):
-            raise ConfigError(f"selected-branch inputs of {widths} channels do not match branches {order} of "
-                              f"{c_in} channels (the partial at least {p_in}) at precision {precision}")
+        if len(widths) != len(wanted) or any(
+            w < need if branch == sel.partial[precision] else w != need
+            for branch, w, need in zip(order, widths, wanted)
+        ):
+            raise ConfigError(
+                f"selected-branch inputs of {widths} channels do not match branches {order} of "
+                f"{c_in} channels (the partial at least {p_in}) at precision {precision}"
+            )
         if q.is_low_precision(xs[0].dtype):
             check_exact_codes(self, xs[0].dtype)
         chunks = [x[..., :need] if x.shape[-1] > need else x for x, need in zip(xs, wanted)]
-        return self._branch_convs(chunks, kernel, precision, intervals, bits_at(self.bits, precision))
+        return self._branch_convs(
+            chunks, kernel, precision, intervals, bits_at(self.bits, precision)
+        )
 
     def _initial_intervals(self, x, kernel, precision, p_in: int, p_out: int, intervals):
         """MBQuant's data-dependent init at one precision (`methods.mbquant.initialize_intervals`):
@@ -301,7 +373,9 @@ class MultiBranchConv(nn.Module):
         a_upper = a_upper.at[precision].set(new_upper)
 
         partial_std = 3.0 * jnp.std(jnp.take(kernel[..., :p_in, :p_out], pb, axis=0))
-        filters = jnp.moveaxis(kernel, -1, 1).reshape(g * self.features, -1)  # torch's (G*C_out, ...) rows
+        filters = jnp.moveaxis(kernel, -1, 1).reshape(
+            g * self.features, -1
+        )  # torch's (G*C_out, ...) rows
         for branch in range(g):
             is_partial = partial[branch] > 0
             if sel.weight_interval_std == "filter":
@@ -313,7 +387,9 @@ class MultiBranchConv(nn.Module):
                 write = (full[branch] > 0) | (is_partial & (not per_branch_slots))
             w_upper = w_upper.at[slot[branch]].set(jnp.where(write, value, w_upper[slot[branch]]))
         w_lower = -w_upper
-        for name, value in zip(("weight_lower", "weight_upper", "act_lower", "act_upper"),
-                               (w_lower, w_upper, a_lower, a_upper)):
+        for name, value in zip(
+            ("weight_lower", "weight_upper", "act_lower", "act_upper"),
+            (w_lower, w_upper, a_lower, a_upper),
+        ):
             self.put_variable(INTERVAL_INIT, name, value)
         return w_lower, w_upper, a_lower, a_upper

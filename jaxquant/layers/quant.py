@@ -1,5 +1,6 @@
 """`QuantConv` and `QuantDense`: weights and inputs quantized at a (traced) precision index,
 and the shared quantization of a layer's operands."""
+
 from __future__ import annotations
 
 import functools
@@ -28,8 +29,12 @@ def quantizer_params(module: nn.Module, quantizer: q.Quantizer, role: str, x: ja
     """The learned parameters of ``quantizer`` in ``module``, stored as ``{role}_{name}`` and
     initialised from ``x`` (as float32) at every bit-width of ``module.bits``."""
     bits = tuple(module.bits)
-    return {name: module.param(f"{role}_{name}", lambda _, n=name: quantizer.init(q.as_float32(x), bits)[n])
-            for name in quantizer.param_names}
+    return {
+        name: module.param(
+            f"{role}_{name}", lambda _, n=name: quantizer.init(q.as_float32(x), bits)[n]
+        )
+        for name in quantizer.param_names
+    }
 
 
 def _on_grid(module: nn.Module, quantizer: q.Quantizer, role: str, x: jax.Array, precision):
@@ -37,8 +42,11 @@ def _on_grid(module: nn.Module, quantizer: q.Quantizer, role: str, x: jax.Array,
     scale (`quantizers.grid_integers`) and the bit-width that decides full precision."""
     bit_width = bits_at(module.bits, precision)
     params = quantizer.at(quantizer_params(module, quantizer, role, x), precision)
-    return (quantizer.quantize(x, params, bit_width), quantizer.grid_scale(x, params, bit_width),
-            quantizer.effective_bits(bit_width))
+    return (
+        quantizer.quantize(x, params, bit_width),
+        quantizer.grid_scale(x, params, bit_width),
+        quantizer.effective_bits(bit_width),
+    )
 
 
 def _quantize_weight(module: nn.Module, kernel: jax.Array, precision) -> jax.Array:
@@ -56,9 +64,11 @@ def check_exact_codes(module: nn.Module, dtype) -> None:
     wide = tuple(b for b in module.bits if limit < b < q.FP_BITS)
     if wide:
         name = jnp.dtype(dtype).name
-        raise ConfigError(f"{type(module).__name__} {module.name}: bits {wide} with {name} inputs: {name} carries "
-                          f"integer codes exactly only up to {limit} bits; use dtype float32 for "
-                          f"{limit + 1}..16 bits")
+        raise ConfigError(
+            f"{type(module).__name__} {module.name}: bits {wide} with {name} inputs: {name} carries "
+            f"integer codes exactly only up to {limit} bits; use dtype float32 for "
+            f"{limit + 1}..16 bits"
+        )
 
 
 def _grid_operands(module: nn.Module, x: jax.Array, kernel: jax.Array, precision):
@@ -66,18 +76,32 @@ def _grid_operands(module: nn.Module, x: jax.Array, kernel: jax.Array, precision
     dtype and ``stop_gradient(s_x * s_w)``, so ``conv(n_x, n_w) * scale`` is ``conv(x_hat, w_hat)``
     on the exact grid (module docstring). Quantizes ``x.astype(float32)``."""
     dtype = x.dtype
-    if not all(isinstance(qz, q.FullPrecision) for qz in (module.spec.weight, module.spec.activation)):
+    if not all(
+        isinstance(qz, q.FullPrecision) for qz in (module.spec.weight, module.spec.activation)
+    ):
         check_exact_codes(module, dtype)
-    x_hat, s_x, b_x = _on_grid(module, module.spec.activation, "act", x.astype(jnp.float32), precision)
+    x_hat, s_x, b_x = _on_grid(
+        module, module.spec.activation, "act", x.astype(jnp.float32), precision
+    )
     w_hat, s_w, b_w = _on_grid(module, module.spec.weight, "weight", kernel, precision)
     n_x = q.grid_integers(x_hat, s_x, b_x).astype(dtype)
     n_w = q.grid_integers(w_hat, s_w, b_w).astype(dtype)
-    return n_x, n_w, jax.lax.stop_gradient(jnp.asarray(s_x, jnp.float32) * jnp.asarray(s_w, jnp.float32))
+    return (
+        n_x,
+        n_w,
+        jax.lax.stop_gradient(jnp.asarray(s_x, jnp.float32) * jnp.asarray(s_w, jnp.float32)),
+    )
 
 
 def _integer_conv(x, kernel, strides, padding):
-    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        preferred_element_type=jnp.int32)
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        strides,
+        padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        preferred_element_type=jnp.int32,
+    )
 
 
 class QuantConv(nn.Module):
@@ -85,6 +109,7 @@ class QuantConv(nn.Module):
     ``feature_group_count`` > 1 makes it grouped (``= C_in``: depthwise, as MobileNetV2's).
     Output in the input's dtype; bfloat16 inputs run the exact-grid conv (module docstring).
     How the conv is lowered is the `layers.conv.Lowering` in effect when it is traced."""
+
     features: int
     kernel_size: Sequence[int] = (3, 3)
     strides: Sequence[int] = (1, 1)
@@ -99,12 +124,16 @@ class QuantConv(nn.Module):
     def __call__(self, x: jax.Array, precision) -> jax.Array:
         groups = self.feature_group_count
         if groups < 1 or x.shape[-1] % groups or self.features % groups:
-            raise ConfigError(f"QuantConv: {x.shape[-1]} input and {self.features} output channels do not "
-                              f"split into {groups} groups")
+            raise ConfigError(
+                f"QuantConv: {x.shape[-1]} input and {self.features} output channels do not "
+                f"split into {groups} groups"
+            )
         shape = tuple(self.kernel_size) + (x.shape[-1] // groups, self.features)
         if isinstance(self.spec.weight, q.StoredCodes):
             if groups != 1:
-                raise ConfigError("weight='codes' (the vertical-layered artefact) supports ungrouped convs only")
+                raise ConfigError(
+                    "weight='codes' (the vertical-layered artefact) supports ungrouped convs only"
+                )
             y = self._codes_conv(q.as_float32(x), precision, shape)
         else:
             y = self._conv(x, precision, shape)
@@ -122,13 +151,21 @@ class QuantConv(nn.Module):
         Computes in float32 (a bfloat16 input is cast up; the layer casts the output back).
         """
         codes = self.param("codes", nn.initializers.zeros, shape, jnp.int32)
-        code_step = self.param("code_step", nn.initializers.ones,
-                               (self.features,) if self.spec.weight.per_channel else (), jnp.float32)
+        code_step = self.param(
+            "code_step",
+            nn.initializers.ones,
+            (self.features,) if self.spec.weight.per_channel else (),
+            jnp.float32,
+        )
         bit_width = bits_at(self.bits, precision)
         if self.spec.execution == "fake_quant":
             kernel = q.midrise_dequantize(codes, code_step, bit_width)
-            return lowering.precision_conv(_quantize_input(self, x, precision), kernel.astype(x.dtype), self.strides,
-                                  self.padding)
+            return lowering.precision_conv(
+                _quantize_input(self, x, precision),
+                kernel.astype(x.dtype),
+                self.strides,
+                self.padding,
+            )
         act_step = quantizer_params(self, self.spec.activation, "act", x)["step"][precision]
         a = q.lsq_codes(x, act_step, bit_width, signed=False)
         strides = tuple(self.strides)
@@ -136,16 +173,28 @@ class QuantConv(nn.Module):
             accumulated = _integer_conv(a, codes, strides, self.padding)
         else:
             planes = max(b for b in self.bits if b < q.FP_BITS)  # codes have at most this many bits
-            accumulated = sum(jnp.left_shift(_integer_conv(a, jnp.right_shift(codes, i) & 1, strides, self.padding), i)
-                              for i in range(planes))
-        window_sums = _integer_conv(a, jnp.ones(shape[:-1] + (1,), jnp.int32), strides, self.padding)
-        odd_levels = 2 * accumulated - (jnp.left_shift(1, bit_width) - 1) * window_sums  # 2 (u - c) summed
+            accumulated = sum(
+                jnp.left_shift(
+                    _integer_conv(a, jnp.right_shift(codes, i) & 1, strides, self.padding), i
+                )
+                for i in range(planes)
+            )
+        window_sums = _integer_conv(
+            a, jnp.ones(shape[:-1] + (1,), jnp.int32), strides, self.padding
+        )
+        odd_levels = (
+            2 * accumulated - (jnp.left_shift(1, bit_width) - 1) * window_sums
+        )  # 2 (u - c) summed
         return odd_levels.astype(jnp.float32) * (act_step * code_step * 0.5)
 
     def _conv(self, x, precision, shape):
         kernel = self.param("kernel", self.kernel_init, shape)
-        conv = functools.partial(lowering.precision_conv, strides=self.strides, padding=self.padding,
-                                 groups=self.feature_group_count)
+        conv = functools.partial(
+            lowering.precision_conv,
+            strides=self.strides,
+            padding=self.padding,
+            groups=self.feature_group_count,
+        )
         if q.is_low_precision(x.dtype):  # exact grid: conv(n_x, n_w) * s_x s_w, float32
             n_x, n_w, scale = _grid_operands(self, x, kernel, precision)
             return conv(n_x, n_w) * scale
@@ -157,6 +206,7 @@ class QuantConv(nn.Module):
 class QuantDense(nn.Module):
     """Dense layer with quantized weights and inputs at ``bits[precision]``; output in the
     input's dtype (bfloat16: ``(n_x @ n_w) * s_x s_w`` on the exact grid, float32 accumulation)."""
+
     features: int
     use_bias: bool = True
     bits: tuple[int, ...] = (q.FP_BITS,)

@@ -1,5 +1,6 @@
 """`QuantSpec`: which quantizer objects a layer applies to its weights and inputs, and how a
 trained model executes."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,14 +40,25 @@ class QuantSpec:
     ``fake_quant`` (float conv of dequantized values), ``integer`` (int32 conv of the codes,
     scales applied after) or ``bit_serial`` (one int32 conv per weight bit plane).
     """
+
     weight: q.Quantizer
     activation: q.Quantizer
     execution: str
 
-    def __init__(self, weight: q.Quantizer | str | None = None, activation: q.Quantizer | str | None = None, *,
-                 per_channel: bool | None = None, signed_activations: bool | None = None,
-                 source_bits: int | None = None, cascade: str | None = None, execution: str = "fake_quant"):
-        weight = q.LSQ.for_weights() if weight is None else weight  # default: LSQ weights and activations
+    def __init__(
+        self,
+        weight: q.Quantizer | str | None = None,
+        activation: q.Quantizer | str | None = None,
+        *,
+        per_channel: bool | None = None,
+        signed_activations: bool | None = None,
+        source_bits: int | None = None,
+        cascade: str | None = None,
+        execution: str = "fake_quant",
+    ):
+        weight = (
+            q.LSQ.for_weights() if weight is None else weight
+        )  # default: LSQ weights and activations
         activation = q.LSQ.for_activations() if activation is None else activation
         if isinstance(weight, str):
             weight = q.weight_quantizer(weight)
@@ -55,13 +67,20 @@ class QuantSpec:
         for role, value in (("weight", weight), ("activation", activation)):
             if not isinstance(value, q.Quantizer):
                 raise ConfigError(f"QuantSpec {role} must be a Quantizer or a name, got {value!r}")
-        weight = _with_settings(weight, per_channel=per_channel, source_bits=source_bits, cascade=cascade)
+        weight = _with_settings(
+            weight, per_channel=per_channel, source_bits=source_bits, cascade=cascade
+        )
         activation = _with_settings(activation, signed=signed_activations)
         if execution not in EXECUTIONS:
             raise ConfigError(f"unknown execution {execution!r}; choose one of {EXECUTIONS}")
-        if execution != "fake_quant" and not (isinstance(weight, q.StoredCodes) and isinstance(activation, q.LSQ)
-                                               and not activation.signed):
-            raise ConfigError("integer and bit-serial execution need weight='codes' with unsigned LSQ activations")
+        if execution != "fake_quant" and not (
+            isinstance(weight, q.StoredCodes)
+            and isinstance(activation, q.LSQ)
+            and not activation.signed
+        ):
+            raise ConfigError(
+                "integer and bit-serial execution need weight='codes' with unsigned LSQ activations"
+            )
         object.__setattr__(self, "weight", weight)
         object.__setattr__(self, "activation", activation)
         object.__setattr__(self, "execution", execution)

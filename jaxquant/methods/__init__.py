@@ -1,6 +1,7 @@
 """Methods: each module defines its `Method` (quantizers, config section, hooks) and registers
 it; `build_trainer` wires a config into a model and a `MultiPrecisionTrainer` through those
 fields alone (the step itself is shared)."""
+
 from __future__ import annotations
 
 import jax
@@ -10,24 +11,48 @@ from jaxquant.config import upgrade_legacy_keys
 from jaxquant.data import ArrayDataset, StreamingDataset, make_preprocess
 from jaxquant.errors import ConfigError
 from jaxquant.layers import Lowering, QuantSpec
-from jaxquant.quantizers import FP_BITS, max_exact_bits
 from jaxquant.methods import anyprecision, binreg, lsq, mbquant, vertical  # noqa: F401  (they register)
 from jaxquant.methods.base import METHODS, Method, get_method, register, section, unregister
 from jaxquant.models import CifarResNet, MobileNetV2, ResNet, SmallCNN
+from jaxquant.quantizers import FP_BITS, max_exact_bits
 from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, make_optimizer
 
-__all__ = ["METHODS", "MODELS", "Method", "build_model", "build_trainer", "get_method", "optimizer_config",
-           "register", "resolve_distillation", "resolve_dtype", "resolve_precision_mode", "section", "unregister",
-           "whole_width"]
+__all__ = [
+    "METHODS",
+    "MODELS",
+    "Method",
+    "build_model",
+    "build_trainer",
+    "get_method",
+    "optimizer_config",
+    "register",
+    "resolve_distillation",
+    "resolve_dtype",
+    "resolve_precision_mode",
+    "section",
+    "unregister",
+    "whole_width",
+]
 
-MODELS = ("small_cnn", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34", "mobilenet_v2")
+MODELS = (
+    "small_cnn",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet18",
+    "resnet34",
+    "mobilenet_v2",
+)
 
 
 def whole_width(config) -> int:
     """``config.width`` for the CIFAR ResNets, whose channel counts are ``16 * width``."""
     if float(config.width) != int(config.width) or int(config.width) < 1:
-        raise ConfigError(f"{config.model} needs a whole width multiplier (1, 2, 5, ...), got {config.width}; "
-                          "fractional widths are for mobilenet_v2")
+        raise ConfigError(
+            f"{config.model} needs a whole width multiplier (1, 2, 5, ...), got {config.width}; "
+            "fractional widths are for mobilenet_v2"
+        )
     return int(config.width)
 
 
@@ -38,13 +63,22 @@ def build_model(config, num_classes: int, spec: QuantSpec):
     if method.build_model is not None:
         return method.build_model(config, num_classes, spec)
     bits = tuple(config.bits)
-    common = dict(num_classes=num_classes, bits=bits, spec=spec,
-                  first_last_bits=config.first_last_bits or None)
+    common = dict(
+        num_classes=num_classes,
+        bits=bits,
+        spec=spec,
+        first_last_bits=config.first_last_bits or None,
+    )
     if config.model == "small_cnn":
         return SmallCNN(widths=tuple(config.widths), stem_pool=config.stem_pool, **common)
     if config.model in ("resnet20", "resnet32", "resnet44", "resnet56"):
-        return CifarResNet(depth=int(config.model[6:]), width=whole_width(config), preactivation=config.preactivation,
-                           quantize_shortcut=config.quantize_shortcut, **common)
+        return CifarResNet(
+            depth=int(config.model[6:]),
+            width=whole_width(config),
+            preactivation=config.preactivation,
+            quantize_shortcut=config.quantize_shortcut,
+            **common,
+        )
     if config.model in ("resnet18", "resnet34"):
         stages = (2, 2, 2, 2) if config.model == "resnet18" else (3, 4, 6, 3)
         return ResNet(stage_sizes=stages, quantize_shortcut=config.quantize_shortcut, **common)
@@ -95,21 +129,29 @@ def resolve_dtype(config):
     limit = max_exact_bits(dtype)
     too_wide = [b for b in config.bits if limit < int(b) < FP_BITS]
     if too_wide:
-        raise ConfigError(f"dtype {name} carries quantized values exactly only up to {limit} bits, "
-                          f"but bits has {too_wide}; use --config.dtype=float32")
+        raise ConfigError(
+            f"dtype {name} carries quantized values exactly only up to {limit} bits, "
+            f"but bits has {too_wide}; use --config.dtype=float32"
+        )
     return dtype
 
 
-def build_trainer(config, dataset: ArrayDataset | StreamingDataset, steps_per_epoch: int) -> MultiPrecisionTrainer:
+def build_trainer(
+    config, dataset: ArrayDataset | StreamingDataset, steps_per_epoch: int
+) -> MultiPrecisionTrainer:
     """Model, optimizer and on-device preprocessing for ``config`` on ``dataset``."""
     upgrade_legacy_keys(config)  # a config built in code with an older flat key
     if isinstance(dataset, StreamingDataset) and config.augment != "none":
-        raise ConfigError(f"{dataset.name} is augmented on the host as it streams (RandomResizedCrop + flip); "
-                          f"set --config.augment=none (now {config.augment!r})")
+        raise ConfigError(
+            f"{dataset.name} is augmented on the host as it streams (RandomResizedCrop + flip); "
+            f"set --config.augment=none (now {config.augment!r})"
+        )
     method = get_method(config.method)
     spec = method.quant_spec(config)
     # A method with its own bit-width rule (MBQuant: 2..8) checks it; the others, their quantizers.
-    bits = method.validate_bits(config, spec) if method.validate_bits else spec.validate(config.bits)
+    bits = (
+        method.validate_bits(config, spec) if method.validate_bits else spec.validate(config.bits)
+    )
     if config.first_last_bits:
         spec.validate((config.first_last_bits,))
     model = build_model(config, dataset.num_classes, spec)
@@ -117,11 +159,20 @@ def build_trainer(config, dataset: ArrayDataset | StreamingDataset, steps_per_ep
     optimizer = make_optimizer(optimizer_config(config), total_steps, steps_per_epoch)
     init_from_batches = method.init_from_batches(config) if method.init_from_batches else None
     # Bin Regularization: method 'binreg', or binreg.lambda_ > 0 on a method it applies to.
-    regularizer, regularizer_weight = binreg.make_regularizer(config, model, dataset.image_shape, steps_per_epoch)
+    regularizer, regularizer_weight = binreg.make_regularizer(
+        config, model, dataset.image_shape, steps_per_epoch
+    )
     return MultiPrecisionTrainer(
-        model=model, bits=bits, optimizer=optimizer, distillation=resolve_distillation(config),
-        precision_mode=resolve_precision_mode(config), loss_weights=tuple(config.loss_weights) or None,
+        model=model,
+        bits=bits,
+        optimizer=optimizer,
+        distillation=resolve_distillation(config),
+        precision_mode=resolve_precision_mode(config),
+        loss_weights=tuple(config.loss_weights) or None,
         preprocess=make_preprocess(dataset.mean, dataset.std, config.augment, config.crop_padding),
-        init_from_batches=init_from_batches, regularizer=regularizer, regularizer_weight=regularizer_weight,
+        init_from_batches=init_from_batches,
+        regularizer=regularizer,
+        regularizer_weight=regularizer_weight,
         compute_dtype=resolve_dtype(config),
-        lowering=Lowering(str(config.conv_batching), str(config.conv_weight_gradient)))
+        lowering=Lowering(str(config.conv_batching), str(config.conv_weight_gradient)),
+    )

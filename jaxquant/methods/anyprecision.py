@@ -7,6 +7,7 @@ weights (no nesting); recursive in-place distillation. Two small differences fro
 flag: the FP shortcut's BN is switchable, and running variances are biased (Flax's convention).
 Details: docs/methods/anyprecision.md
 """
+
 from jaxquant.layers import QuantSpec
 from jaxquant.methods.base import Method, register
 from jaxquant.quantizers import DoReFaActivation, DoReFaWeight

@@ -5,6 +5,7 @@ hooks the shared trainer calls; every hook has a default, so a method that only 
 quantizers is three lines. Each method defines its `Method` in its own file and registers it;
 `jaxquant.methods.build_trainer` and the CLI read only these fields, never a method's name.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,6 +34,7 @@ class Method:
     evaluate: ``(config, dataset, trainer, state, recalibrate_batches) -> {bits: accuracy}``
       for ``jaxquant train/eval``; None: the trained bit-widths on the test set.
     """
+
     name: str
     quant_spec: Callable[[Any], Any]
     section: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -47,10 +49,14 @@ class Method:
 
     def __post_init__(self):
         if not self.name.isidentifier():
-            raise ConfigError(f"a method name must be an identifier (it names a config section), got {self.name!r}")
+            raise ConfigError(
+                f"a method name must be an identifier (it names a config section), got {self.name!r}"
+            )
         unknown = set(self.legacy_keys.values()) - set(self.section)
         if unknown:
-            raise ConfigError(f"method {self.name}: legacy keys map to {sorted(unknown)}, not in its section")
+            raise ConfigError(
+                f"method {self.name}: legacy keys map to {sorted(unknown)}, not in its section"
+            )
 
 
 METHODS: dict[str, Method] = {}
@@ -82,4 +88,5 @@ def section(config, method: Method):
     if method.name in config:
         return config[method.name]
     import ml_collections
+
     return ml_collections.ConfigDict(dict(method.section))

@@ -11,6 +11,7 @@ paper's: CE only for ``binreg.start_epochs``, default a third of the run, then C
 ``binreg.lambda_ > 0`` adds BR to ``lsq``, ``vertical`` and ``anyprecision``.
 Details: docs/methods/binreg.md
 """
+
 from __future__ import annotations
 
 import math
@@ -23,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxquant import regularizers
-from jaxquant.methods import lsq
-from jaxquant.methods.base import METHODS, Method, get_method, register, section
 from jaxquant.errors import ConfigError
 from jaxquant.layers import QuantConv, QuantDense, visit_layers
+from jaxquant.methods import lsq
+from jaxquant.methods.base import METHODS, Method, get_method, register, section
 from jaxquant.params import get_path
 from jaxquant.regularizers import LayerQuantizer
 from jaxquant.report import save_figure
@@ -36,13 +37,13 @@ DEFAULT_DISTILLATION = "none"
 DEFAULT_LAMBDA = 0.5
 SCHEDULES = ("two_stage", "joint", "alternating")
 SECTION = {
-    "lambda_": -1.0,            # lambda; -1 = the method's (binreg 0.5, the paper's Table 7; others 0 = off)
-    "schedule": "two_stage",    # two_stage | joint | alternating (see the module docstring)
-    "start_epochs": -1.0,       # two_stage: CE-only epochs first; -1 = a third of epochs (the paper: 30 of 90)
-    "alternate_epochs": 1.0,    # alternating: length of each block in epochs (fractions allowed)
-    "units": "weight",          # weight (w vs code*s, the re-implementation's) | code (w/s vs the integer code)
+    "lambda_": -1.0,  # lambda; -1 = the method's (binreg 0.5, the paper's Table 7; others 0 = off)
+    "schedule": "two_stage",  # two_stage | joint | alternating (see the module docstring)
+    "start_epochs": -1.0,  # two_stage: CE-only epochs first; -1 = a third of epochs (the paper: 30 of 90)
+    "alternate_epochs": 1.0,  # alternating: length of each block in epochs (fractions allowed)
+    "units": "weight",  # weight (w vs code*s, the re-implementation's) | code (w/s vs the integer code)
     "stop_step_gradient": False,  # True: BR's gradient does not reach the step sizes
-    "layer_reduction": "sum",   # sum (the re-implementation's reading of the paper) | mean over layers
+    "layer_reduction": "sum",  # sum (the re-implementation's reading of the paper) | mean over layers
 }
 """``config.binreg``: read by every method whose `Method.bin_regularization` is not None."""
 
@@ -57,7 +58,9 @@ def resolve_lambda(config) -> float:
     if lam == -1.0:
         return get_method(config.method).bin_regularization or 0.0
     if lam < 0:
-        raise ConfigError(f"binreg.lambda_ is {lam}; use a weight >= 0 (or -1 for the method's default)")
+        raise ConfigError(
+            f"binreg.lambda_ is {lam}; use a weight >= 0 (or -1 for the method's default)"
+        )
     return lam
 
 
@@ -67,8 +70,15 @@ def resolve_start_epochs(config) -> float:
     return config.epochs / 3.0 if start == -1.0 else start
 
 
-def schedule_weight(step, *, lam: float, schedule: str, steps_per_epoch: int, start_epochs: float = 0.0,
-                    alternate_epochs: float = 1.0) -> jax.Array:
+def schedule_weight(
+    step,
+    *,
+    lam: float,
+    schedule: str,
+    steps_per_epoch: int,
+    start_epochs: float = 0.0,
+    alternate_epochs: float = 1.0,
+) -> jax.Array:
     """The weight of BR at optimizer step ``step`` (may be traced): ``lam`` when BR is on, else 0
     (see the module docstring for the schedules)."""
     if schedule not in SCHEDULES:
@@ -87,6 +97,7 @@ def schedule_weight(step, *, lam: float, schedule: str, steps_per_epoch: int, st
 # ----------------------------------------------------------------------------------------------
 # Which layers carry quantized weights, and the regulariser of a model.
 
+
 def model_layers(model: nn.Module, sample: jax.Array) -> dict[tuple[str, ...], LayerQuantizer]:
     """Every `QuantConv`/`QuantDense` of ``model`` whose kernel is quantized by a quantizer with
     bins (LSQ, vertical, DoReFa), by its path in the params tree, with the layer's own bit-widths (a first/last layer
@@ -97,12 +108,15 @@ def model_layers(model: nn.Module, sample: jax.Array) -> dict[tuple[str, ...], L
         if module.spec.weight.has_bins:
             found[tuple(module.path)] = LayerQuantizer(tuple(module.bits), module.spec.weight)
 
-    visit_layers(lambda: model.init(jax.random.key(0), sample, 0, train=True), (QuantConv, QuantDense), visit)
+    visit_layers(
+        lambda: model.init(jax.random.key(0), sample, 0, train=True), (QuantConv, QuantDense), visit
+    )
     return {path: layer for path, layer in found.items() if layer.max_bits > 0}
 
 
-def make_regularizer(config, model: nn.Module, image_shape: Sequence[int], steps_per_epoch: int
-                     ) -> tuple[Callable | None, Callable | None]:
+def make_regularizer(
+    config, model: nn.Module, image_shape: Sequence[int], steps_per_epoch: int
+) -> tuple[Callable | None, Callable | None]:
     """``(regularizer, weight)`` for `MultiPrecisionTrainer` from ``config`` (both None when BR is
     off): ``regularizer(params, precision)`` is BR of the sub-network at that precision index,
     ``weight(step)`` is lambda times the schedule. ``image_shape`` (HWC) is the model's input.
@@ -112,8 +126,10 @@ def make_regularizer(config, model: nn.Module, image_shape: Sequence[int], steps
         return None, None
     if get_method(config.method).bin_regularization is None:
         covered = sorted(m.name for m in METHODS.values() if m.bin_regularization is not None)
-        raise ConfigError(f"Bin Regularization does not apply to method {config.method!r} (its weights are not "
-                          f"bins of one quantizer grid); set binreg.lambda_=0 or use one of {covered}")
+        raise ConfigError(
+            f"Bin Regularization does not apply to method {config.method!r} (its weights are not "
+            f"bins of one quantizer grid); set binreg.lambda_=0 or use one of {covered}"
+        )
     schedule = str(_get(config, "schedule"))
     units = str(_get(config, "units"))
     reduction = str(_get(config, "layer_reduction"))
@@ -122,27 +138,47 @@ def make_regularizer(config, model: nn.Module, image_shape: Sequence[int], steps
     if units not in regularizers.UNITS:
         raise ConfigError(f"unknown binreg.units {units!r}; choose one of {regularizers.UNITS}")
     if reduction not in regularizers.REDUCTIONS:
-        raise ConfigError(f"unknown binreg.layer_reduction {reduction!r}; choose one of {regularizers.REDUCTIONS}")
+        raise ConfigError(
+            f"unknown binreg.layer_reduction {reduction!r}; choose one of {regularizers.REDUCTIONS}"
+        )
     start = resolve_start_epochs(config)
     alternate = float(_get(config, "alternate_epochs"))
     if schedule == "two_stage" and not 0 <= start < config.epochs:
-        raise ConfigError(f"binreg.start_epochs={start:g} leaves no epoch of BR in a {config.epochs}-epoch run; "
-                          f"use a value in [0, {config.epochs}) (or -1 for a third of the run)")
+        raise ConfigError(
+            f"binreg.start_epochs={start:g} leaves no epoch of BR in a {config.epochs}-epoch run; "
+            f"use a value in [0, {config.epochs}) (or -1 for a third of the run)"
+        )
     if schedule == "alternating" and alternate <= 0:
-        raise ConfigError(f"binreg.alternate_epochs={alternate:g}; use a positive block length in epochs")
+        raise ConfigError(
+            f"binreg.alternate_epochs={alternate:g}; use a positive block length in epochs"
+        )
     layers = model_layers(model, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
     if not layers:
-        raise ConfigError("Bin Regularization found no quantized weights in the model (every layer is full "
-                          "precision); train integer bit-widths or set binreg.lambda_=0")
+        raise ConfigError(
+            "Bin Regularization found no quantized weights in the model (every layer is full "
+            "precision); train integer bit-widths or set binreg.lambda_=0"
+        )
     stop = bool(_get(config, "stop_step_gradient"))
 
     def regularizer(params, precision):
-        return regularizers.bin_regularization(params, precision, layers=layers, units=units,
-                                               stop_step_gradient=stop, reduction=reduction)
+        return regularizers.bin_regularization(
+            params,
+            precision,
+            layers=layers,
+            units=units,
+            stop_step_gradient=stop,
+            reduction=reduction,
+        )
 
     def weight(step):
-        return schedule_weight(step, lam=lam, schedule=schedule, steps_per_epoch=steps_per_epoch,
-                               start_epochs=start, alternate_epochs=alternate)
+        return schedule_weight(
+            step,
+            lam=lam,
+            schedule=schedule,
+            steps_per_epoch=steps_per_epoch,
+            start_epochs=start,
+            alternate_epochs=alternate,
+        )
 
     return regularizer, weight
 
@@ -156,22 +192,29 @@ def describe(config) -> str:
     if lam == 0.0:
         return ""
     schedule = str(_get(config, "schedule"))
-    detail = {"two_stage": f"after {resolve_start_epochs(config):g} CE-only epochs",
-              "joint": "from the start",
-              "alternating": f"in alternate blocks of {float(_get(config, 'alternate_epochs')):g} epochs"}
-    return (f"bin regularization lambda {lam:g} {schedule} ({detail.get(schedule, '')}), "
-            f"{_get(config, 'units')} units, {_get(config, 'layer_reduction')} over layers"
-            + (", no gradient to the steps" if _get(config, "stop_step_gradient") else ""))
+    detail = {
+        "two_stage": f"after {resolve_start_epochs(config):g} CE-only epochs",
+        "joint": "from the start",
+        "alternating": f"in alternate blocks of {float(_get(config, 'alternate_epochs')):g} epochs",
+    }
+    return (
+        f"bin regularization lambda {lam:g} {schedule} ({detail.get(schedule, '')}), "
+        f"{_get(config, 'units')} units, {_get(config, 'layer_reduction')} over layers"
+        + (", no gradient to the steps" if _get(config, "stop_step_gradient") else "")
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Measurements: quantization MSE and bin statistics, per layer.
 
+
 def layer_name(path: Sequence[str]) -> str:
     return "/".join(path)
 
 
-def layer_statistics(layer_params: Mapping[str, Any], layer: LayerQuantizer, precision: int) -> dict:
+def layer_statistics(
+    layer_params: Mapping[str, Any], layer: LayerQuantizer, precision: int
+) -> dict:
     """Quantization error and bins of one layer's weights at precision index ``precision``.
 
     Returns ``bits``, ``weights``, ``step`` (the step in weight units per code unit; the mean
@@ -182,9 +225,13 @@ def layer_statistics(layer_params: Mapping[str, Any], layer: LayerQuantizer, pre
     ``count``, ``mean_offset`` (mean of ``w/s`` minus the level) and ``variance`` (of ``w/s``),
     pooled over channels when the steps are per channel.
     """
-    (vw, bw, lw, _), bit_width = regularizers.layer_bins(layer_params, layer, precision, units="weight")
-    (vc, bc, lc, num_bins), _ = regularizers.layer_bins(layer_params, layer, precision, units="code")
-    codes_per_grid = 2 ** layer.max_bits
+    (vw, bw, lw, _), bit_width = regularizers.layer_bins(
+        layer_params, layer, precision, units="weight"
+    )
+    (vc, bc, lc, num_bins), _ = regularizers.layer_bins(
+        layer_params, layer, precision, units="code"
+    )
+    codes_per_grid = 2**layer.max_bits
     code = jnp.ravel(bc) % codes_per_grid
     count, mean, variance = regularizers.bin_statistics(vc, code, codes_per_grid)
     levels = lc[:codes_per_grid]
@@ -194,16 +241,34 @@ def layer_statistics(layer_params: Mapping[str, Any], layer: LayerQuantizer, pre
     grids_w = lw.reshape(-1, codes_per_grid)
     step = jnp.mean((grids_w[:, 1] - grids_w[:, 0]) / (lc[1] - lc[0]))
     count, mean, variance, levels = map(np.asarray, (count, mean, variance, levels))
-    bins = [{"level": float(levels[j]), "count": int(count[j]), "mean_offset": float(mean[j] - levels[j]),
-             "variance": float(variance[j])} for j in range(codes_per_grid) if count[j] > 0]
-    return {"bits": int(bit_width), "weights": int(np.size(vw)), "step": float(step),
-            "mse": float(jnp.mean(jnp.square(error_w))), "mse_code": float(jnp.mean(jnp.square(error_c))),
-            "br": float(regularizers.bin_regularizer(vw, bw, lw, num_bins)),
-            "br_code": float(regularizers.bin_regularizer(vc, bc, lc, num_bins)), "bins": bins}
+    bins = [
+        {
+            "level": float(levels[j]),
+            "count": int(count[j]),
+            "mean_offset": float(mean[j] - levels[j]),
+            "variance": float(variance[j]),
+        }
+        for j in range(codes_per_grid)
+        if count[j] > 0
+    ]
+    return {
+        "bits": int(bit_width),
+        "weights": int(np.size(vw)),
+        "step": float(step),
+        "mse": float(jnp.mean(jnp.square(error_w))),
+        "mse_code": float(jnp.mean(jnp.square(error_c))),
+        "br": float(regularizers.bin_regularizer(vw, bw, lw, num_bins)),
+        "br_code": float(regularizers.bin_regularizer(vc, bc, lc, num_bins)),
+        "bins": bins,
+    }
 
 
-def bin_report(params, layers: Mapping[tuple[str, ...], LayerQuantizer], precision: int,
-               only: str | None = None) -> dict[str, dict]:
+def bin_report(
+    params,
+    layers: Mapping[tuple[str, ...], LayerQuantizer],
+    precision: int,
+    only: str | None = None,
+) -> dict[str, dict]:
     """`layer_statistics` of every quantized layer (or the one named ``only``) by layer name,
     plus ``'total'``: the weighted-mean MSE over all weights and the summed BR."""
     names = {layer_name(path): path for path in layers}
@@ -219,7 +284,9 @@ def bin_report(params, layers: Mapping[tuple[str, ...], LayerQuantizer], precisi
             "weights": weights,
             "mse": sum(r["mse"] * r["weights"] for r in report.values()) / weights,
             "mse_code": sum(r["mse_code"] * r["weights"] for r in report.values()) / weights,
-            "br": sum(r["br"] for r in report.values()), "br_code": sum(r["br_code"] for r in report.values())}
+            "br": sum(r["br"] for r in report.values()),
+            "br_code": sum(r["br_code"] for r in report.values()),
+        }
     return report
 
 
@@ -228,41 +295,68 @@ def format_report(report: Mapping[str, dict], title: str = "") -> str:
     per-bin rows (level, count, mean offset and standard deviation in steps) of a lone layer."""
     lines = ([f"**{title}**", ""] if title else []) + [
         "| layer | bits | weights | step | MSE | MSE / s^2 | BR | BR / s^2 | bins used |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, r in report.items():
         if name == "total":
-            lines.append(f"| total | | {r['weights']:,} | | {r['mse']:.3e} | {r['mse_code']:.4f} | {r['br']:.3e} | "
-                         f"{r['br_code']:.4f} | |")
+            lines.append(
+                f"| total | | {r['weights']:,} | | {r['mse']:.3e} | {r['mse_code']:.4f} | {r['br']:.3e} | "
+                f"{r['br_code']:.4f} | |"
+            )
             continue
-        lines.append(f"| {name} | {r['bits']} | {r['weights']:,} | {r['step']:.4g} | {r['mse']:.3e} | "
-                     f"{r['mse_code']:.4f} | {r['br']:.3e} | {r['br_code']:.4f} | {len(r['bins'])} |")
+        lines.append(
+            f"| {name} | {r['bits']} | {r['weights']:,} | {r['step']:.4g} | {r['mse']:.3e} | "
+            f"{r['mse_code']:.4f} | {r['br']:.3e} | {r['br_code']:.4f} | {len(r['bins'])} |"
+        )
     layers = [name for name in report if name != "total"]
     if len(layers) == 1:
         r = report[layers[0]]
-        lines += ["", f"bins of {layers[0]} at {r['bits']} bits (offsets and spreads in steps):", "",
-                  "| level | count | mean offset | std |", "|---:|---:|---:|---:|"]
-        lines += [f"| {b['level']:g} | {b['count']:,} | {b['mean_offset']:+.4f} | "
-                  f"{math.sqrt(max(b['variance'], 0.0)):.4f} |" for b in r["bins"]]
+        lines += [
+            "",
+            f"bins of {layers[0]} at {r['bits']} bits (offsets and spreads in steps):",
+            "",
+            "| level | count | mean offset | std |",
+            "|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {b['level']:g} | {b['count']:,} | {b['mean_offset']:+.4f} | "
+            f"{math.sqrt(max(b['variance'], 0.0)):.4f} |"
+            for b in r["bins"]
+        ]
     return "\n".join(lines)
 
 
 def largest_layer(layers: Mapping[tuple[str, ...], LayerQuantizer], params) -> str:
     """The name of the quantized layer with the most weights (the default layer to plot)."""
-    return max((layer_name(p) for p in layers), key=lambda n: np.size(get_path(params, tuple(n.split("/")))["kernel"]))
+    return max(
+        (layer_name(p) for p in layers),
+        key=lambda n: np.size(get_path(params, tuple(n.split("/")))["kernel"]),
+    )
 
 
-def plot_bins(panels: Sequence[tuple[str, Mapping[str, Any], LayerQuantizer, int]], path: str | pathlib.Path,
-              title: str = "", histogram_bins: int = 120) -> pathlib.Path:
+def plot_bins(
+    panels: Sequence[tuple[str, Mapping[str, Any], LayerQuantizer, int]],
+    path: str | pathlib.Path,
+    title: str = "",
+    histogram_bins: int = 120,
+) -> pathlib.Path:
     """Side-by-side histograms of one layer's weights in step units (``w / s``), each bin's
     weights in its own colour, the levels marked by dashed lines. ``panels``: ``(label,
     layer_params, layer, precision)`` each, e.g. the same layer of an LSQ and an LSQ+BR run."""
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(4.6 * len(panels), 3.4), dpi=120)
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharex=True))  # one x-range: panels compare
     for ax, (label, layer_params, layer, precision) in zip(axes, panels):
-        (values, bins, levels, _), bit_width = regularizers.layer_bins(layer_params, layer, precision, units="code")
-        values, bins, levels = np.ravel(np.asarray(values)), np.ravel(np.asarray(bins)), np.asarray(levels)
-        codes_per_grid = 2 ** layer.max_bits
+        (values, bins, levels, _), bit_width = regularizers.layer_bins(
+            layer_params, layer, precision, units="code"
+        )
+        values, bins, levels = (
+            np.ravel(np.asarray(values)),
+            np.ravel(np.asarray(bins)),
+            np.asarray(levels),
+        )
+        codes_per_grid = 2**layer.max_bits
         code = bins % codes_per_grid
         used = np.unique(code)
         edges = np.linspace(values.min(), values.max(), histogram_bins + 1)
@@ -270,7 +364,9 @@ def plot_bins(panels: Sequence[tuple[str, Mapping[str, Any], LayerQuantizer, int
             ax.hist(values[code == j], bins=edges, color=f"C{j % 10}", alpha=0.85)
             ax.axvline(levels[j], color="k", linestyle="--", linewidth=0.8)
         stats = layer_statistics(layer_params, layer, precision)
-        ax.set_title(f"{label}: {int(bit_width)}-bit, MSE/s$^2$ {stats['mse_code']:.3f}", fontsize=9)
+        ax.set_title(
+            f"{label}: {int(bit_width)}-bit, MSE/s$^2$ {stats['mse_code']:.3f}", fontsize=9
+        )
         ax.set_xlabel("w / s (step units); dashed: levels")
         ax.set_ylabel("weights")
         ax.grid(alpha=0.3)
@@ -279,6 +375,12 @@ def plot_bins(panels: Sequence[tuple[str, Mapping[str, Any], LayerQuantizer, int
     return save_figure(fig, path)
 
 
-METHOD = register(Method(name=NAME, quant_spec=lsq.quant_spec, section=SECTION,
-                         legacy_keys={f"binreg_{key.rstrip('_')}": key for key in SECTION},
-                         bin_regularization=DEFAULT_LAMBDA))
+METHOD = register(
+    Method(
+        name=NAME,
+        quant_spec=lsq.quant_spec,
+        section=SECTION,
+        legacy_keys={f"binreg_{key.rstrip('_')}": key for key in SECTION},
+        bin_regularization=DEFAULT_LAMBDA,
+    )
+)

@@ -12,6 +12,7 @@ Three deliberate differences from the official code (``peiswang/BitSplit``): ``M
 ``sign(s)`` in the coordinate rule, a zero channel keeps its alpha.
 Details: docs/methods/bitsplit.md
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,7 +28,9 @@ MIN_BITS, MAX_BITS = 2, 16
 def check_bits(bits: int) -> int:
     """A static weight bit-width M for bit-split (2..16: at least one ternary plane)."""
     if not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise BitWidthError(f"bit-split weights need an integer bit-width {MIN_BITS}..{MAX_BITS}, got {bits!r}")
+        raise BitWidthError(
+            f"bit-split weights need an integer bit-width {MIN_BITS}..{MAX_BITS}, got {bits!r}"
+        )
     return bits
 
 
@@ -72,7 +75,9 @@ def round_to_nearest(w: jax.Array, bits: int) -> tuple[jax.Array, jax.Array]:
 
 
 @functools.partial(jax.jit, static_argnames=("bits", "max_iterations"))
-def fwa(w: jax.Array, bits: int, max_iterations: int = 1000, tolerance: float = 1e-9) -> tuple[jax.Array, jax.Array]:
+def fwa(
+    w: jax.Array, bits: int, max_iterations: int = 1000, tolerance: float = 1e-9
+) -> tuple[jax.Array, jax.Array]:
     """The code's ``fwa``: from ``alpha = max|w_m| / (2^(M-1) - 1)`` iterate
     ``q = clip(round(w / alpha))``, ``alpha = <w_m, q_m> / <q_m, q_m>`` until
     ``||alpha - alpha_old|| <= tolerance`` (round half to even, as numpy). Returns ``(codes, alpha)``."""
@@ -99,8 +104,9 @@ def fwa(w: jax.Array, bits: int, max_iterations: int = 1000, tolerance: float = 
 
 
 @functools.partial(jax.jit, static_argnames=("epochs",))
-def ofwa(w: jax.Array, planes: jax.Array, alpha: jax.Array, epochs: int = 50,
-         tolerance: float = 1e-9) -> tuple[jax.Array, jax.Array]:
+def ofwa(
+    w: jax.Array, planes: jax.Array, alpha: jax.Array, epochs: int = 50, tolerance: float = 1e-9
+) -> tuple[jax.Array, jax.Array]:
     """The code's ``ofwa``: weight-only alternation from ``(planes, alpha)`` (e.g. `split` of
     `fwa`). Per epoch: the least-squares ``alpha_m = <w_m, b_m> / <b_m, b_m>`` (stop when it moves
     by at most ``tolerance``), then each plane i element-wise: with ``r = w - alpha * b`` without
@@ -126,7 +132,10 @@ def ofwa(w: jax.Array, planes: jax.Array, alpha: jax.Array, epochs: int = 50,
         return (change > tolerance) & (i < epochs)
 
     planes, alpha, _, _ = jax.lax.while_loop(
-        running, epoch, (planes.astype(jnp.float32), alpha.astype(jnp.float32), jnp.asarray(jnp.inf), 0))
+        running,
+        epoch,
+        (planes.astype(jnp.float32), alpha.astype(jnp.float32), jnp.asarray(jnp.inf), 0),
+    )
     return planes, alpha
 
 
@@ -138,14 +147,18 @@ def _coordinate(g, s, a_nn):
 def sweep_sequential(beta: jax.Array, t: jax.Array, gram: jax.Array, s: jax.Array) -> jax.Array:
     """One Gauss-Seidel sweep over the N coordinates of a plane ``beta`` ``[M, N]``, one at a time
     (the reference form: ``O(M N)`` per coordinate). ``t = R^T X`` without this plane."""
+
     def coordinate(n, beta):
         beta = beta.at[:, n].set(0.0)
         g = 2.0 * (s * (beta @ gram[:, n]) - t[:, n])
         return beta.at[:, n].set(_coordinate(g, s, gram[n, n]))
+
     return jax.lax.fori_loop(0, beta.shape[1], coordinate, beta)
 
 
-def sweep_blocked(beta: jax.Array, t: jax.Array, gram: jax.Array, s: jax.Array, block: int = 64) -> jax.Array:
+def sweep_blocked(
+    beta: jax.Array, t: jax.Array, gram: jax.Array, s: jax.Array, block: int = 64
+) -> jax.Array:
     """The same sweep as `sweep_sequential`, blocked: per block of ``block`` coordinates one
     product ``beta A[:, block]`` carries the coupling to every other coordinate, and a rank-1
     update per coordinate carries the coupling inside the block. Same decisions, at GEMM speed."""
@@ -159,11 +172,11 @@ def sweep_blocked(beta: jax.Array, t: jax.Array, gram: jax.Array, s: jax.Array, 
 
     def one_block(k, beta_p):
         start = k * block
-        gram_cols = jax.lax.dynamic_slice(gram_p, (0, start), (padded, block))        # A[:, blk]
-        gram_blk = jax.lax.dynamic_slice(gram_cols, (start, 0), (block, block))        # A[blk, blk]
+        gram_cols = jax.lax.dynamic_slice(gram_p, (0, start), (padded, block))  # A[:, blk]
+        gram_blk = jax.lax.dynamic_slice(gram_cols, (start, 0), (block, block))  # A[blk, blk]
         t_blk = jax.lax.dynamic_slice(t_p, (0, start), (m, block))
         beta_blk = jax.lax.dynamic_slice(beta_p, (0, start), (m, block))
-        coupling = beta_p @ gram_cols                                                  # (beta A)[:, blk]
+        coupling = beta_p @ gram_cols  # (beta A)[:, blk]
 
         def coordinate(j, carry):
             beta_blk, coupling = carry
@@ -185,7 +198,11 @@ def gram_statistics(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array, j
     x = jnp.asarray(x, jnp.float32)
     y = jnp.asarray(y, jnp.float32)
     hi = jax.lax.Precision.HIGHEST
-    return jnp.matmul(x.T, x, precision=hi), jnp.matmul(x.T, y, precision=hi), jnp.sum(y * y, axis=0)
+    return (
+        jnp.matmul(x.T, x, precision=hi),
+        jnp.matmul(x.T, y, precision=hi),
+        jnp.sum(y * y, axis=0),
+    )
 
 
 def reconstruction_error(gram, xty, yy, codes, alpha) -> jax.Array:
@@ -196,13 +213,21 @@ def reconstruction_error(gram, xty, yy, codes, alpha) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("epochs", "block", "sequential"))
-def ofwa_rr_gram(gram: jax.Array, xty: jax.Array, yy: jax.Array, planes: jax.Array, alpha: jax.Array,
-                 epochs: int = 100, block: int = 64, sequential: bool = False):
+def ofwa_rr_gram(
+    gram: jax.Array,
+    xty: jax.Array,
+    yy: jax.Array,
+    planes: jax.Array,
+    alpha: jax.Array,
+    epochs: int = 100,
+    block: int = 64,
+    sequential: bool = False,
+):
     """`ofwa_rr` on precomputed Gram statistics (`gram_statistics`). Returns
     ``(planes, alpha, errors)`` with ``errors[e]`` the reconstruction error after epoch ``e``
     (``errors`` has ``epochs + 1`` entries; entry 0 is the start point)."""
     weights = plane_weights(planes.shape[0])
-    t_full = xty.T                                                    # Y^T X, [M, N]
+    t_full = xty.T  # Y^T X, [M, N]
     sweep = sweep_sequential if sequential else functools.partial(sweep_blocked, block=block)
 
     def epoch(e, carry):
@@ -213,32 +238,47 @@ def ofwa_rr_gram(gram: jax.Array, xty: jax.Array, yy: jax.Array, planes: jax.Arr
         alpha = _safe_ratio(num, den, alpha)
         for p in range(planes.shape[0]):
             b_without = stitch(planes) - weights[p] * planes[p]
-            t = t_full - (alpha[:, None] * b_without) @ gram              # R^T X without plane p
+            t = t_full - (alpha[:, None] * b_without) @ gram  # R^T X without plane p
             planes = planes.at[p].set(sweep(planes[p], t, gram, alpha * weights[p]))
         errors = errors.at[e + 1].set(reconstruction_error(gram, xty, yy, stitch(planes), alpha))
         return planes, alpha, errors
 
     planes = planes.astype(jnp.float32)
     alpha = alpha.astype(jnp.float32)
-    errors = jnp.zeros(epochs + 1, jnp.float32).at[0].set(
-        reconstruction_error(gram, xty, yy, stitch(planes), alpha))
+    errors = (
+        jnp.zeros(epochs + 1, jnp.float32)
+        .at[0]
+        .set(reconstruction_error(gram, xty, yy, stitch(planes), alpha))
+    )
     return jax.lax.fori_loop(0, epochs, epoch, (planes, alpha, errors))
 
 
 _COMPILED: dict = {}
 
 
-def compiled_ofwa_rr(num_planes: int, out_features: int, fan_in: int, epochs: int = 100, block: int = 64,
-                     sequential: bool = False):
+def compiled_ofwa_rr(
+    num_planes: int,
+    out_features: int,
+    fan_in: int,
+    epochs: int = 100,
+    block: int = 64,
+    sequential: bool = False,
+):
     """`ofwa_rr_gram` compiled ahead of time for one layer shape (cached), so a timed run does
     not pay compilation: ``compiled(gram, xty, yy, planes, alpha)``."""
     key = (num_planes, out_features, fan_in, epochs, block, sequential)
     if key not in _COMPILED:
         f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
         _COMPILED[key] = ofwa_rr_gram.lower(
-            f32(fan_in, fan_in), f32(fan_in, out_features), f32(out_features),
-            f32(num_planes, out_features, fan_in), f32(out_features),
-            epochs=epochs, block=block, sequential=sequential).compile()
+            f32(fan_in, fan_in),
+            f32(fan_in, out_features),
+            f32(out_features),
+            f32(num_planes, out_features, fan_in),
+            f32(out_features),
+            epochs=epochs,
+            block=block,
+            sequential=sequential,
+        ).compile()
     return _COMPILED[key]
 
 
@@ -247,18 +287,37 @@ def compiled_count() -> int:
     return len(_COMPILED)
 
 
-def ofwa_rr(x: jax.Array, y: jax.Array, planes: jax.Array, alpha: jax.Array, epochs: int = 100,
-            block: int = 64, sequential: bool = False):
+def ofwa_rr(
+    x: jax.Array,
+    y: jax.Array,
+    planes: jax.Array,
+    alpha: jax.Array,
+    epochs: int = 100,
+    block: int = 64,
+    sequential: bool = False,
+):
     """Response reconstruction on calibration rows ``x`` ``[K, N]`` (im2col input) and ``y``
     ``[K, M]`` (full-precision output) from ``(planes, alpha)``; see the module docstring.
     ``sequential=True`` runs the reference one-coordinate-at-a-time sweep. Returns
     ``(planes, alpha, errors)``."""
-    run = compiled_ofwa_rr(planes.shape[0], planes.shape[1], planes.shape[2], epochs, block, sequential)
-    return run(*gram_statistics(x, y), jnp.asarray(planes, jnp.float32), jnp.asarray(alpha, jnp.float32))
+    run = compiled_ofwa_rr(
+        planes.shape[0], planes.shape[1], planes.shape[2], epochs, block, sequential
+    )
+    return run(
+        *gram_statistics(x, y), jnp.asarray(planes, jnp.float32), jnp.asarray(alpha, jnp.float32)
+    )
 
 
-def quantize_weight(w: jax.Array, bits: int, x: jax.Array | None = None, y: jax.Array | None = None, *,
-                    epochs: int = 100, ofwa_epochs: int = 50, block: int = 64) -> dict:
+def quantize_weight(
+    w: jax.Array,
+    bits: int,
+    x: jax.Array | None = None,
+    y: jax.Array | None = None,
+    *,
+    epochs: int = 100,
+    ofwa_epochs: int = 50,
+    block: int = 64,
+) -> dict:
     """BitSplit for one layer's ``w`` ``[M_out, N]`` at ``bits``: `fwa`, `split`, `ofwa`, then
     `ofwa_rr` on the calibration rows when ``x, y`` are given (else weight-only, as the code does
     for the classifier). Returns ``{'codes', 'alpha', 'weight' (= alpha * codes), 'errors'}``."""

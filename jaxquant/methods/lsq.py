@@ -7,6 +7,7 @@ for one bit-width (``bits=(b,)``) it is the dedicated model every once-for-all m
 against; with several, multi-precision LSQ (a step and BN per precision, shared latent weights).
 Details: docs/methods/lsq.md
 """
+
 from jaxquant.layers import QuantSpec
 from jaxquant.methods.base import Method, register
 from jaxquant.quantizers import LSQ

@@ -10,6 +10,7 @@ follow the official code (``zysxmu/MBQuant``): its quirks are flags (``weight_sl
 ``weight_interval_std='filter'``, ``channel_shuffle``), the clean versions the defaults.
 Details: docs/methods/mbquant.md
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
@@ -43,7 +44,7 @@ def _tables(offset_of) -> tuple[np.ndarray, np.ndarray]:
     partial = np.full((MAX_BITS + 1,), -1, np.int32)
     for b in range(MIN_BITS, MAX_BITS + 1):
         k, s = b // 2, offset_of(b)
-        full[b, s:s + k] = True
+        full[b, s : s + k] = True
         if b % 2:
             partial[b] = s + k
     return full, partial
@@ -68,10 +69,18 @@ def validate_bits(bits: Sequence[int]) -> tuple[int, ...]:
     """MBQuant bit-widths are integers 2..8 (four 2-bit branches); return them as a tuple."""
     bits = tuple(bits)
     if not bits:
-        raise BitWidthError("no bit-widths given; pass at least one of 2..8, e.g. bits=(2, 4, 6, 8)")
+        raise BitWidthError(
+            "no bit-widths given; pass at least one of 2..8, e.g. bits=(2, 4, 6, 8)"
+        )
     for b in bits:
-        if not isinstance(b, (int, np.integer)) or isinstance(b, bool) or not MIN_BITS <= b <= MAX_BITS:
-            raise BitWidthError(f"bit-width {b!r} is not supported by MBQuant; use integers {MIN_BITS}..{MAX_BITS}")
+        if (
+            not isinstance(b, (int, np.integer))
+            or isinstance(b, bool)
+            or not MIN_BITS <= b <= MAX_BITS
+        ):
+            raise BitWidthError(
+                f"bit-width {b!r} is not supported by MBQuant; use integers {MIN_BITS}..{MAX_BITS}"
+            )
     if len(set(bits)) != len(bits):
         raise BitWidthError(f"bit-widths {bits} contain duplicates; list each bit-width once")
     return tuple(int(b) for b in bits)
@@ -98,8 +107,12 @@ def branch_positions(b: int, selection: str = "amortised") -> dict[int, int]:
     return {int(g): p for p, g in enumerate(order)}
 
 
-def branch_selection(bits: Sequence[int], selection: str = "amortised",
-                     weight_slots: str = "branch", weight_interval_std: str = "chunk") -> BranchSelection:
+def branch_selection(
+    bits: Sequence[int],
+    selection: str = "amortised",
+    weight_slots: str = "branch",
+    weight_interval_std: str = "chunk",
+) -> BranchSelection:
     """The `BranchSelection` of a model built for the bit-width tuple ``bits``.
 
     ``weight_slots='branch'`` (default, clean): branch g uses weight interval g, the partial slice
@@ -125,8 +138,10 @@ def branch_selection(bits: Sequence[int], selection: str = "amortised",
     return BranchSelection(
         full=tuple(tuple(bool(v) for v in FULL_BRANCHES[selection][b]) for b in bits),
         partial=tuple(int(PARTIAL_BRANCH[selection][b]) for b in bits),
-        full_weight_slot=tuple(full_slot), partial_weight_slot=tuple(partial_slot),
-        weight_interval_std=weight_interval_std)
+        full_weight_slot=tuple(full_slot),
+        partial_weight_slot=tuple(partial_slot),
+        weight_interval_std=weight_interval_std,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,40 +161,68 @@ def build_model(config, num_classes: int):
     ``resnet20/32/44/56`` -> `MultiBranchCifarResNet`, ``resnet18/34`` -> the ImageNet
     `MultiBranchResNet`, with the code's channel shuffle if ``config.mbquant.channel_shuffle``) for
     ``config.bits`` in 2..8, with the ``config.mbquant.selection`` table and ``weight_slots`` layout."""
-    from jaxquant.models.multibranch import MultiBranchCifarResNet, MultiBranchCNN, MultiBranchResNet
+    from jaxquant.models.multibranch import (
+        MultiBranchCifarResNet,
+        MultiBranchCNN,
+        MultiBranchResNet,
+    )
+
     bits = validate_bits(config.bits)
     mb = section(config, METHOD)
     if int(mb.branches) != NUM_BRANCHES:
-        raise ConfigError(f"mbquant.branches={mb.branches}: MBQuant's selection tables are defined for "
-                          f"{NUM_BRANCHES} branches; set branches={NUM_BRANCHES}")
+        raise ConfigError(
+            f"mbquant.branches={mb.branches}: MBQuant's selection tables are defined for "
+            f"{NUM_BRANCHES} branches; set branches={NUM_BRANCHES}"
+        )
     if config.first_last_bits:
-        raise ConfigError("MBQuant keeps the stem and classifier full precision; set first_last_bits=0")
-    selection = branch_selection(bits, str(mb.selection), str(mb.weight_slots), str(mb.weight_interval_std))
-    common = dict(num_classes=num_classes, bits=bits, selection=selection,
-                  partial_widths=tuple(int(p) for p in mb.partial_widths))
+        raise ConfigError(
+            "MBQuant keeps the stem and classifier full precision; set first_last_bits=0"
+        )
+    selection = branch_selection(
+        bits, str(mb.selection), str(mb.weight_slots), str(mb.weight_interval_std)
+    )
+    common = dict(
+        num_classes=num_classes,
+        bits=bits,
+        selection=selection,
+        partial_widths=tuple(int(p) for p in mb.partial_widths),
+    )
     if mb.channel_shuffle and config.model not in ("resnet18", "resnet34"):
-        raise ConfigError(f"channel_shuffle is the official ImageNet ResNet-18/34's (the CIFAR code has none); "
-                          f"set channel_shuffle=False for model {config.model!r}")
+        raise ConfigError(
+            f"channel_shuffle is the official ImageNet ResNet-18/34's (the CIFAR code has none); "
+            f"set channel_shuffle=False for model {config.model!r}"
+        )
     if config.model == "small_cnn":
         model = MultiBranchCNN(widths=tuple(config.widths), stem_pool=config.stem_pool, **common)
     elif config.model in ("resnet18", "resnet34"):
         if config.quantize_shortcut:
-            raise ConfigError("MBQuant's ImageNet ResNet has multi-branch 2-bit shortcuts; set quantize_shortcut=False")
+            raise ConfigError(
+                "MBQuant's ImageNet ResNet has multi-branch 2-bit shortcuts; set quantize_shortcut=False"
+            )
         stages = (2, 2, 2, 2) if config.model == "resnet18" else (3, 4, 6, 3)
-        model = MultiBranchResNet(stage_sizes=stages, channel_shuffle=bool(mb.channel_shuffle), **common)
+        model = MultiBranchResNet(
+            stage_sizes=stages, channel_shuffle=bool(mb.channel_shuffle), **common
+        )
         model.shuffle_indices()  # partial widths the shuffle's groups cannot split fail here
     elif config.model in MODELS:
         if config.preactivation or config.quantize_shortcut:
-            raise ConfigError("MBQuant's CIFAR ResNet is post-activation with multi-branch 2-bit shortcuts; "
-                              "set preactivation=False and quantize_shortcut=False")
+            raise ConfigError(
+                "MBQuant's CIFAR ResNet is post-activation with multi-branch 2-bit shortcuts; "
+                "set preactivation=False and quantize_shortcut=False"
+            )
         from jaxquant.methods import whole_width
-        model = MultiBranchCifarResNet(depth=int(config.model[6:]), width=whole_width(config), **common)
+
+        model = MultiBranchCifarResNet(
+            depth=int(config.model[6:]), width=whole_width(config), **common
+        )
     else:
         model = None
     if model is not None:
         model.resolved_partial_widths()  # a bad partial_widths fails here, not inside the first trace
         return model
-    raise ConfigError(f"model {config.model!r} has no MBQuant multi-branch variant yet; choose one of {MODELS}")
+    raise ConfigError(
+        f"model {config.model!r} has no MBQuant multi-branch variant yet; choose one of {MODELS}"
+    )
 
 
 INTERVAL_INITS = ("batches", "none")
@@ -200,20 +243,33 @@ def initialize_intervals(trainer, state, batches: Sequence[np.ndarray], key: jax
     import flax
 
     from jaxquant.layers import INTERVAL_INIT
+
     if len(batches) < len(trainer.bits):
-        raise ConfigError(f"interval init needs one batch per bit-width ({len(trainer.bits)}), got {len(batches)}")
+        raise ConfigError(
+            f"interval init needs one batch per bit-width ({len(trainer.bits)}), got {len(batches)}"
+        )
 
     @jax.jit
     def one(params, batch_stats, images, precision, key):
         x = trainer.preprocess(images, True, key) if trainer.preprocess is not None else images
-        _, updates = trainer.apply({"params": params, "batch_stats": batch_stats}, x, precision,
-                                         train=True, mutable=["batch_stats", INTERVAL_INIT])
+        _, updates = trainer.apply(
+            {"params": params, "batch_stats": batch_stats},
+            x,
+            precision,
+            train=True,
+            mutable=["batch_stats", INTERVAL_INIT],
+        )
         return updates.get("batch_stats", batch_stats), updates[INTERVAL_INIT]
 
     params, batch_stats = state.params, state.batch_stats
     for i, precision in enumerate(np.argsort(np.asarray(trainer.bits), kind="stable")):
-        batch_stats, fresh = one(params, batch_stats, jnp.asarray(batches[i]), jnp.int32(precision),
-                                 jax.random.fold_in(key, i))
+        batch_stats, fresh = one(
+            params,
+            batch_stats,
+            jnp.asarray(batches[i]),
+            jnp.int32(precision),
+            jax.random.fold_in(key, i),
+        )
         flat = flax.traverse_util.flatten_dict(params)
         flat.update(flax.traverse_util.flatten_dict(fresh))
         params = flax.traverse_util.unflatten_dict(flat)
@@ -228,29 +284,39 @@ def _init_from_batches(config):
 
 
 SECTION = {
-    "branches": NUM_BRANCHES,     # branches per body conv (the selection tables are for 4)
-    "selection": "amortised",     # amortised (the paper's) | naive (branch 0 always, the ablation)
-    "weight_slots": "branch",     # weight intervals per physical branch | position (the official code)
-    "interval_init": "batches",   # batches (one training batch per bit-width, ascending, as the code) | none
+    "branches": NUM_BRANCHES,  # branches per body conv (the selection tables are for 4)
+    "selection": "amortised",  # amortised (the paper's) | naive (branch 0 always, the ablation)
+    "weight_slots": "branch",  # weight intervals per physical branch | position (the official code)
+    "interval_init": "batches",  # batches (one training batch per bit-width, ascending, as the code) | none
     "weight_interval_std": "chunk",  # weight-interval init from the chunk's std | filter (the code's quirk)
-    "partial_widths": (),         # odd-b partial branch widths (() = the model's default)
-    "channel_shuffle": False,     # resnet18/34: the official code's channel shuffle in downsample blocks
+    "partial_widths": (),  # odd-b partial branch widths (() = the model's default)
+    "channel_shuffle": False,  # resnet18/34: the official code's channel shuffle in downsample blocks
 }
 
-METHOD = register(Method(
-    name=NAME, quant_spec=quant_spec, section=SECTION, legacy_keys={key: key for key in SECTION},
-    distillation=DEFAULT_DISTILLATION, precision_mode=DEFAULT_PRECISION_MODE,
-    validate_bits=lambda config, spec: validate_bits(config.bits),
-    build_model=lambda config, num_classes, spec: build_model(config, num_classes),
-    init_from_batches=_init_from_batches, bin_regularization=None))
+METHOD = register(
+    Method(
+        name=NAME,
+        quant_spec=quant_spec,
+        section=SECTION,
+        legacy_keys={key: key for key in SECTION},
+        distillation=DEFAULT_DISTILLATION,
+        precision_mode=DEFAULT_PRECISION_MODE,
+        validate_bits=lambda config, spec: validate_bits(config.bits),
+        build_model=lambda config, num_classes, spec: build_model(config, num_classes),
+        init_from_batches=_init_from_batches,
+        bin_regularization=None,
+    )
+)
 
 
 # ----------------------------------------------------------------------------------------------
 # Cost: BitOPs per bit-width.
 
+
 class BranchConvSpec(NamedTuple):
     """One multi-branch conv for cost counting: output positions ``H_out * W_out``, kernel size k,
     one branch's ``c_in -> c_out`` and the partial slice's ``partial_in -> partial_out``."""
+
     name: str
     positions: int
     kernel: int
@@ -261,39 +327,49 @@ class BranchConvSpec(NamedTuple):
 
     @property
     def macs(self) -> int:
-        return self.positions * self.kernel ** 2 * self.c_in * self.c_out
+        return self.positions * self.kernel**2 * self.c_in * self.c_out
 
     @property
     def partial_macs(self) -> int:
-        return self.positions * self.kernel ** 2 * self.partial_in * self.partial_out
+        return self.positions * self.kernel**2 * self.partial_in * self.partial_out
 
 
-def cifar_resnet_convs(partial_widths: Sequence[int], depth: int = 20, width: int = 1,
-                       image_size: int = 32) -> list[BranchConvSpec]:
+def cifar_resnet_convs(
+    partial_widths: Sequence[int], depth: int = 20, width: int = 1, image_size: int = 32
+) -> list[BranchConvSpec]:
     """The multi-branch convs of a post-activation CIFAR ResNet (stages 16/32/64 times ``width``,
     1x1 projection shortcuts at the stride-2 blocks), partial widths per stage. The first conv's
     partial reads the full stem copy; the last conv's partial outputs the full width."""
     if (depth - 2) % 6:
         raise ConfigError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56), got {depth}")
-    stages = tuple(16 * width * 2 ** s for s in range(3))
+    stages = tuple(16 * width * 2**s for s in range(3))
     return _resnet_convs(stages, partial_widths, (depth - 2) // 6, image_size, stem=stages[0])
 
 
-def resnet18_convs(partial_widths: Sequence[int] = (40, 76, 184, 396), image_size: int = 224) -> list[BranchConvSpec]:
+def resnet18_convs(
+    partial_widths: Sequence[int] = (40, 76, 184, 396), image_size: int = 224
+) -> list[BranchConvSpec]:
     """The multi-branch convs of ImageNet ResNet-18 (layer1..4 after the stem and max-pool)."""
     return _resnet_convs((64, 128, 256, 512), partial_widths, 2, image_size // 4, stem=64)
 
 
-def multibranch_cnn_convs(widths: Sequence[int], partial_widths: Sequence[int] = (), image_size: int = 8,
-                          stem_pool: bool = False) -> list[BranchConvSpec]:
+def multibranch_cnn_convs(
+    widths: Sequence[int],
+    partial_widths: Sequence[int] = (),
+    image_size: int = 8,
+    stem_pool: bool = False,
+) -> list[BranchConvSpec]:
     """The multi-branch 3x3 convs of `MultiBranchCNN` (``widths`` = FP stem width, then one body
     conv per entry) on ``image_size`` squares, wired as the model: the first conv's partial reads
     the full stem copy, the last conv's partial writes the full width, a 2x2 max-pool follows each
     conv while the map is at least 4x4 (``stem_pool`` halves it first). ``partial_widths`` as the
     model's (``()``: half of each body width but the last's)."""
     from jaxquant.models.multibranch import MultiBranchCNN
+
     widths = tuple(int(w) for w in widths)
-    partial = MultiBranchCNN(widths=widths, partial_widths=tuple(partial_widths)).resolved_partial_widths()
+    partial = MultiBranchCNN(
+        widths=widths, partial_widths=tuple(partial_widths)
+    ).resolved_partial_widths()
     size = image_size // 2 if stem_pool else image_size
     body = widths[1:]
     convs, c_in, p_in = [], widths[0], widths[0]
@@ -308,7 +384,9 @@ def multibranch_cnn_convs(widths: Sequence[int], partial_widths: Sequence[int] =
 
 def _resnet_convs(stages, partial_widths, blocks, size, stem) -> list[BranchConvSpec]:
     if len(partial_widths) != len(stages):
-        raise ConfigError(f"give one partial width per stage ({len(stages)}), got {tuple(partial_widths)}")
+        raise ConfigError(
+            f"give one partial width per stage ({len(stages)}), got {tuple(partial_widths)}"
+        )
     for full, part in zip(stages, partial_widths):
         if not 0 < part <= full:
             raise ConfigError(f"partial width {part} must be in 1..{full}")
@@ -320,7 +398,9 @@ def _resnet_convs(stages, partial_widths, blocks, size, stem) -> list[BranchConv
             name = f"stage{s}_block{blk}"
             convs.append(BranchConvSpec(f"{name}_conv0", size * size, 3, c_prev, c, p_prev, p))
             if c_prev != c or stride != 1:
-                convs.append(BranchConvSpec(f"{name}_shortcut", size * size, 1, c_prev, c, p_prev, p))
+                convs.append(
+                    BranchConvSpec(f"{name}_shortcut", size * size, 1, c_prev, c, p_prev, p)
+                )
             last = s == len(stages) - 1 and blk == blocks - 1
             convs.append(BranchConvSpec(f"{name}_conv1", size * size, 3, c, c, p, c if last else p))
             c_prev, p_prev = c, p
@@ -334,7 +414,9 @@ def bitops(convs: Sequence[BranchConvSpec], b: int, selection: str = "amortised"
     (b,) = validate_bits((b,))
     full = int(FULL_BRANCHES[selection][b].sum())
     has_partial = PARTIAL_BRANCH[selection][b] >= 0
-    return sum((full * c.macs + (c.partial_macs if has_partial else 0)) * WEIGHT_BITS * b for c in convs)
+    return sum(
+        (full * c.macs + (c.partial_macs if has_partial else 0)) * WEIGHT_BITS * b for c in convs
+    )
 
 
 def plain_bitops(convs: Sequence[BranchConvSpec], b: int) -> int:
@@ -342,8 +424,11 @@ def plain_bitops(convs: Sequence[BranchConvSpec], b: int) -> int:
     return sum(c.macs for c in convs) * b * b
 
 
-def bitops_table(convs: Sequence[BranchConvSpec], bits: Sequence[int] = tuple(range(2, 9)),
-                 selection: str = "amortised") -> dict[int, tuple[int, int, float]]:
+def bitops_table(
+    convs: Sequence[BranchConvSpec],
+    bits: Sequence[int] = tuple(range(2, 9)),
+    selection: str = "amortised",
+) -> dict[int, tuple[int, int, float]]:
     """``{b: (multi-branch BitOPs, plain b*b BitOPs, ratio)}``."""
     table = {}
     for b in bits:
@@ -357,11 +442,12 @@ def partial_fraction(convs: Sequence[BranchConvSpec]) -> float:
     return sum(c.partial_macs for c in convs) / sum(c.macs for c in convs)
 
 
-def derive_partial_widths(stages: Sequence[int] = (16, 32, 64), depth: int = 20,
-                          image_size: int = 32) -> tuple[int, ...]:
+def derive_partial_widths(
+    stages: Sequence[int] = (16, 32, 64), depth: int = 20, image_size: int = 32
+) -> tuple[int, ...]:
     """The CIFAR ResNet partial widths whose per-stage partial MACs are closest to half the
     stage's branch MACs (least squares over the three stages). Exhaustive search, about 2 s."""
-    if tuple(stages) != tuple(16 * (stages[0] // 16) * 2 ** s for s in range(3)) or stages[0] % 16:
+    if tuple(stages) != tuple(16 * (stages[0] // 16) * 2**s for s in range(3)) or stages[0] % 16:
         raise ConfigError(f"stages must be 16w, 32w, 64w, got {tuple(stages)}")
     width = stages[0] // 16
     candidates = [range(1, c + 1) for c in stages]
@@ -373,8 +459,10 @@ def derive_partial_widths(stages: Sequence[int] = (16, 32, 64), depth: int = 20,
                 cost = 0.0
                 for s in range(3):
                     stage = [c for c in convs if c.name.startswith(f"stage{s}_")]
-                    cost += (sum(c.partial_macs for c in stage) / sum(c.macs for c in stage)
-                             - PARTIAL_MACS_FRACTION) ** 2
+                    cost += (
+                        sum(c.partial_macs for c in stage) / sum(c.macs for c in stage)
+                        - PARTIAL_MACS_FRACTION
+                    ) ** 2
                 if best_cost is None or cost < best_cost - 1e-15:
                     best, best_cost = (p0, p1, p2), cost
     return best
@@ -385,11 +473,16 @@ def derive_partial_widths(stages: Sequence[int] = (16, 32, 64), depth: int = 20,
 # ImageNet ResNet-18 widths (``oneBit_outchannel``), live with the models that use them; imported above.
 
 
-def format_bitops_table(convs: Sequence[BranchConvSpec], bits: Sequence[int] = tuple(range(2, 9)),
-                        selection: str = "amortised") -> str:
+def format_bitops_table(
+    convs: Sequence[BranchConvSpec],
+    bits: Sequence[int] = tuple(range(2, 9)),
+    selection: str = "amortised",
+) -> str:
     """A printable table: b, multi-branch BitOPs, plain b*b BitOPs, their ratio."""
-    lines = [f"partial MACs / branch MACs = {partial_fraction(convs):.4f} (target {PARTIAL_MACS_FRACTION})",
-             f"{'b':>2}  {'MBQuant BitOPs':>16}  {'plain b*b BitOPs':>16}  ratio"]
+    lines = [
+        f"partial MACs / branch MACs = {partial_fraction(convs):.4f} (target {PARTIAL_MACS_FRACTION})",
+        f"{'b':>2}  {'MBQuant BitOPs':>16}  {'plain b*b BitOPs':>16}  ratio",
+    ]
     for b, (ours, plain, ratio) in bitops_table(convs, bits, selection).items():
         lines.append(f"{b:>2}  {ours:>16,}  {plain:>16,}  {ratio:.4f}")
     return "\n".join(lines)
@@ -400,8 +493,10 @@ def main() -> None:
     derived = derive_partial_widths()
     print(f"CIFAR ResNet-20 (16/32/64): derived partial widths {derived}")
     print(format_bitops_table(cifar_resnet_convs(derived)))
-    print("\nCIFAR ResNet-20, the official code's widths (16, 24, 48) in our wiring "
-          "(the official wiring, per the digest: 1.08 / 1.048 / 1.034 at b = 3 / 5 / 7):")
+    print(
+        "\nCIFAR ResNet-20, the official code's widths (16, 24, 48) in our wiring "
+        "(the official wiring, per the digest: 1.08 / 1.048 / 1.034 at b = 3 / 5 / 7):"
+    )
     print(format_bitops_table(cifar_resnet_convs((16, 24, 48))))
     print(f"\nImageNet ResNet-18, official widths {RESNET18_PARTIAL_WIDTHS}:")
     print(format_bitops_table(resnet18_convs(RESNET18_PARTIAL_WIDTHS)))

@@ -10,6 +10,7 @@ the top k bit planes (`jaxquant.nesting`). Alternatives behind the flag: ``round
 trained j above it (else below) and the activation step ``s_k = s_j (2^j - 1) / (2^k - 1)``.
 Details: docs/methods/vertical.md
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,7 +35,7 @@ DEFAULT_DISTILLATION = "none"
 
 
 SECTION = {
-    "source_bits": 8,    # the source bit-width B every precision nests in
+    "source_bits": 8,  # the source bit-width B every precision nests in
     "cascade": "floor",  # floor (bit planes) | round_clip | round_clip_direct
 }
 
@@ -43,11 +44,17 @@ def quant_spec(config) -> QuantSpec:
     """Vertical weights from a ``config.vertical.source_bits`` source by its ``cascade``; LSQ
     activations."""
     vl = section(config, METHOD)
-    weight = q.Vertical(source_bits=int(vl.source_bits), cascade=str(vl.cascade), per_channel=bool(config.per_channel))
+    weight = q.Vertical(
+        source_bits=int(vl.source_bits),
+        cascade=str(vl.cascade),
+        per_channel=bool(config.per_channel),
+    )
     return QuantSpec(weight, q.LSQ.for_activations())
 
 
-def evaluation_bits(trained_bits: Sequence[int], source_bits: int, lowest: int = 2) -> tuple[int, ...]:
+def evaluation_bits(
+    trained_bits: Sequence[int], source_bits: int, lowest: int = 2
+) -> tuple[int, ...]:
     """Every bit-width a VL model can run at: ``lowest..B``, plus FP when it was trained."""
     integer = tuple(range(lowest, source_bits + 1))
     return integer + ((q.FP_BITS,) if q.FP_BITS in trained_bits else ())
@@ -56,19 +63,27 @@ def evaluation_bits(trained_bits: Sequence[int], source_bits: int, lowest: int =
 # ----------------------------------------------------------------------------------------------
 # Per-precision state: which leaves carry the precision axis, and moving rows between bit sets.
 
-def per_precision_leaves(build: Callable[[tuple[int, ...]], nn.Module], bits: Sequence[int],
-                         sample: jax.Array) -> set[str]:
+
+def per_precision_leaves(
+    build: Callable[[tuple[int, ...]], nn.Module], bits: Sequence[int], sample: jax.Array
+) -> set[str]:
     """Key paths (``jax.tree_util.keystr``) of the variables that carry a leading precision axis:
     those whose leading dimension grows when the model is built for one more bit-width."""
     bits = tuple(bits)
 
     def shapes(b):
         variables = jax.eval_shape(lambda: build(b).init(jax.random.key(0), sample, 0, train=True))
-        return {jax.tree_util.keystr(p): leaf.shape for p, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
+        return {
+            jax.tree_util.keystr(p): leaf.shape
+            for p, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]
+        }
 
     base, grown = shapes(bits), shapes(bits + (bits[0],))
-    return {k for k, shape in base.items()
-            if grown[k] != shape and shape and grown[k][0] == shape[0] + 1 and grown[k][1:] == shape[1:]}
+    return {
+        k
+        for k, shape in base.items()
+        if grown[k] != shape and shape and grown[k][0] == shape[0] + 1 and grown[k][1:] == shape[1:]
+    }
 
 
 def source_precision(trained_bits: Sequence[int], k: int) -> int:
@@ -87,8 +102,13 @@ def source_precision(trained_bits: Sequence[int], k: int) -> int:
     return trained_bits.index(min(above) if above else max(below))
 
 
-def select_precisions(variables, per_precision: Iterable[str], trained_bits: Sequence[int],
-                      target_bits: Sequence[int], signed_activations: bool = False):
+def select_precisions(
+    variables,
+    per_precision: Iterable[str],
+    trained_bits: Sequence[int],
+    target_bits: Sequence[int],
+    signed_activations: bool = False,
+):
     """Variables of a model built for ``target_bits`` from one trained for ``trained_bits``.
 
     Rows of trained bit-widths are copied exactly; an untrained k takes the rows of
@@ -100,7 +120,9 @@ def select_precisions(variables, per_precision: Iterable[str], trained_bits: Seq
     _, qp_target = q.quant_range(np.asarray(target_bits), signed_activations)
     _, qp_source = q.quant_range(np.asarray([trained_bits[i] for i in index]), signed_activations)
     same = np.asarray([k in trained_bits for k in target_bits])
-    ratio = np.where(same, 1.0, np.asarray(qp_source) / np.maximum(np.asarray(qp_target), 1.0)).astype(np.float32)
+    ratio = np.where(
+        same, 1.0, np.asarray(qp_source) / np.maximum(np.asarray(qp_target), 1.0)
+    ).astype(np.float32)
 
     def select(path, leaf):
         key = jax.tree_util.keystr(path)
@@ -114,8 +136,13 @@ def select_precisions(variables, per_precision: Iterable[str], trained_bits: Seq
     return jax.tree_util.tree_map_with_path(select, variables)
 
 
-def recalibrate_batch_norm(model: nn.Module, variables, batches: Iterable[jax.Array],
-                           precisions: Sequence[int], preprocess: Callable | None = None):
+def recalibrate_batch_norm(
+    model: nn.Module,
+    variables,
+    batches: Iterable[jax.Array],
+    precisions: Sequence[int],
+    preprocess: Callable | None = None,
+):
     """Re-estimate BatchNorm running statistics of the precision indices ``precisions`` by
     training-mode forwards over ``batches`` (images; ``preprocess(images, False, None)`` first).
     Each batch moves the running averages with the layers' momentum; other rows stay as they are.
@@ -126,8 +153,13 @@ def recalibrate_batch_norm(model: nn.Module, variables, batches: Iterable[jax.Ar
     def update(stats, images):
         x = images if preprocess is None else preprocess(images, False, None)
         for p in precisions:
-            _, new = model.apply({"params": variables["params"], "batch_stats": stats}, x, p, train=True,
-                                 mutable=["batch_stats"])
+            _, new = model.apply(
+                {"params": variables["params"], "batch_stats": stats},
+                x,
+                p,
+                train=True,
+                mutable=["batch_stats"],
+            )
             stats = new["batch_stats"]
         return stats
 
@@ -140,62 +172,94 @@ def recalibrate_batch_norm(model: nn.Module, variables, batches: Iterable[jax.Ar
 # ----------------------------------------------------------------------------------------------
 # Any-bit-width evaluation of a run (trained on a subset of the bit-widths or not).
 
+
 def expanded_variables(config, num_classes: int, variables, target_bits, image_shape):
     """Variables of the model built for ``target_bits`` (see `select_precisions`:
     an untrained bit-width borrows BatchNorm and a rescaled activation step)."""
     from jaxquant.methods import build_model
+
     spec = quant_spec(config)
     sample = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
     per_precision = per_precision_leaves(
-        lambda b: build_model(with_bits(config, b), num_classes, spec), tuple(config.bits), sample)
-    return select_precisions(variables, per_precision, tuple(config.bits), tuple(target_bits),
-                             spec.signed_activations), per_precision
+        lambda b: build_model(with_bits(config, b), num_classes, spec), tuple(config.bits), sample
+    )
+    return select_precisions(
+        variables, per_precision, tuple(config.bits), tuple(target_bits), spec.signed_activations
+    ), per_precision
 
 
-def variables_for_bits(config, dataset, state, target_bits, recalibrate_batches: int = 0,
-                       log: Callable[[str], None] = print):
+def variables_for_bits(
+    config,
+    dataset,
+    state,
+    target_bits,
+    recalibrate_batches: int = 0,
+    log: Callable[[str], None] = print,
+):
     """``(variables, per_precision)`` of a vertical run's model built for ``target_bits``: trained
     rows copied, untrained bit-widths given borrowed BatchNorm and a rescaled activation step,
     whose BatchNorm statistics are then re-estimated from ``recalibrate_batches`` training
     batches when asked (`recalibrate_batch_norm`)."""
     from jaxquant.methods import build_model
+
     target_bits = tuple(target_bits)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    variables, per_precision = expanded_variables(config, dataset.num_classes, variables, target_bits,
-                                                  dataset.image_shape)
+    variables, per_precision = expanded_variables(
+        config, dataset.num_classes, variables, target_bits, dataset.image_shape
+    )
     untrained = [i for i, b in enumerate(target_bits) if b not in config.bits]
     if recalibrate_batches and untrained:
         from jaxquant.data import batch_indices, make_preprocess
+
         spec = quant_spec(config)
         model = build_model(with_bits(config, target_bits), dataset.num_classes, spec)
         n = dataset.train_size
-        batches = (dataset.train_examples(batch_indices(config.seed + 1, i, n, config.batch_size), config.seed + 1, i)[0]
-                   for i in range(recalibrate_batches))
-        variables = recalibrate_batch_norm(model, variables, batches, untrained,
-                                           make_preprocess(dataset.mean, dataset.std))
-        log(f"re-estimated BatchNorm of untrained bit-widths {[target_bits[i] for i in untrained]} "
-            f"from {recalibrate_batches} batches")
+        batches = (
+            dataset.train_examples(
+                batch_indices(config.seed + 1, i, n, config.batch_size), config.seed + 1, i
+            )[0]
+            for i in range(recalibrate_batches)
+        )
+        variables = recalibrate_batch_norm(
+            model, variables, batches, untrained, make_preprocess(dataset.mean, dataset.std)
+        )
+        log(
+            f"re-estimated BatchNorm of untrained bit-widths {[target_bits[i] for i in untrained]} "
+            f"from {recalibrate_batches} batches"
+        )
     return variables, per_precision
 
 
-def evaluate_every_bit_width(config, dataset, trainer, state, recalibrate_batches: int = 0,
-                             log: Callable[[str], None] = print) -> dict[int, float]:
+def evaluate_every_bit_width(
+    config,
+    dataset,
+    trainer,
+    state,
+    recalibrate_batches: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[int, float]:
     """Test accuracy of a vertical run at every bit-width 2..B (and FP when trained), including
     bit-widths it was not trained on (see `variables_for_bits`)."""
     from jaxquant.methods import build_model
     from jaxquant.training import TrainState, evaluate_dataset
+
     spec = quant_spec(config)
     bits = evaluation_bits(tuple(config.bits), spec.source_bits)
     variables, _ = variables_for_bits(config, dataset, state, bits, recalibrate_batches, log)
     model = build_model(with_bits(config, bits), dataset.num_classes, spec)
     every = dataclasses.replace(trainer, model=model, bits=bits, loss_weights=None)
-    state = TrainState(step=state.step, params=variables["params"], batch_stats=variables["batch_stats"],
-                       opt_state=None)
+    state = TrainState(
+        step=state.step,
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=None,
+    )
     return evaluate_dataset(every, state, dataset, config.eval_batch_size)
 
 
 # ----------------------------------------------------------------------------------------------
 # Quantized layers and their k-bit weights.
+
 
 def frozen_weight_spec(spec: QuantSpec) -> QuantSpec:
     """The spec of a model whose quantized kernels are given already quantized (no weight
@@ -207,7 +271,9 @@ def vertical_weights_at(params, k: int, spec: QuantSpec):
     """Params whose quantized kernels hold their k-bit vertical weights, ``weight_step`` dropped:
     the parameters of the ``frozen_weight_spec`` model at k bits."""
     if not isinstance(spec.weight, q.Vertical):
-        raise ConfigError(f"vertical_weights_at needs a vertical model, got weight quantizer {spec.weight!r}")
+        raise ConfigError(
+            f"vertical_weights_at needs a vertical model, got weight quantizer {spec.weight!r}"
+        )
     for path in quantized_layers(params):
         layer = get_path(params, path)
         kernel = spec.weight.quantize(layer["kernel"], {"step": layer["weight_step"]}, k)
@@ -215,7 +281,9 @@ def vertical_weights_at(params, k: int, spec: QuantSpec):
     return params
 
 
-def msb_sliced_weights(params, k: int, source_bits: int = 8, centred: bool = False, rounded: bool = False):
+def msb_sliced_weights(
+    params, k: int, source_bits: int = 8, centred: bool = False, rounded: bool = False
+):
     """Params of a dedicated LSQ model (one precision, signed mid-tread codes ``q_B``) whose
     kernels keep only the top k bits: ``q_k = q_B >> (B-k)`` (arithmetic shift, i.e. floor),
     ``w_k = q_k 2^(B-k) s``; ``centred`` adds half a k-bit step (the mid-rise reading of the
@@ -227,15 +295,30 @@ def msb_sliced_weights(params, k: int, source_bits: int = 8, centred: bool = Fal
         raise ConfigError("msb_sliced_weights: choose centred or rounded, not both")
     for path in quantized_layers(params):
         layer = get_path(params, path)
-        step = jnp.reshape(layer["weight_step"][0], (-1,)) if layer["weight_step"].ndim > 1 else layer["weight_step"][0]
+        step = (
+            jnp.reshape(layer["weight_step"][0], (-1,))
+            if layer["weight_step"].ndim > 1
+            else layer["weight_step"][0]
+        )
         codes = q.lsq_codes(layer["kernel"], step, source_bits, signed=True)
         if rounded:
             sliced = nesting.round_clip_direct(codes, source_bits, k, "half_up").astype(jnp.float32)
         else:
-            sliced = jnp.right_shift(codes, source_bits - k).astype(jnp.float32) + (0.5 if centred else 0.0)
-        params = replace_path(params, path, kernel=sliced * (step * 2.0 ** (source_bits - k)), weight_step=None)
+            sliced = jnp.right_shift(codes, source_bits - k).astype(jnp.float32) + (
+                0.5 if centred else 0.0
+            )
+        params = replace_path(
+            params, path, kernel=sliced * (step * 2.0 ** (source_bits - k)), weight_step=None
+        )
     return params
 
 
-METHOD = register(Method(name=NAME, quant_spec=quant_spec, section=SECTION,
-                         legacy_keys={key: key for key in SECTION}, evaluate=evaluate_every_bit_width))
+METHOD = register(
+    Method(
+        name=NAME,
+        quant_spec=quant_spec,
+        section=SECTION,
+        legacy_keys={key: key for key in SECTION},
+        evaluate=evaluate_every_bit_width,
+    )
+)

@@ -1,8 +1,19 @@
 """Model zoo: every model takes ``(x, precision, train)`` and is built for a ``bits`` tuple."""
+
 from jaxquant.models.cnn import SmallCNN
 from jaxquant.models.mobilenet import MobileNetV2
 from jaxquant.models.multibranch import MultiBranchCifarResNet, MultiBranchCNN, MultiBranchResNet
 from jaxquant.models.resnet import ResNet, ResNet18, ResNet34
 from jaxquant.models.resnet_cifar import CifarResNet
 
-__all__ = ["SmallCNN", "CifarResNet", "ResNet", "ResNet18", "ResNet34", "MultiBranchCNN", "MultiBranchCifarResNet", "MultiBranchResNet", "MobileNetV2"]
+__all__ = [
+    "SmallCNN",
+    "CifarResNet",
+    "ResNet",
+    "ResNet18",
+    "ResNet34",
+    "MultiBranchCNN",
+    "MultiBranchCifarResNet",
+    "MultiBranchResNet",
+    "MobileNetV2",
+]

@@ -1,4 +1,5 @@
 """A small CNN for 8x8 (digits) and 28x28 (MNIST, Fashion-MNIST) inputs."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -7,13 +8,21 @@ import flax.linen as nn
 import jax
 
 from jaxquant.layers import QuantSpec
-from jaxquant.models.common import avg_pool_all, first_conv, last_dense, layer_factories, max_pool_2x2, relu
+from jaxquant.models.common import (
+    avg_pool_all,
+    first_conv,
+    last_dense,
+    layer_factories,
+    max_pool_2x2,
+    relu,
+)
 
 
 class SmallCNN(nn.Module):
     """FP stem conv -> BN -> ReLU (-> 2x2 max-pool if ``stem_pool``) -> [quantized 3x3 conv ->
     switchable BN -> ReLU] per width, a 2x2 max-pool after every ``pool_every`` body convs while
     the map is at least 4x4 -> global average -> FP classifier."""
+
     num_classes: int = 10
     bits: tuple[int, ...] = (32,)
     spec: QuantSpec = QuantSpec()

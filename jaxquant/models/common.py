@@ -2,6 +2,7 @@
 
 Every piece keeps its input's dtype (the compute dtype follows the input: a bfloat16 image runs
 the model in bfloat16, with float32 parameters, BatchNorm and accumulation; `jaxquant.layers`)."""
+
 from __future__ import annotations
 
 import functools
@@ -10,20 +11,30 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxquant.quantizers import FullPrecision
 from jaxquant.layers import FULL_PRECISION, PrecisionBatchNorm, QuantConv, QuantDense, QuantSpec
+from jaxquant.quantizers import FullPrecision
 
 
-def first_conv(features, kernel_size, strides, first_last_bits: int | None, spec: QuantSpec,
-               name: str = "stem") -> QuantConv:
+def first_conv(
+    features, kernel_size, strides, first_last_bits: int | None, spec: QuantSpec, name: str = "stem"
+) -> QuantConv:
     """The stem conv: full precision (``first_last_bits=None``, the papers' default) or quantized
     at one fixed bit-width for every precision. Its input is the normalised image, so an LSQ
     input quantizer is signed; a DoReFa model leaves the image unquantized."""
     if first_last_bits is None:
-        return QuantConv(features, kernel_size, strides, use_bias=False, spec=FULL_PRECISION, name=name)
+        return QuantConv(
+            features, kernel_size, strides, use_bias=False, spec=FULL_PRECISION, name=name
+        )
     stem_spec = QuantSpec(spec.weight, spec.activation.for_signed_inputs() or FullPrecision())
-    return QuantConv(features, kernel_size, strides, use_bias=False, bits=(first_last_bits,),
-                     spec=stem_spec, name=name)
+    return QuantConv(
+        features,
+        kernel_size,
+        strides,
+        use_bias=False,
+        bits=(first_last_bits,),
+        spec=stem_spec,
+        name=name,
+    )
 
 
 def last_dense(num_classes, first_last_bits: int | None, spec: QuantSpec, name: str = "classifier"):
@@ -46,6 +57,8 @@ relu = jax.nn.relu
 def avg_pool_all(x: jax.Array) -> jax.Array:
     """Global average pooling (NHWC), summed in float32, in ``x``'s dtype."""
     return x.mean(axis=(1, 2), dtype=jnp.promote_types(x.dtype, jnp.float32)).astype(x.dtype)
+
+
 max_pool = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2), padding="SAME")
 
 

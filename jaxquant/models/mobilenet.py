@@ -7,6 +7,7 @@ rounded to multiples of 8 as torchvision (3,504,872 FP parameters at ``width=1``
 no dropout). Convs reading ReLU6 outputs have unsigned LSQ input quantizers, those reading a
 block's linear output signed ones. Details: docs/models.md
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,15 @@ import jax
 from jaxquant.layers import QuantSpec
 from jaxquant.models.common import avg_pool_all, first_conv, last_dense, layer_factories
 
-INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                             (6, 160, 3, 2), (6, 320, 1, 1))
+INVERTED_RESIDUAL_SETTING = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 """``(expansion t, output channels c, repeats n, first stride s)`` per stage, from the paper's Table 2."""
 
 relu6 = jax.nn.relu6
@@ -40,8 +48,12 @@ class MobileNetV2(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, precision, train: bool = False) -> jax.Array:
         conv, bn = layer_factories(self.bits, self.spec)
-        signed = self.spec.activation.for_signed_inputs()  # the linear bottleneck's output is signed
-        signed_spec = self.spec if signed is None else dataclasses.replace(self.spec, activation=signed)
+        signed = (
+            self.spec.activation.for_signed_inputs()
+        )  # the linear bottleneck's output is signed
+        signed_spec = (
+            self.spec if signed is None else dataclasses.replace(self.spec, activation=signed)
+        )
         signed_conv, _ = layer_factories(self.bits, signed_spec)
         channels = make_divisible(32 * self.width)
         x = first_conv(channels, (3, 3), (2, 2), self.first_last_bits, self.spec)(x, 0)
@@ -57,8 +69,13 @@ class MobileNetV2(nn.Module):
                 if expansion != 1:
                     out = signed_conv(hidden, (1, 1), name=f"{name}_expand")(out, precision)
                     out = relu6(bn(name=f"{name}_expand_bn")(out, precision, train))
-                out = conv(hidden, (3, 3), (stride, stride), feature_group_count=hidden,
-                           name=f"{name}_depthwise")(out, precision)
+                out = conv(
+                    hidden,
+                    (3, 3),
+                    (stride, stride),
+                    feature_group_count=hidden,
+                    name=f"{name}_depthwise",
+                )(out, precision)
                 out = relu6(bn(name=f"{name}_depthwise_bn")(out, precision, train))
                 out = conv(out_channels, (1, 1), name=f"{name}_project")(out, precision)
                 out = bn(name=f"{name}_project_bn")(out, precision, train)

@@ -9,6 +9,7 @@ shared, tiled G times; body convs `MultiBranchConv`, each with a per-precision B
 partial branch is the top-left slice of the next branch, its last conv writing the full width;
 merge: the mean of the selected chunks after the last block. Details: docs/methods/mbquant.md
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,14 +20,34 @@ import jax
 import numpy as np
 
 from jaxquant.errors import ConfigError
-from jaxquant.layers import FULL_PRECISION, BranchSelection, MultiBranchConv, PrecisionBatchNorm, QuantConv, QuantDense
+from jaxquant.layers import (
+    FULL_PRECISION,
+    BranchSelection,
+    MultiBranchConv,
+    PrecisionBatchNorm,
+    QuantConv,
+    QuantDense,
+)
 from jaxquant.models.common import avg_pool_all, max_pool_2x2, relu
-# The layouts and the branch operations live in their own modules; their names still import from here.
-from jaxquant.models.multibranch_layouts import _Branches, _layout, _pool_branches, _Slots  # noqa: F401
-from jaxquant.models.multibranch_ops import BranchBatchNorm, _BranchListBatchNorm, channel_shuffle_indices  # noqa: F401
-from jaxquant.models.multibranch_ops import (branch_channel_mask, merge_branches,  # noqa: F401
-                                             shuffle_branch_channels, shuffle_groups, tile_branches)
 
+# The layouts and the branch operations live in their own modules; their names still import
+# from here.
+from jaxquant.models.multibranch_layouts import (  # noqa: F401
+    _Branches,
+    _layout,
+    _pool_branches,
+    _Slots,
+)
+from jaxquant.models.multibranch_ops import (  # noqa: F401
+    BranchBatchNorm,
+    _BranchListBatchNorm,
+    branch_channel_mask,
+    channel_shuffle_indices,
+    merge_branches,
+    shuffle_branch_channels,
+    shuffle_groups,
+    tile_branches,
+)
 
 # The partial branch's width per stage of the CIFAR ResNet (16/32/64 channels): half a branch's
 # MACs, derived by `jaxquant.methods.mbquant.derive_partial_widths` (which the tests re-run).
@@ -40,9 +61,13 @@ RESNET34_PARTIAL_WIDTHS = (39, 78, 188, 400)
 
 def _check_selection(selection: BranchSelection | None, bits: Sequence[int]) -> BranchSelection:
     if selection is None:
-        raise ConfigError("a multi-branch model needs a BranchSelection (jaxquant.methods.mbquant.branch_selection)")
+        raise ConfigError(
+            "a multi-branch model needs a BranchSelection (jaxquant.methods.mbquant.branch_selection)"
+        )
     if selection.num_precisions != len(bits):
-        raise ConfigError(f"the branch selection has {selection.num_precisions} precisions but bits={tuple(bits)}")
+        raise ConfigError(
+            f"the branch selection has {selection.num_precisions} precisions but bits={tuple(bits)}"
+        )
     return selection
 
 
@@ -57,6 +82,7 @@ class MultiBranchCNN(nn.Module):
     which for the default ``widths=(32, 64, 64)`` makes the partial slice exactly half a
     branch's MACs (both convs are ``1/2``); other width tuples, pass your own.
     """
+
     num_classes: int = 10
     bits: tuple[int, ...] = (2, 4, 6, 8)
     selection: BranchSelection | None = None
@@ -67,13 +93,17 @@ class MultiBranchCNN(nn.Module):
     def resolved_partial_widths(self) -> tuple[int, ...]:
         body = tuple(self.widths[1:])
         if not body:
-            raise ConfigError("MultiBranchCNN needs at least one body conv: widths=(stem, conv, ...)")
+            raise ConfigError(
+                "MultiBranchCNN needs at least one body conv: widths=(stem, conv, ...)"
+            )
         if not self.partial_widths:
             return tuple(max(w // 2, 1) for w in body[:-1])
         widths = tuple(int(p) for p in self.partial_widths)
         if len(widths) != len(body) - 1 or not all(0 < p <= w for p, w in zip(widths, body)):
-            raise ConfigError(f"partial_widths {widths} must give one width in 1..w per body conv but the last "
-                              f"(body widths {body}); or () for half of each")
+            raise ConfigError(
+                f"partial_widths {widths} must give one width in 1..w per body conv but the last "
+                f"(body widths {body}); or () for half of each"
+            )
         return widths
 
     @nn.compact
@@ -81,8 +111,12 @@ class MultiBranchCNN(nn.Module):
         sel = _check_selection(self.selection, self.bits)
         partial = self.resolved_partial_widths()
         bn = functools.partial(BranchBatchNorm, num_precisions=len(self.bits))
-        x = QuantConv(self.widths[0], (3, 3), use_bias=False, spec=FULL_PRECISION, name="stem")(x, 0)
-        x = relu(PrecisionBatchNorm(num_precisions=len(self.bits), name="stem_bn")(x, precision, train))
+        x = QuantConv(self.widths[0], (3, 3), use_bias=False, spec=FULL_PRECISION, name="stem")(
+            x, 0
+        )
+        x = relu(
+            PrecisionBatchNorm(num_precisions=len(self.bits), name="stem_bn")(x, precision, train)
+        )
         if self.stem_pool:
             x = max_pool_2x2(x)
         ops = _layout(self, sel, precision)
@@ -91,8 +125,17 @@ class MultiBranchCNN(nn.Module):
         p_in = self.widths[0]
         for i, width in enumerate(body):
             p_out = width if i == len(body) - 1 else partial[i]
-            x = ops.conv(MultiBranchConv(width, sel, tuple(self.bits), partial_in=p_in, partial_out=p_out,
-                                         name=f"conv{i}"), x)
+            x = ops.conv(
+                MultiBranchConv(
+                    width,
+                    sel,
+                    tuple(self.bits),
+                    partial_in=p_in,
+                    partial_out=p_out,
+                    name=f"conv{i}",
+                ),
+                x,
+            )
             x = ops.mask(ops.relu(ops.bn(bn(name=f"bn{i}"), x, train, width)), width, p_out)
             if min(jax.tree.leaves(x)[0].shape[1:3]) >= 4:  # either layout
                 x = ops.pool(x, max_pool_2x2)
@@ -106,6 +149,7 @@ class MultiBranchCifarResNet(nn.Module):
     MBQuant's CIFAR model. ``partial_widths``: the partial branch's width per stage (``()``:
     `methods.mbquant.CIFAR_RESNET20_PARTIAL_WIDTHS` (11, 23, 43) times ``width``, which keeps the
     partial slice at half a branch's MACs, so odd-b BitOPs match b*b within 0.4%)."""
+
     depth: int = 20
     width: int = 1
     num_classes: int = 10
@@ -114,13 +158,15 @@ class MultiBranchCifarResNet(nn.Module):
     partial_widths: Sequence[int] = ()
 
     def resolved_partial_widths(self) -> tuple[int, ...]:
-        stages = tuple(16 * self.width * 2 ** s for s in range(3))
+        stages = tuple(16 * self.width * 2**s for s in range(3))
         if not self.partial_widths:
             return tuple(max(1, round(p * self.width)) for p in CIFAR_RESNET20_PARTIAL_WIDTHS)
         widths = tuple(int(p) for p in self.partial_widths)
         if len(widths) != 3 or not all(0 < p <= c for p, c in zip(widths, stages)):
-            raise ConfigError(f"partial_widths {widths} must give one width per stage in 1..{stages}; "
-                              f"or () for the derived {CIFAR_RESNET20_PARTIAL_WIDTHS} times width")
+            raise ConfigError(
+                f"partial_widths {widths} must give one width per stage in 1..{stages}; "
+                f"or () for the derived {CIFAR_RESNET20_PARTIAL_WIDTHS} times width"
+            )
         return widths
 
     @nn.compact
@@ -134,32 +180,52 @@ class MultiBranchCifarResNet(nn.Module):
         bn = functools.partial(BranchBatchNorm, num_precisions=len(bits))
         conv = functools.partial(MultiBranchConv, selection=sel, bits=bits)
         stem = 16 * self.width
-        x = QuantConv(stem, (3, 3), use_bias=False, spec=FULL_PRECISION,
-                      name="stem")(x, 0)
+        x = QuantConv(stem, (3, 3), use_bias=False, spec=FULL_PRECISION, name="stem")(x, 0)
         x = relu(PrecisionBatchNorm(num_precisions=len(bits), name="stem_bn")(x, precision, train))
         ops = _layout(self, sel, precision)
         x, channels = ops.tile(x), stem
         p_prev = stem  # the first conv's partial reads the full stem copy
         for stage in range(3):
-            features, p = 16 * self.width * 2 ** stage, partial[stage]
+            features, p = 16 * self.width * 2**stage, partial[stage]
             for block in range(blocks):
                 strides = (2, 2) if stage > 0 and block == 0 else (1, 1)
                 name = f"stage{stage}_block{block}"
                 last = stage == 2 and block == blocks - 1
                 p_block_out = features if last else p
                 if strides != (1, 1) or channels != features:
-                    shortcut = ops.conv(conv(features, kernel_size=(1, 1), strides=strides, partial_in=p_prev,
-                                             partial_out=p, name=f"{name}_shortcut"), x)
+                    shortcut = ops.conv(
+                        conv(
+                            features,
+                            kernel_size=(1, 1),
+                            strides=strides,
+                            partial_in=p_prev,
+                            partial_out=p,
+                            name=f"{name}_shortcut",
+                        ),
+                        x,
+                    )
                     shortcut = ops.bn(bn(name=f"{name}_shortcut_bn"), shortcut, train, features)
                     # BN(0) = beta: mask, so the partial's channels past p add nothing (the last
                     # block's full-width partial output gets a zero-padded shortcut).
                     shortcut = ops.mask(shortcut, features, p)
                 else:
                     shortcut = x  # identity per branch (masked already)
-                out = ops.conv(conv(features, strides=strides, partial_in=p_prev, partial_out=p,
-                                    name=f"{name}_conv0"), x)
-                out = ops.mask(ops.relu(ops.bn(bn(name=f"{name}_bn0"), out, train, features)), features, p)
-                out = ops.conv(conv(features, partial_in=p, partial_out=p_block_out, name=f"{name}_conv1"), out)
+                out = ops.conv(
+                    conv(
+                        features,
+                        strides=strides,
+                        partial_in=p_prev,
+                        partial_out=p,
+                        name=f"{name}_conv0",
+                    ),
+                    x,
+                )
+                out = ops.mask(
+                    ops.relu(ops.bn(bn(name=f"{name}_bn0"), out, train, features)), features, p
+                )
+                out = ops.conv(
+                    conv(features, partial_in=p, partial_out=p_block_out, name=f"{name}_conv1"), out
+                )
                 out = ops.bn(bn(name=f"{name}_bn1"), out, train, features)
                 x = ops.mask(ops.relu(ops.add(out, shortcut, features)), features, p_block_out)
                 p_prev, channels = p, features
@@ -187,6 +253,7 @@ class MultiBranchResNet(nn.Module):
     counts must divide into the code's group count (`shuffle_indices` raises `ConfigError`).
     Each stage's output is sown as ``intermediates/stage{s}`` (``mutable=['intermediates']``).
     """
+
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     num_classes: int = 1000
     bits: tuple[int, ...] = (2, 4, 6, 8)
@@ -197,16 +264,24 @@ class MultiBranchResNet(nn.Module):
 
     def resolved_partial_widths(self) -> tuple[int, ...]:
         if len(self.stage_sizes) != 4 or not all(int(n) >= 1 for n in self.stage_sizes):
-            raise ConfigError(f"an ImageNet ResNet has four stages of at least one block, got stage_sizes "
-                              f"{tuple(self.stage_sizes)}")
-        stages = tuple(self.base_width * 2 ** s for s in range(4))
-        default = RESNET34_PARTIAL_WIDTHS if tuple(self.stage_sizes) == (3, 4, 6, 3) else RESNET18_PARTIAL_WIDTHS
+            raise ConfigError(
+                f"an ImageNet ResNet has four stages of at least one block, got stage_sizes "
+                f"{tuple(self.stage_sizes)}"
+            )
+        stages = tuple(self.base_width * 2**s for s in range(4))
+        default = (
+            RESNET34_PARTIAL_WIDTHS
+            if tuple(self.stage_sizes) == (3, 4, 6, 3)
+            else RESNET18_PARTIAL_WIDTHS
+        )
         if not self.partial_widths:
             return tuple(max(1, round(p * self.base_width / 64)) for p in default)
         widths = tuple(int(p) for p in self.partial_widths)
         if len(widths) != 4 or not all(0 < p <= c for p, c in zip(widths, stages)):
-            raise ConfigError(f"partial_widths {widths} must give one width per stage in 1..{stages}; "
-                              f"or () for the official {default}")
+            raise ConfigError(
+                f"partial_widths {widths} must give one width per stage in 1..{stages}; "
+                f"or () for the official {default}"
+            )
         return widths
 
     def shuffle_indices(self) -> dict[str, np.ndarray]:
@@ -218,10 +293,11 @@ class MultiBranchResNet(nn.Module):
         sel, partial = _check_selection(self.selection, self.bits), self.resolved_partial_widths()
         blocks = {}
         for stage in range(1, 4):  # stage 0 keeps the stem's width at stride 1: no projection
-            features = self.base_width * 2 ** stage
+            features = self.base_width * 2**stage
             last = stage == 3 and self.stage_sizes[3] == 1
-            blocks[f"stage{stage}_block0"] = channel_shuffle_indices(sel, tuple(self.bits), features,
-                                                                     features if last else partial[stage])
+            blocks[f"stage{stage}_block0"] = channel_shuffle_indices(
+                sel, tuple(self.bits), features, features if last else partial[stage]
+            )
         return blocks
 
     @nn.compact
@@ -233,15 +309,25 @@ class MultiBranchResNet(nn.Module):
         bn = functools.partial(BranchBatchNorm, num_precisions=len(bits))
         # PyTorch's symmetric paddings (3x3: 1, 7x7: 3, 1x1: 0); SAME would pad a stride-2 conv
         # on an even map only at the bottom/right.
-        conv = functools.partial(MultiBranchConv, selection=sel, bits=bits, padding=((1, 1), (1, 1)))
-        x = QuantConv(self.base_width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False, spec=FULL_PRECISION, name="stem")(x, 0)
+        conv = functools.partial(
+            MultiBranchConv, selection=sel, bits=bits, padding=((1, 1), (1, 1))
+        )
+        x = QuantConv(
+            self.base_width,
+            (7, 7),
+            (2, 2),
+            padding=((3, 3), (3, 3)),
+            use_bias=False,
+            spec=FULL_PRECISION,
+            name="stem",
+        )(x, 0)
         x = relu(PrecisionBatchNorm(num_precisions=len(bits), name="stem_bn")(x, precision, train))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         ops = _layout(self, sel, precision)
         x, channels = ops.tile(x), self.base_width
         p_prev = self.base_width  # the first conv's partial reads the full stem copy
         for stage, blocks in enumerate(self.stage_sizes):
-            features, p = self.base_width * 2 ** stage, partial[stage]
+            features, p = self.base_width * 2**stage, partial[stage]
             for block in range(blocks):
                 strides = (2, 2) if stage > 0 and block == 0 else (1, 1)
                 name = f"stage{stage}_block{block}"
@@ -249,16 +335,38 @@ class MultiBranchResNet(nn.Module):
                 p_block_out = features if last else p
                 projection = strides != (1, 1) or channels != features
                 if projection:
-                    shortcut = ops.conv(conv(features, kernel_size=(1, 1), strides=strides, padding="VALID",
-                                             partial_in=p_prev, partial_out=p, name=f"{name}_shortcut"), x)
+                    shortcut = ops.conv(
+                        conv(
+                            features,
+                            kernel_size=(1, 1),
+                            strides=strides,
+                            padding="VALID",
+                            partial_in=p_prev,
+                            partial_out=p,
+                            name=f"{name}_shortcut",
+                        ),
+                        x,
+                    )
                     shortcut = ops.bn(bn(name=f"{name}_shortcut_bn"), shortcut, train, features)
                     shortcut = ops.mask(shortcut, features, p)  # BN(0) = beta
                 else:
                     shortcut = x  # identity per branch (masked already)
-                out = ops.conv(conv(features, strides=strides, partial_in=p_prev, partial_out=p,
-                                    name=f"{name}_conv0"), x)
-                out = ops.mask(ops.relu(ops.bn(bn(name=f"{name}_bn0"), out, train, features)), features, p)
-                out = ops.conv(conv(features, partial_in=p, partial_out=p_block_out, name=f"{name}_conv1"), out)
+                out = ops.conv(
+                    conv(
+                        features,
+                        strides=strides,
+                        partial_in=p_prev,
+                        partial_out=p,
+                        name=f"{name}_conv0",
+                    ),
+                    x,
+                )
+                out = ops.mask(
+                    ops.relu(ops.bn(bn(name=f"{name}_bn0"), out, train, features)), features, p
+                )
+                out = ops.conv(
+                    conv(features, partial_in=p, partial_out=p_block_out, name=f"{name}_conv1"), out
+                )
                 out = ops.bn(bn(name=f"{name}_bn1"), out, train, features)
                 if projection and self.channel_shuffle:
                     out = ops.shuffle(out, shuffles[name], features)

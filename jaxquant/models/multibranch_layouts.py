@@ -3,6 +3,7 @@ function"): `_Slots`, every branch in its slot with masks (a traced precision, a
 `_Branches`, the branch-list layout of a static precision; `_layout` picks one. A model calls
 the same operations on either (``pool`` takes the model's 2x2 pool, `models.common.max_pool_2x2`,
 as the models' module names it)."""
+
 from __future__ import annotations
 
 import functools
@@ -15,8 +16,13 @@ import numpy as np
 
 from jaxquant.layers import INTERVAL_INIT, BranchSelection, MultiBranchConv
 from jaxquant.models.common import relu
-from jaxquant.models.multibranch_ops import (BranchBatchNorm, branch_channel_mask, merge_branches,
-                                             shuffle_branch_channels, tile_branches)
+from jaxquant.models.multibranch_ops import (
+    BranchBatchNorm,
+    branch_channel_mask,
+    merge_branches,
+    shuffle_branch_channels,
+    tile_branches,
+)
 
 
 class _Slots:
@@ -38,8 +44,12 @@ class _Slots:
     def relu(self, x):
         return relu(x)
 
-    def mask(self, x, channels: int, width: int):  # 0/1 in x's dtype: a bfloat16 body stays bfloat16
-        return x * branch_channel_mask(self.selection, self.precision, channels, width).astype(x.dtype)
+    def mask(
+        self, x, channels: int, width: int
+    ):  # 0/1 in x's dtype: a bfloat16 body stays bfloat16
+        return x * branch_channel_mask(self.selection, self.precision, channels, width).astype(
+            x.dtype
+        )
 
     def add(self, out, shortcut, channels: int):
         return out + shortcut
@@ -90,7 +100,9 @@ class _Branches:
 
     def bn(self, module: BranchBatchNorm, xs, train: bool, channels: int):
         ranges = tuple((b * channels, b * channels + x.shape[-1]) for b, x in zip(self.order, xs))
-        return module(xs, self.precision, train, selected=(self.selection.num_branches * channels, ranges))
+        return module(
+            xs, self.precision, train, selected=(self.selection.num_branches * channels, ranges)
+        )
 
     def relu(self, xs):
         return [relu(x) for x in xs]
@@ -135,8 +147,11 @@ def _layout(module: nn.Module, selection: BranchSelection, precision):
     """`_Branches` for a static precision in an ordinary apply; `_Slots` for a traced one, at
     `init` (which creates every parameter through `MultiBranchConv.__call__`) and in the
     data-dependent interval init (`MultiBranchConv._initial_intervals` reads all slots)."""
-    if (isinstance(precision, (int, np.integer)) and not module.is_initializing()
-            and not module.is_mutable_collection(INTERVAL_INIT)):
+    if (
+        isinstance(precision, (int, np.integer))
+        and not module.is_initializing()
+        and not module.is_mutable_collection(INTERVAL_INIT)
+    ):
         return _Branches(selection, precision)
     return _Slots(selection, precision)
 

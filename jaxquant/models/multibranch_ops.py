@@ -1,6 +1,7 @@
 """The multi-branch body's building blocks on the slot layout ``(N, H, W, G, C)``: branch masks,
 the merge, tiling, the official code's channel shuffle, and the BatchNorm over the flattened
 ``G * C`` channels (`jaxquant.models.multibranch` wires them into models)."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -14,7 +15,9 @@ from jaxquant.errors import ConfigError
 from jaxquant.layers import BranchSelection, PrecisionBatchNorm
 
 
-def branch_channel_mask(selection: BranchSelection, precision, channels: int, partial_out: int) -> jax.Array:
+def branch_channel_mask(
+    selection: BranchSelection, precision, channels: int, partial_out: int
+) -> jax.Array:
     """``(G, channels)`` float mask at a (traced) precision index: 1 on the full branches, on the
     first ``partial_out`` channels of the partial branch, 0 elsewhere."""
     full, partial, _ = selection.gather(precision)
@@ -42,8 +45,9 @@ def shuffle_groups(b: int, channels: int) -> int:
     return b // 2
 
 
-def channel_shuffle_indices(selection: BranchSelection, bits: Sequence[int], channels: int,
-                            partial_out: int) -> np.ndarray:
+def channel_shuffle_indices(
+    selection: BranchSelection, bits: Sequence[int], channels: int, partial_out: int
+) -> np.ndarray:
     """``(P, G * channels)`` int32 gather indices of the official code's ShuffleNet-style
     ``channel_shuffle`` in our ``(G, C)`` layout: row p maps each flattened output channel to the
     input channel it takes at precision p (`shuffle_branch_channels` applies it).
@@ -58,15 +62,22 @@ def channel_shuffle_indices(selection: BranchSelection, bits: Sequence[int], cha
     g = selection.num_branches
     rows = []
     for p, b in enumerate(bits):
-        order = [branch * channels + c for branch in range(g) if selection.full[p][branch] for c in range(channels)]
+        order = [
+            branch * channels + c
+            for branch in range(g)
+            if selection.full[p][branch]
+            for c in range(channels)
+        ]
         if selection.partial[p] >= 0:
             order += [selection.partial[p] * channels + c for c in range(partial_out)]
         order = np.asarray(order, np.int64)
         groups = shuffle_groups(int(b), order.size)
         if order.size % groups:
-            raise ConfigError(f"channel_shuffle at b={b} splits {order.size} selected channels into {groups} "
-                              f"groups, which does not divide; choose partial widths that make it divide "
-                              f"(or channel_shuffle=False)")
+            raise ConfigError(
+                f"channel_shuffle at b={b} splits {order.size} selected channels into {groups} "
+                f"groups, which does not divide; choose partial widths that make it divide "
+                f"(or channel_shuffle=False)"
+            )
         permutation = np.arange(order.size).reshape(groups, order.size // groups).T.reshape(-1)
         row = np.arange(g * channels)
         row[order] = order[permutation]
@@ -95,16 +106,20 @@ class BranchBatchNorm(nn.Module):
     list of ``(N, H, W, n_i)`` chunks), chunk i the flattened channels ``ranges[i]``
     (``(start, stop)``); only those channels' parameters are read and only their running
     statistics move."""
+
     num_precisions: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, precision, train: bool, selected=None) -> jax.Array:
         if selected is not None:
             total, ranges = selected
-            return _BranchListBatchNorm(num_precisions=self.num_precisions, total=total, ranges=tuple(ranges),
-                                        name="bn")(x, precision, train)
+            return _BranchListBatchNorm(
+                num_precisions=self.num_precisions, total=total, ranges=tuple(ranges), name="bn"
+            )(x, precision, train)
         flat = x.reshape(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))
-        y = PrecisionBatchNorm(num_precisions=self.num_precisions, name="bn")(flat, precision, train)
+        y = PrecisionBatchNorm(num_precisions=self.num_precisions, name="bn")(
+            flat, precision, train
+        )
         return y.reshape(x.shape)
 
 
@@ -113,6 +128,7 @@ class _BranchListBatchNorm(PrecisionBatchNorm):
     of a static precision: the input is a list of chunks, chunk i holding the flattened channels
     ``ranges[i]`` (``(start, stop)``); only those channels' parameters are read and only their
     running statistics move."""
+
     total: int = 0
     ranges: tuple[tuple[int, int], ...] = ()
 
@@ -126,7 +142,7 @@ class _BranchListBatchNorm(PrecisionBatchNorm):
     def _put(self, value: jax.Array, precision: int, new: jax.Array) -> jax.Array:
         start = 0
         for a, b in self.ranges:
-            value = value.at[precision, a:b].set(new[start:start + b - a])
+            value = value.at[precision, a:b].set(new[start : start + b - a])
             start += b - a
         return value
 
@@ -139,8 +155,13 @@ class _BranchListBatchNorm(PrecisionBatchNorm):
             yield (x,) + tuple(v[part] for v in per_channel)
 
     def _normalize(self, xs, mean, var, scale, bias):
-        return [PrecisionBatchNorm._normalize(self, *chunk) for chunk in self._chunks(xs, mean, var, scale, bias)]
+        return [
+            PrecisionBatchNorm._normalize(self, *chunk)
+            for chunk in self._chunks(xs, mean, var, scale, bias)
+        ]
 
     def _train(self, xs, scale, bias):
-        ys, means, variances = zip(*(PrecisionBatchNorm._train(self, *chunk) for chunk in self._chunks(xs, scale, bias)))
+        ys, means, variances = zip(
+            *(PrecisionBatchNorm._train(self, *chunk) for chunk in self._chunks(xs, scale, bias))
+        )
         return list(ys), jnp.concatenate(means), jnp.concatenate(variances)

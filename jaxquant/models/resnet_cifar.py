@@ -6,6 +6,7 @@
 post-activation ResNet-20 (conv -> BN -> ReLU; 1x1 conv + BN projection shortcut), the model
 of LSQ/MBQuant/BitSplit CIFAR experiments.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -31,12 +32,14 @@ class CifarResNet(nn.Module):
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56), got {self.depth}")
         blocks = (self.depth - 2) // 6
         conv, bn = layer_factories(self.bits, self.spec)
-        shortcut_conv, _ = layer_factories(self.bits, self.spec if self.quantize_shortcut else FULL_PRECISION)
+        shortcut_conv, _ = layer_factories(
+            self.bits, self.spec if self.quantize_shortcut else FULL_PRECISION
+        )
         x = first_conv(16 * self.width, (3, 3), (1, 1), self.first_last_bits, self.spec)(x, 0)
         if not self.preactivation:
             x = relu(bn(name="stem_bn")(x, precision, train))
         for stage in range(3):
-            features = 16 * self.width * 2 ** stage
+            features = 16 * self.width * 2**stage
             for block in range(blocks):
                 strides = (2, 2) if stage > 0 and block == 0 else (1, 1)
                 name = f"stage{stage}_block{block}"
@@ -45,7 +48,9 @@ class CifarResNet(nn.Module):
                 def shortcut_of(inputs):  # identity, or a 1x1 projection with its BN
                     if not needs_projection:
                         return x
-                    projected = shortcut_conv(features, (1, 1), strides, name=f"{name}_shortcut")(inputs, precision)
+                    projected = shortcut_conv(features, (1, 1), strides, name=f"{name}_shortcut")(
+                        inputs, precision
+                    )
                     return bn(name=f"{name}_shortcut_bn")(projected, precision, train)
 
                 if self.preactivation:

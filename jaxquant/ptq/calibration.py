@@ -1,4 +1,5 @@
 """Calibration data, activation steps (the MSE fixed point) and BatchNorm re-estimation."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,14 +35,17 @@ def mse_step(values: np.ndarray, bits: int, signed: bool, max_iterations: int = 
     return float(step)
 
 
-def sample_rows(rng: np.random.Generator, layers: Sequence[Layer], batch: int, rows: int,
-                samples: int) -> tuple[dict, dict]:
+def sample_rows(
+    rng: np.random.Generator, layers: Sequence[Layer], batch: int, rows: int, samples: int
+) -> tuple[dict, dict]:
     """Random output positions ``[K, 3]`` (example, i, j) per layer, at most ``rows`` without
     replacement (dense: every example), and ``samples`` random flat indices into each input."""
     row_indices, sample_indices = {}, {}
     for layer in layers:
         if layer.kind == "dense":
-            row_indices[layer.name] = np.stack([np.arange(batch), np.zeros(batch, int), np.zeros(batch, int)], 1)
+            row_indices[layer.name] = np.stack(
+                [np.arange(batch), np.zeros(batch, int), np.zeros(batch, int)], 1
+            )
         else:
             h, w = layer.output_spatial
             total = batch * h * w
@@ -53,7 +57,7 @@ def sample_rows(rng: np.random.Generator, layers: Sequence[Layer], batch: int, r
     return to_jnp(row_indices), to_jnp(sample_indices)
 
 
-BN_STACK_BYTES = 2 ** 30
+BN_STACK_BYTES = 2**30
 """BatchNorm batches up to this size are augmented once and kept on device, stacked."""
 
 
@@ -63,12 +67,15 @@ class CalibrationData:
     ``bn_batches()`` (an iterable of model-input batches for BatchNorm re-estimation), or
     ``bn_stack`` (the same batches stacked ``[T, B, ...]`` on device: every re-estimation of a
     run then is one jitted `lax.scan` over them, without re-drawing or re-augmenting)."""
+
     calibration: jax.Array
     bn_batches: Callable[[], Iterable[jax.Array]]
     bn_stack: jax.Array | None = None
 
     @classmethod
-    def from_arrays(cls, network: Network, images: np.ndarray, config, seed: int = 0) -> "CalibrationData":
+    def from_arrays(
+        cls, network: Network, images: np.ndarray, config, seed: int = 0
+    ) -> "CalibrationData":
         """Draw from in-memory training ``images`` with the network's training augmentation."""
         return cls.from_examples(network, len(images), lambda idx, step: images[idx], config, seed)
 
@@ -76,12 +83,23 @@ class CalibrationData:
     def from_dataset(cls, network: Network, dataset, config, seed: int = 0) -> "CalibrationData":
         """Draw from a `jaxquant.data` dataset's training split, in memory or streamed (a streamed
         one arrives augmented from the host; the network's preprocess then only normalises)."""
-        return cls.from_examples(network, dataset.train_size,
-                                 lambda idx, step: dataset.train_examples(idx, seed, step)[0], config, seed)
+        return cls.from_examples(
+            network,
+            dataset.train_size,
+            lambda idx, step: dataset.train_examples(idx, seed, step)[0],
+            config,
+            seed,
+        )
 
     @classmethod
-    def from_examples(cls, network: Network, size: int, examples: Callable[[np.ndarray, int], np.ndarray],
-                      config, seed: int = 0) -> "CalibrationData":
+    def from_examples(
+        cls,
+        network: Network,
+        size: int,
+        examples: Callable[[np.ndarray, int], np.ndarray],
+        config,
+        seed: int = 0,
+    ) -> "CalibrationData":
         """``examples(indices, draw)`` gives the training images at ``indices`` (draw 0: the
         calibration set, draw i: BN batch i); they go through the network's training preprocess."""
         rng = np.random.default_rng(seed)
@@ -97,11 +115,17 @@ class CalibrationData:
 
         batch = min(config.bn_batch_size, size)
         stack_bytes = config.bn_batches * batch * calibration[0].size * calibration.dtype.itemsize
-        stack = jnp.stack(list(bn_batches())) if 0 < config.bn_batches and stack_bytes <= BN_STACK_BYTES else None
+        stack = (
+            jnp.stack(list(bn_batches()))
+            if 0 < config.bn_batches and stack_bytes <= BN_STACK_BYTES
+            else None
+        )
         return cls(calibration, bn_batches, stack)
 
 
-def reestimate_batchnorm(quantizer: Quantizer, variables: dict, data: CalibrationData, act_arrays: dict) -> dict:
+def reestimate_batchnorm(
+    quantizer: Quantizer, variables: dict, data: CalibrationData, act_arrays: dict
+) -> dict:
     """Run the training-mode forward over ``data.bn_batches()`` (the model's own BN momentum)
     and return the variables with the moved ``batch_stats``: the code's BN "update"."""
     if not variables.get("batch_stats"):

@@ -1,6 +1,7 @@
 """The layers of a model seen through a Flax interceptor: which layers, how their kernels map
 to ``[M_out, N]`` matrices, im2col rows of their inputs, and a forward that quantizes their
 inputs."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,15 +21,16 @@ LAYER_TYPES = (QuantConv, QuantDense, nn.Conv, nn.Dense)
 @dataclasses.dataclass(frozen=True)
 class Layer:
     """A conv or dense layer found in a model's forward pass, in call order."""
-    name: str                                  # module path joined by '/', e.g. 'stage0_block0_conv0'
+
+    name: str  # module path joined by '/', e.g. 'stage0_block0_conv0'
     path: tuple[str, ...]
-    kind: str                                  # 'conv' | 'dense'
-    kernel_shape: tuple[int, ...]              # HWIO (conv) or (in, out) (dense)
+    kind: str  # 'conv' | 'dense'
+    kernel_shape: tuple[int, ...]  # HWIO (conv) or (in, out) (dense)
     strides: tuple[int, ...] = ()
     padding: tuple[tuple[int, int], ...] = ()  # explicit, resolved for the input's size
     output_spatial: tuple[int, ...] = ()
     has_bias: bool = False
-    input_shape: tuple[int, ...] = ()          # of one example
+    input_shape: tuple[int, ...] = ()  # of one example
 
     @property
     def features(self) -> int:
@@ -52,21 +54,45 @@ def _resolve_padding(padding, in_spatial, kernel_spatial, strides) -> tuple[tupl
 def _describe(module: nn.Module, x: jax.Array, y: jax.Array) -> Layer:
     name, path = "/".join(module.path), tuple(module.path)
     if isinstance(module, (QuantDense, nn.Dense)):
-        return Layer(name, path, "dense", (x.shape[-1], module.features), has_bias=bool(module.use_bias),
-                     input_shape=tuple(x.shape[1:]))
+        return Layer(
+            name,
+            path,
+            "dense",
+            (x.shape[-1], module.features),
+            has_bias=bool(module.use_bias),
+            input_shape=tuple(x.shape[1:]),
+        )
     if isinstance(module, QuantConv) and module.feature_group_count != 1:
-        raise ConfigError(f"layer {name}: PTQ supports ungrouped convs only (the code's depthwise ofwa_rr_dw "
-                          "is not implemented)")
+        raise ConfigError(
+            f"layer {name}: PTQ supports ungrouped convs only (the code's depthwise ofwa_rr_dw "
+            "is not implemented)"
+        )
     if isinstance(module, nn.Conv):
-        if module.feature_group_count != 1 or module.kernel_dilation not in (None, 1, (1, 1)) \
-                or module.input_dilation not in (None, 1, (1, 1)):
+        if (
+            module.feature_group_count != 1
+            or module.kernel_dilation not in (None, 1, (1, 1))
+            or module.input_dilation not in (None, 1, (1, 1))
+        ):
             raise ConfigError(f"layer {name}: PTQ supports ungrouped, undilated convs only")
-    kernel_size = tuple(module.kernel_size) if not isinstance(module.kernel_size, int) else (module.kernel_size,) * 2
+    kernel_size = (
+        tuple(module.kernel_size)
+        if not isinstance(module.kernel_size, int)
+        else (module.kernel_size,) * 2
+    )
     strides = module.strides if module.strides is not None else 1
     strides = (strides,) * len(kernel_size) if isinstance(strides, int) else tuple(strides)
     padding = _resolve_padding(module.padding, x.shape[1:-1], kernel_size, strides)
-    return Layer(name, path, "conv", kernel_size + (x.shape[-1], module.features), strides, padding,
-                 tuple(y.shape[1:-1]), bool(module.use_bias), tuple(x.shape[1:]))
+    return Layer(
+        name,
+        path,
+        "conv",
+        kernel_size + (x.shape[-1], module.features),
+        strides,
+        padding,
+        tuple(y.shape[1:-1]),
+        bool(module.use_bias),
+        tuple(x.shape[1:]),
+    )
 
 
 def layer_matrix(kernel: jax.Array, layer: Layer) -> jax.Array:
@@ -135,26 +161,33 @@ def _thaw(tree):
     return tree
 
 
-
 @dataclasses.dataclass
 class Network:
     """A Flax model and how to call it: ``apply(variables, x, train)`` returns logits, or
     ``(logits, updated batch_stats)`` when ``train``. `Network.from_model` builds it for jaxquant
     models (``model(x, precision, train=...)``); any Linen model fits with its own ``apply``."""
+
     apply: Callable[[dict, jax.Array, bool], Any]
-    preprocess: Callable | None = None            # (images, train, key) -> model input, as the trainer's
+    preprocess: Callable | None = None  # (images, train, key) -> model input, as the trainer's
 
     @classmethod
-    def from_model(cls, model: nn.Module, precision: int = 0, preprocess: Callable | None = None) -> "Network":
+    def from_model(
+        cls, model: nn.Module, precision: int = 0, preprocess: Callable | None = None
+    ) -> "Network":
         def apply(variables, x, train):
             if train:
-                logits, updates = model.apply(variables, x, precision, train=True, mutable=["batch_stats"])
+                logits, updates = model.apply(
+                    variables, x, precision, train=True, mutable=["batch_stats"]
+                )
                 return logits, updates.get("batch_stats", variables.get("batch_stats", {}))
             return model.apply(variables, x, precision, train=False)
+
         return cls(apply, preprocess)
 
     def inputs(self, images, train: bool, key=None):
-        return images if self.preprocess is None else self.preprocess(jnp.asarray(images), train, key)
+        return (
+            images if self.preprocess is None else self.preprocess(jnp.asarray(images), train, key)
+        )
 
 
 def find_layers(network: Network, variables: dict, x: jax.Array) -> list[Layer]:
@@ -164,12 +197,16 @@ def find_layers(network: Network, variables: dict, x: jax.Array) -> list[Layer]:
     def visit(module, args, y):
         layer = _describe(module, args[0], y)
         if any(seen.name == layer.name for seen in layers):
-            raise ConfigError(f"layer {layer.name} is called twice in one forward; PTQ needs each layer once")
+            raise ConfigError(
+                f"layer {layer.name} is called twice in one forward; PTQ needs each layer once"
+            )
         layers.append(layer)
 
     visit_layers(lambda: network.apply(variables, x, False), LAYER_TYPES, visit)
     if not layers:
-        raise ConfigError("the model has no QuantConv/QuantDense/nn.Conv/nn.Dense layer to quantize")
+        raise ConfigError(
+            "the model has no QuantConv/QuantDense/nn.Conv/nn.Dense layer to quantize"
+        )
     return layers
 
 
@@ -182,12 +219,13 @@ def activation_range(bits: int, signed: bool) -> tuple[int, int]:
     """``[0, 2^A - 1]`` unsigned, ``[-(2^(A-1) - 1), 2^(A-1) - 1]`` signed (symmetric, as the code)."""
     if signed:
         return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
-    return 0, 2 ** bits - 1
+    return 0, 2**bits - 1
 
 
 @dataclasses.dataclass(frozen=True)
 class ActivationQuant:
     """The input quantizer of one layer: ``step * clip(round(x / step), lo, hi)``."""
+
     step: float
     bits: int
     signed: bool
@@ -203,13 +241,22 @@ def act_arrays(layers: Sequence[Layer], act: dict[str, ActivationQuant]) -> dict
     for layer in layers:
         a = act.get(layer.name)
         lo, hi = a.bounds if a else (0, 1)
-        out[layer.name] = (jnp.asarray(a is not None), jnp.asarray(a.step if a else 1.0, jnp.float32),
-                           jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32))
+        out[layer.name] = (
+            jnp.asarray(a is not None),
+            jnp.asarray(a.step if a else 1.0, jnp.float32),
+            jnp.asarray(lo, jnp.float32),
+            jnp.asarray(hi, jnp.float32),
+        )
     return out
 
 
-def quantizing(layers: Sequence[Layer], act_arrays: dict, captured: dict | None = None,
-                rows: dict | None = None, samples: dict | None = None):
+def quantizing(
+    layers: Sequence[Layer],
+    act_arrays: dict,
+    captured: dict | None = None,
+    rows: dict | None = None,
+    samples: dict | None = None,
+):
     """The interceptor: quantize each layer's input as ``act_arrays`` says; if ``captured`` is a
     dict, record per layer the raw input's im2col ``rows``, the output rows and raw ``samples``."""
     by_name = {layer.name: layer for layer in layers}
@@ -224,8 +271,11 @@ def quantizing(layers: Sequence[Layer], act_arrays: dict, captured: dict | None 
         y = next_fun(x, *args[1:], **kwargs)
         if captured is not None:
             layer = by_name[name]
-            captured[name] = {"x": im2col_rows(raw, layer, rows[name]), "y": output_rows(y, layer, rows[name]),
-                              "samples": raw.reshape(-1)[samples[name]]}
+            captured[name] = {
+                "x": im2col_rows(raw, layer, rows[name]),
+                "y": output_rows(y, layer, rows[name]),
+                "samples": raw.reshape(-1)[samples[name]],
+            }
         return y
 
     return interceptor
@@ -255,6 +305,7 @@ class Quantizer:
         def bn_scan(variables, batches, act_arrays):
             def body(stats, x):
                 return bn_update({**variables, "batch_stats": stats}, x, act_arrays), None
+
             return jax.lax.scan(body, variables["batch_stats"], batches)[0]
 
         self.capture = jax.jit(capture, static_argnames="train")
@@ -268,5 +319,7 @@ class Quantizer:
         (compiled once per shape, without running it)."""
         key = (batches.shape, batches.dtype)
         if key not in self._bn_scan_compiled:
-            self._bn_scan_compiled[key] = self._bn_scan.lower(variables, batches, act_arrays).compile()
+            self._bn_scan_compiled[key] = self._bn_scan.lower(
+                variables, batches, act_arrays
+            ).compile()
         return self._bn_scan_compiled[key]

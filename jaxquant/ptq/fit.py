@@ -1,5 +1,6 @@
 """The per-layer fit of each PTQ method (BitSplit, BitSplit + ECAQ, round-to-nearest) over a
 whole model."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,12 +31,13 @@ from jaxquant.quantizers import FP_BITS
 class QuantizedModel:
     """A PTQ result: the variables (quantized kernels, re-estimated BN), each layer's input
     quantizer, the codes and scales of every weight, and how long calibration took."""
+
     method: str
     weight_bits: int
     act_bits: int
     variables: dict
     activations: dict[str, ActivationQuant]
-    weights: dict[str, dict]            # layer -> {'bits', 'codes' [M, N] ints, 'alpha' [M]}
+    weights: dict[str, dict]  # layer -> {'bits', 'codes' [M, N] ints, 'alpha' [M]}
     seconds: float
     reconstruction: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     """layer -> (error at the start of ofwa_rr, error at its end), BitSplit only."""
@@ -49,8 +51,9 @@ def classifier_name(layers: Sequence[Layer]) -> str | None:
 def reconstructs(layer: Layer, layers: Sequence[Layer], method: str, config) -> bool:
     """Whether ``method`` fits ``layer`` by `ofwa_rr` (BitSplit: every layer but the classifier,
     which the code fits by `ofwa` only, unless ``classifier_reconstruction``)."""
-    return get_ptq_method(method).reconstructs and (layer.name != classifier_name(layers)
-                                                    or config.classifier_reconstruction)
+    return get_ptq_method(method).reconstructs and (
+        layer.name != classifier_name(layers) or config.classifier_reconstruction
+    )
 
 
 def weight_placement(layers: Sequence[Layer], weight_bits: int, config) -> dict[str, int]:
@@ -89,9 +92,19 @@ def _input_quantizer(samples: jax.Array, bits: int) -> ActivationQuant:
     return ActivationQuant(mse_step(values, bits, signed), bits, signed)
 
 
-def quantize_model(quantizer: Quantizer, variables: dict, data: CalibrationData, fp_rows: dict, method: str,
-                   weight_bits: int, act_bits: int, config, rows: dict, samples: dict,
-                   progress: Callable[[str], None] | None = None) -> QuantizedModel:
+def quantize_model(
+    quantizer: Quantizer,
+    variables: dict,
+    data: CalibrationData,
+    fp_rows: dict,
+    method: str,
+    weight_bits: int,
+    act_bits: int,
+    config,
+    rows: dict,
+    samples: dict,
+    progress: Callable[[str], None] | None = None,
+) -> QuantizedModel:
     """Quantize the FP ``variables`` with ``method`` at ``W weight_bits A act_bits``.
     ``fp_rows`` is the FP network's `Quantizer.capture` on the calibration batch."""
     fitter = get_ptq_method(method)
@@ -105,13 +118,16 @@ def quantize_model(quantizer: Quantizer, variables: dict, data: CalibrationData,
     if ecaq:
         # The FP targets from the same training-mode forward the quantized inputs come from, so
         # the two differ only by the quantization before the layer.
-        fp_rows = quantizer.capture(variables, data.calibration, act_arrays(layers, {}), rows, samples, train=True)
+        fp_rows = quantizer.capture(
+            variables, data.calibration, act_arrays(layers, {}), rows, samples, train=True
+        )
     current = variables  # ECAQ: the network with every layer before this one quantized
     for layer in layers:
         x_rows = fp_rows[layer.name]["x"]
         if ecaq and (layer.name in a_bits or layer is not layers[0]):
-            captured = quantizer.capture(current, data.calibration, act_arrays(layers, act), rows, samples,
-                                         train=True)[layer.name]
+            captured = quantizer.capture(
+                current, data.calibration, act_arrays(layers, act), rows, samples, train=True
+            )[layer.name]
             x_rows = captured["x"]
             if layer.name in a_bits:
                 act[layer.name] = _input_quantizer(captured["samples"], a_bits[layer.name])
@@ -119,8 +135,12 @@ def quantize_model(quantizer: Quantizer, variables: dict, data: CalibrationData,
                 x_rows = fake_quantize(x_rows, act[layer.name].step, lo, hi)
         target = _bias_free_target(fp_rows[layer.name]["y"], variables, layer)
         w = layer_matrix(get_kernel(variables["params"], layer), layer)
-        fitted, errors = fitter.fit(w, w_bits[layer.name],
-                                    (x_rows, target) if reconstructs(layer, layers, method, config) else None, config)
+        fitted, errors = fitter.fit(
+            w,
+            w_bits[layer.name],
+            (x_rows, target) if reconstructs(layer, layers, method, config) else None,
+            config,
+        )
         weights[layer.name] = {"bits": w_bits[layer.name], **fitted}
         kernels[layer.name] = matrix_kernel(fitted["alpha"][:, None] * fitted["codes"], layer)
         if ecaq:
@@ -134,12 +154,30 @@ def quantize_model(quantizer: Quantizer, variables: dict, data: CalibrationData,
         quantized = set_kernels(variables, kernels, layers)
         quantized = reestimate_batchnorm(quantizer, quantized, data, act_arrays(layers, {}))
         if a_bits:
-            captured = quantizer.capture(quantized, data.calibration, act_arrays(layers, {}), rows, samples,
-                                         train=False)
-            act = {name: _input_quantizer(captured[name]["samples"], bits) for name, bits in a_bits.items()}
+            captured = quantizer.capture(
+                quantized, data.calibration, act_arrays(layers, {}), rows, samples, train=False
+            )
+            act = {
+                name: _input_quantizer(captured[name]["samples"], bits)
+                for name, bits in a_bits.items()
+            }
             quantized = reestimate_batchnorm(quantizer, quantized, data, act_arrays(layers, act))
     jax.block_until_ready(quantized)
-    weights = {name: {"bits": int(v["bits"]), "codes": np.asarray(v["codes"]).astype(np.int32),
-                      "alpha": np.asarray(v["alpha"], np.float32)} for name, v in weights.items()}
-    return QuantizedModel(method, weight_bits, act_bits, quantized, act, weights,
-                          time.perf_counter() - start, reconstruction)
+    weights = {
+        name: {
+            "bits": int(v["bits"]),
+            "codes": np.asarray(v["codes"]).astype(np.int32),
+            "alpha": np.asarray(v["alpha"], np.float32),
+        }
+        for name, v in weights.items()
+    }
+    return QuantizedModel(
+        method,
+        weight_bits,
+        act_bits,
+        quantized,
+        act,
+        weights,
+        time.perf_counter() - start,
+        reconstruction,
+    )

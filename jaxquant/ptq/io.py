@@ -1,4 +1,5 @@
 """Saving and loading a quantized model."""
+
 from __future__ import annotations
 
 import json
@@ -12,17 +13,29 @@ from jaxquant.ptq.capture import ActivationQuant
 from jaxquant.ptq.fit import QuantizedModel
 
 
-def save_quantized(model: QuantizedModel, path: str | pathlib.Path, extra: dict | None = None) -> pathlib.Path:
+def save_quantized(
+    model: QuantizedModel, path: str | pathlib.Path, extra: dict | None = None
+) -> pathlib.Path:
     """Write one msgpack file: the variables, the input quantizers and the integer weight codes
     with their per-channel scales (what a deployment needs), plus metadata."""
     from flax import serialization
+
     payload = {
         "variables": jax.tree_util.tree_map(np.asarray, model.variables),
-        "activations": {name: {"step": a.step, "bits": a.bits, "signed": a.signed}
-                        for name, a in model.activations.items()},
+        "activations": {
+            name: {"step": a.step, "bits": a.bits, "signed": a.signed}
+            for name, a in model.activations.items()
+        },
         "weights": model.weights,
-        "meta": json.dumps({"method": model.method, "weight_bits": model.weight_bits, "act_bits": model.act_bits,
-                            "seconds": model.seconds, **(extra or {})}),
+        "meta": json.dumps(
+            {
+                "method": model.method,
+                "weight_bits": model.weight_bits,
+                "act_bits": model.act_bits,
+                "seconds": model.seconds,
+                **(extra or {}),
+            }
+        ),
     }
     path = pathlib.Path(path)
     path.write_bytes(serialization.msgpack_serialize(payload))
@@ -32,12 +45,17 @@ def save_quantized(model: QuantizedModel, path: str | pathlib.Path, extra: dict 
 def load_quantized(path: str | pathlib.Path) -> tuple[dict, dict[str, ActivationQuant], dict]:
     """``(variables, input quantizers, metadata)`` of a `save_quantized` file."""
     from flax import serialization
+
     path = pathlib.Path(path)
     try:
         payload = serialization.msgpack_restore(path.read_bytes())
-        activations = {name: ActivationQuant(float(a["step"]), int(a["bits"]), bool(a["signed"]))
-                       for name, a in payload["activations"].items()}
+        activations = {
+            name: ActivationQuant(float(a["step"]), int(a["bits"]), bool(a["signed"]))
+            for name, a in payload["activations"].items()
+        }
         return payload["variables"], activations, json.loads(payload["meta"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} is not a readable jaxquant PTQ file ({type(e).__name__}); "
-                              "rerun `jaxquant ptq` to write it") from e
+        raise CheckpointError(
+            f"{path} is not a readable jaxquant PTQ file ({type(e).__name__}); "
+            "rerun `jaxquant ptq` to write it"
+        ) from e

@@ -1,5 +1,6 @@
 """The PTQ methods as values: how each fits one layer's weight matrix, and what it needs from
 the calibration data. `quantize_model` reads only these fields."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,6 +25,7 @@ class WeightFit:
     error_compensated: a layer's inputs come from the network with every earlier layer
       quantized (ECAQ), not from the FP network.
     """
+
     name: str
     label: str
     fit: Fit
@@ -37,18 +39,36 @@ def _round_to_nearest(w, bits, rows, config):
 
 
 def _bitsplit(w, bits, rows, config):
-    result = bitsplit.quantize_weight(w, bits, *(rows or (None, None)), epochs=config.epochs,
-                                      ofwa_epochs=config.ofwa_epochs, block=config.block)
-    errors = None if result["errors"] is None else (float(result["errors"][0]), float(result["errors"][-1]))
+    result = bitsplit.quantize_weight(
+        w,
+        bits,
+        *(rows or (None, None)),
+        epochs=config.epochs,
+        ofwa_epochs=config.ofwa_epochs,
+        block=config.block,
+    )
+    errors = (
+        None
+        if result["errors"] is None
+        else (float(result["errors"][0]), float(result["errors"][-1]))
+    )
     return {"codes": result["codes"], "alpha": result["alpha"]}, errors
 
 
-PTQ_METHODS: dict[str, WeightFit] = {m.name: m for m in (
-    WeightFit("rtn", "round-to-nearest, per channel", _round_to_nearest),
-    WeightFit("bitsplit", "BitSplit", _bitsplit, reconstructs=True),
-    WeightFit("bitsplit_ecaq", "BitSplit + ECAQ (our reading)", _bitsplit, reconstructs=True,
-              error_compensated=True),
-)}
+PTQ_METHODS: dict[str, WeightFit] = {
+    m.name: m
+    for m in (
+        WeightFit("rtn", "round-to-nearest, per channel", _round_to_nearest),
+        WeightFit("bitsplit", "BitSplit", _bitsplit, reconstructs=True),
+        WeightFit(
+            "bitsplit_ecaq",
+            "BitSplit + ECAQ (our reading)",
+            _bitsplit,
+            reconstructs=True,
+            error_compensated=True,
+        ),
+    )
+}
 
 
 def get_ptq_method(name: str) -> WeightFit:

@@ -1,4 +1,5 @@
 """A whole PTQ run on a trained FP workdir: every setting x method, a table, a plot, the files."""
+
 from __future__ import annotations
 
 import json
@@ -25,17 +26,27 @@ def fp_network(workdir: str | pathlib.Path, dataset=None):
     """``(run config, dataset, Network, variables)`` of a trained run's full-precision model
     (its bit-width 32; train one with ``--config.bits=(32,)``)."""
     from jaxquant.runs import load_run
+
     run_config, dataset, trainer, state, _ = load_run(workdir, dataset)
     bits = tuple(int(b) for b in run_config.bits)
     if FP_BITS not in bits:
-        raise ConfigError(f"{workdir} has no full-precision model (bits {bits}); PTQ starts from an FP run: "
-                          "jaxquant train --config.method=lsq --config.bits=\"(32,)\" ...")
+        raise ConfigError(
+            f"{workdir} has no full-precision model (bits {bits}); PTQ starts from an FP run: "
+            'jaxquant train --config.method=lsq --config.bits="(32,)" ...'
+        )
     network = Network.from_model(trainer.model, bits.index(FP_BITS), trainer.preprocess)
     return run_config, dataset, network, {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def warm_up(quantizer: Quantizer, variables: dict, data: CalibrationData, rows: dict, samples: dict,
-            settings: Iterable[tuple[int, int]], config) -> float:
+def warm_up(
+    quantizer: Quantizer,
+    variables: dict,
+    data: CalibrationData,
+    rows: dict,
+    samples: dict,
+    settings: Iterable[tuple[int, int]],
+    config,
+) -> float:
     """Compile, before anything is timed, every function the methods will call: the capture and
     BN forwards and, per layer and weight bit-width, `fwa`, `ofwa` and `ofwa_rr`. Returns seconds."""
     start = time.perf_counter()
@@ -45,7 +56,9 @@ def warm_up(quantizer: Quantizer, variables: dict, data: CalibrationData, rows: 
     if data.bn_stack is not None:
         quantizer.compile_bn_scan(variables, data.bn_stack, no_act)
     if "bitsplit_ecaq" in config.methods:
-        jax.block_until_ready(quantizer.capture(variables, data.calibration, no_act, rows, samples, train=True))
+        jax.block_until_ready(
+            quantizer.capture(variables, data.calibration, no_act, rows, samples, train=True)
+        )
     if any(m != "rtn" for m in config.methods):  # every BitSplit method compiles the same functions
         for weight_bits, _ in settings:
             placement = weight_placement(layers, weight_bits, config)
@@ -55,12 +68,20 @@ def warm_up(quantizer: Quantizer, variables: dict, data: CalibrationData, rows: 
                 codes, alpha = bitsplit.fwa(zeros, bits)
                 bitsplit.ofwa(zeros, bitsplit.split(codes, bits), alpha, epochs=config.ofwa_epochs)
                 if reconstructs(layer, layers, "bitsplit", config):
-                    bitsplit.compiled_ofwa_rr(bits - 1, layer.features, layer.fan_in, config.epochs, config.block)
+                    bitsplit.compiled_ofwa_rr(
+                        bits - 1, layer.features, layer.fan_in, config.epochs, config.block
+                    )
     return time.perf_counter() - start
 
 
-def run(workdir: str | pathlib.Path, config, out: str | pathlib.Path | None = None, dataset=None,
-        progress: bool = True, save_models: bool = True) -> dict:
+def run(
+    workdir: str | pathlib.Path,
+    config,
+    out: str | pathlib.Path | None = None,
+    dataset=None,
+    progress: bool = True,
+    save_models: bool = True,
+) -> dict:
     """PTQ of the FP model in ``workdir`` for every ``config.settings`` x ``config.methods``:
     prints one line per result, writes the quantized models, ``ptq_results.json``,
     ``ptq_table.md`` and ``ptq_accuracy.png`` to ``out`` (default ``workdir/ptq``), and returns
@@ -73,17 +94,33 @@ def run(workdir: str | pathlib.Path, config, out: str | pathlib.Path | None = No
     data = CalibrationData.from_dataset(network, dataset, config, config.seed)
     layers = find_layers(network, variables, data.calibration[:2])
     quantizer = Quantizer(network, layers)
-    rows, samples = sample_rows(np.random.default_rng(config.seed), layers, int(data.calibration.shape[0]),
-                                config.calibration_rows, config.activation_samples)
-    print(f"jaxquant ptq: {workdir} ({run_config.model} on {dataset.name}), {len(layers)} layers, "
-          f"{int(data.calibration.shape[0])} calibration images, {config.calibration_rows} rows per layer; "
-          f"writing to {out}", flush=True)
-    fp_rows = quantizer.capture(variables, data.calibration, act_arrays(layers, {}), rows, samples, train=False)
+    rows, samples = sample_rows(
+        np.random.default_rng(config.seed),
+        layers,
+        int(data.calibration.shape[0]),
+        config.calibration_rows,
+        config.activation_samples,
+    )
+    print(
+        f"jaxquant ptq: {workdir} ({run_config.model} on {dataset.name}), {len(layers)} layers, "
+        f"{int(data.calibration.shape[0])} calibration images, {config.calibration_rows} rows per layer; "
+        f"writing to {out}",
+        flush=True,
+    )
+    fp_rows = quantizer.capture(
+        variables, data.calibration, act_arrays(layers, {}), rows, samples, train=False
+    )
     compile_seconds = warm_up(quantizer, variables, data, rows, samples, parsed.values(), config)
-    print(f"  compiled the forwards and {bitsplit.compiled_count()} ofwa_rr layer shapes in {compile_seconds:.1f} s "
-          "(kept out of the calibration times)", flush=True)
+    print(
+        f"  compiled the forwards and {bitsplit.compiled_count()} ofwa_rr layer shapes in {compile_seconds:.1f} s "
+        "(kept out of the calibration times)",
+        flush=True,
+    )
+
     def test_accuracy(variables, act):
-        return batches_accuracy(quantizer, variables, act, dataset.test_batches(config.eval_batch_size))
+        return batches_accuracy(
+            quantizer, variables, act, dataset.test_batches(config.eval_batch_size)
+        )
 
     fp_accuracy = test_accuracy(variables, {})
     table = {"fp": {s: fp_accuracy for s in settings}}
@@ -96,29 +133,65 @@ def run(workdir: str | pathlib.Path, config, out: str | pathlib.Path | None = No
             bar = None
             if progress:
                 from tqdm.auto import tqdm
+
                 bar = tqdm(total=len(layers), desc=f"{setting} {method}", leave=False, unit="layer")
-            model = quantize_model(quantizer, variables, data, fp_rows, method, weight_bits, act_bits, config,
-                                   rows, samples, progress=(lambda _: bar.update()) if bar else None)
+            model = quantize_model(
+                quantizer,
+                variables,
+                data,
+                fp_rows,
+                method,
+                weight_bits,
+                act_bits,
+                config,
+                rows,
+                samples,
+                progress=(lambda _: bar.update()) if bar else None,
+            )
             if bar:
                 bar.close()
             acc = test_accuracy(model.variables, model.activations)
             table.setdefault(method, {})[setting] = acc
             seconds.setdefault(method, {})[setting] = round(model.seconds, 1)
             if model.reconstruction:
-                reconstruction.setdefault(method, {})[setting] = {k: list(v) for k, v in model.reconstruction.items()}
-            print(f"  {setting} {METHOD_LABELS[method]}: {100 * acc:.2f}% (calibration {model.seconds:.1f} s)",
-                  flush=True)
+                reconstruction.setdefault(method, {})[setting] = {
+                    k: list(v) for k, v in model.reconstruction.items()
+                }
+            print(
+                f"  {setting} {METHOD_LABELS[method]}: {100 * acc:.2f}% (calibration {model.seconds:.1f} s)",
+                flush=True,
+            )
             if save_models:
-                save_quantized(model, out / f"{method}_{setting}.msgpack", {"test_accuracy": acc, "fp_run": str(workdir)})
+                save_quantized(
+                    model,
+                    out / f"{method}_{setting}.msgpack",
+                    {"test_accuracy": acc, "fp_run": str(workdir)},
+                )
     title = f"{dataset.name}: test accuracy (%) after PTQ of {run_config.model} ({dataset.test_size} test images)"
-    text = (format_ptq_table(table, settings, title) + "\n\n"
-            + format_ptq_table({m: v for m, v in seconds.items()}, settings, "calibration seconds", 1, 1.0))
+    text = (
+        format_ptq_table(table, settings, title)
+        + "\n\n"
+        + format_ptq_table(
+            {m: v for m, v in seconds.items()}, settings, "calibration seconds", 1, 1.0
+        )
+    )
     print("\n" + text)
     (out / "ptq_table.md").write_text(text + "\n")
-    payload = {"fp_run": str(workdir), "model": run_config.model, "dataset": dataset.name,
-               "test_examples": int(dataset.test_size), "settings": settings, "accuracy": table,
-               "seconds": seconds, "compile_seconds": round(compile_seconds, 1), "reconstruction_error": reconstruction, "config": config.to_dict()}
+    payload = {
+        "fp_run": str(workdir),
+        "model": run_config.model,
+        "dataset": dataset.name,
+        "test_examples": int(dataset.test_size),
+        "settings": settings,
+        "accuracy": table,
+        "seconds": seconds,
+        "compile_seconds": round(compile_seconds, 1),
+        "reconstruction_error": reconstruction,
+        "config": config.to_dict(),
+    }
     (out / "ptq_results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    png = plot_ptq(table, settings, out / "ptq_accuracy.png", title=f"{dataset.name}, {run_config.model}: PTQ")
+    png = plot_ptq(
+        table, settings, out / "ptq_accuracy.png", title=f"{dataset.name}, {run_config.model}: PTQ"
+    )
     print(f"\nsaved {out / 'ptq_results.json'}, {out / 'ptq_table.md'} and {png}")
     return payload

@@ -5,6 +5,7 @@ One module per family, each with its math, its grid and its bins: `lsq`, `dorefa
 (MBQuant), `vertical` (Vertical Layering); `core` holds what they share, `base` the protocol,
 `registry` the one name table. Every public name is importable from here.
 """
+
 from jaxquant.quantizers.base import INTEGER_BITS, FullPrecision, Quantizer
 from jaxquant.quantizers.core import (
     FP_BITS,

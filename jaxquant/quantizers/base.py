@@ -14,6 +14,7 @@ named ``weight_*`` or ``act_*`` in the quantizer group. A new family subclasses 
 sets ``name`` and ``supported_bits``, writes ``quantize`` (and ``init``, ``at`` and
 ``grid_scale`` if it has parameters or a grid), and may call `jaxquant.quantizers.register`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,6 +37,7 @@ class Quantizer:
     Class attributes: ``name`` (the family's name in configs), ``supported_bits`` (the static
     bit-widths it can represent), ``param_names`` (its learned parameters).
     """
+
     name: ClassVar[str] = ""
     supported_bits: ClassVar[tuple[int, ...]] = INTEGER_BITS
     param_names: ClassVar[tuple[str, ...]] = ()
@@ -72,8 +74,16 @@ class Quantizer:
     has_bins: ClassVar[bool] = False
     """Whether `bins` is defined (Bin Regularization applies to the quantizer's weights)."""
 
-    def bins(self, x: jax.Array, params: Params, bits, *, max_bits: int, units: str = "weight",
-             stop_step_gradient: bool = False) -> tuple[jax.Array, jax.Array, jax.Array, int]:
+    def bins(
+        self,
+        x: jax.Array,
+        params: Params,
+        bits,
+        *,
+        max_bits: int,
+        units: str = "weight",
+        stop_step_gradient: bool = False,
+    ) -> tuple[jax.Array, jax.Array, jax.Array, int]:
         """``(values, bins, levels, num_bins)``: each element's value and integer bin (its code),
         each bin's level, in weight or code ``units`` (`jaxquant.regularizers`)."""
         raise NotImplementedError(f"{type(self).__name__} defines no bins")
@@ -87,6 +97,7 @@ class Quantizer:
 @dataclasses.dataclass(frozen=True)
 class FullPrecision(Quantizer):
     """No quantization: ``x`` passes through at every bit-width (a full-precision layer)."""
+
     name: ClassVar[str] = "none"
     supported_bits: ClassVar[tuple[int, ...]] = (FP_BITS,)
 

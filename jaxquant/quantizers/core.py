@@ -10,6 +10,7 @@ Quantizers compute in float32 (a bfloat16 input gives a float32 result). Every g
 ``x_hat = n * s`` with n integer-valued (`grid_integers` gives n), which is how a layer feeds a
 bfloat16 conv exact operands.
 """
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -34,8 +35,10 @@ def check_bits(bits: Iterable[int], allowed: tuple[int, ...], family: str) -> tu
         if not isinstance(b, int) or isinstance(b, bool) or b not in allowed:
             integer = [a for a in allowed if a < FP_BITS]
             choices = f"integers {min(integer)}..{max(integer)} or " if integer else ""
-            raise BitWidthError(f"bit-width {b!r} is not supported by the {family} quantizer; use "
-                                f"{choices}{FP_BITS} for full precision")
+            raise BitWidthError(
+                f"bit-width {b!r} is not supported by the {family} quantizer; use "
+                f"{choices}{FP_BITS} for full precision"
+            )
     if len(set(bits)) != len(bits):
         raise BitWidthError(f"bit-widths {bits} contain duplicates; list each bit-width once")
     return bits
@@ -101,12 +104,15 @@ def quant_range(bits, signed: bool) -> tuple[jax.Array, jax.Array]:
 def sum_to_shape(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """Sum a broadcast result back to the shape of the operand that was broadcast."""
     lead = x.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and x.shape[lead + i] != 1)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and x.shape[lead + i] != 1
+    )
     return jnp.sum(x, axis=axes, keepdims=False).reshape(shape) if axes else x.reshape(shape)
 
 
 # ----------------------------------------------------------------------------------------------
 # Straight-through rounding and clipping.
+
 
 @jax.custom_vjp
 def ste_round(x: jax.Array) -> jax.Array:
@@ -127,6 +133,7 @@ def clip_inclusive(x: jax.Array, lower, upper) -> jax.Array:
 
 # ----------------------------------------------------------------------------------------------
 # Grids: every fake-quantized value is ``x_hat = n * s``, n integer-valued (bf16 compute).
+
 
 def max_exact_bits(dtype) -> int:
     """The widest bit-width whose integer codes (``|n| <= 2^b - 1``) ``dtype`` holds exactly:

@@ -3,6 +3,7 @@
 Weights ``(2 qfn(tanh w / 2max|tanh w| + 1/2) - 1) * mean|w|``, activations
 ``qfn(clip(x, 0, 1))``, ``qfn(x) = round(x n)/n`` with ``n = 2^k - 1``; no learned parameters.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,17 @@ import jax.numpy as jnp
 
 from jaxquant.quantizers import bins as _bins
 from jaxquant.quantizers.base import FP_BITS, Quantizer
-from jaxquant.quantizers.core import (as_float32, clip_inclusive, grid_scale_or_one, is_full_precision, is_static,
-                                      pow2, static_full_precision, ste_round, unit_grid_scale)
+from jaxquant.quantizers.core import (
+    as_float32,
+    clip_inclusive,
+    grid_scale_or_one,
+    is_full_precision,
+    is_static,
+    pow2,
+    static_full_precision,
+    ste_round,
+    unit_grid_scale,
+)
 
 DOREFA_BITS = tuple(range(1, 17)) + (FP_BITS,)
 
@@ -38,7 +48,11 @@ def dorefa_weight(w: jax.Array, bits) -> jax.Array:
     if static_full_precision(bits):
         return t / t_max * scale
     quantized = (2.0 * _quantize_unit(t / (2.0 * t_max) + 0.5, bits) - 1.0) * scale
-    return quantized if is_static(bits) else jnp.where(is_full_precision(bits), t / t_max * scale, quantized)
+    return (
+        quantized
+        if is_static(bits)
+        else jnp.where(is_full_precision(bits), t / t_max * scale, quantized)
+    )
 
 
 def dorefa_activation(x: jax.Array, bits) -> jax.Array:
@@ -48,8 +62,11 @@ def dorefa_activation(x: jax.Array, bits) -> jax.Array:
     if static_full_precision(bits):
         return jax.nn.relu(x)
     quantized = _quantize_unit(clip_inclusive(x, 0.0, 1.0), bits)
-    return quantized if is_static(bits) else jnp.where(is_full_precision(bits), jax.nn.relu(x), quantized)
-
+    return (
+        quantized
+        if is_static(bits)
+        else jnp.where(is_full_precision(bits), jax.nn.relu(x), quantized)
+    )
 
 
 def dorefa_weight_grid_scale(w: jax.Array, bits) -> jax.Array:
@@ -59,10 +76,9 @@ def dorefa_weight_grid_scale(w: jax.Array, bits) -> jax.Array:
     return grid_scale_or_one(bits, e / (pow2(bits) - 1.0))
 
 
-
-
-def dorefa_bins(w: jax.Array, bits, *, max_bits: int, units: str = "weight"
-                ) -> tuple[jax.Array, jax.Array, jax.Array, int]:
+def dorefa_bins(
+    w: jax.Array, bits, *, max_bits: int, units: str = "weight"
+) -> tuple[jax.Array, jax.Array, jax.Array, int]:
     """Bins of Any-Precision's DoReFa weights. The quantizer rounds
     ``x = n (tanh(w) / (2 max|tanh w|) + 1/2)`` (``n = 2^k - 1``) to the code ``c`` and outputs
     ``(2c/n - 1) E``, ``E = stop_gradient(mean|w|)``. Code units: ``x`` against ``c``; weight
@@ -79,16 +95,17 @@ def dorefa_bins(w: jax.Array, bits, *, max_bits: int, units: str = "weight"
     unit = t / (2.0 * jnp.max(jnp.abs(t))) + 0.5
     x = unit * n
     codes = jax.lax.stop_gradient(jnp.clip(jnp.round(x), 0.0, n)).astype(jnp.int32)
-    levels = jnp.arange(2 ** max_bits, dtype=w.dtype)
+    levels = jnp.arange(2**max_bits, dtype=w.dtype)
     if units == "weight":
         scale = jax.lax.stop_gradient(jnp.mean(jnp.abs(w)))
         x, levels = (2.0 * unit - 1.0) * scale, (2.0 * levels / n - 1.0) * scale
-    return x, codes, levels, 2 ** max_bits
+    return x, codes, levels, 2**max_bits
 
 
 @dataclasses.dataclass(frozen=True)
 class DoReFaWeight(Quantizer):
     """`dorefa_weight`: per tensor, no learned parameters; its FP form is ``tanh(w)/max|tanh w| E``."""
+
     name: ClassVar[str] = "dorefa"
     supported_bits: ClassVar[tuple[int, ...]] = DOREFA_BITS
     has_bins: ClassVar[bool] = True
@@ -106,6 +123,7 @@ class DoReFaWeight(Quantizer):
 @dataclasses.dataclass(frozen=True)
 class DoReFaActivation(Quantizer):
     """`dorefa_activation`: the fixed range [0, 1], no learned parameters; ReLU at 32 bits."""
+
     name: ClassVar[str] = "dorefa"
     supported_bits: ClassVar[tuple[int, ...]] = DOREFA_BITS
 

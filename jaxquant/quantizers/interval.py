@@ -4,6 +4,7 @@ Values are clipped to a learned interval ``[l, u]`` and rounded on the unit grid
 weights ``2 round(3 w~)/3 - 1`` and b-bit activations ``round((2^b-1) x~)/(2^b-1)``,
 ``~`` meaning ``clip((v-l)/(u-l), 0, 1)``. Not rescaled: the following BatchNorm absorbs it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxquant.quantizers.base import INTEGER_BITS, Quantizer
-from jaxquant.quantizers.core import (as_float32, is_full_precision, is_static, pow2, static_full_precision,
-                                      sum_to_shape, unit_grid_scale)
+from jaxquant.quantizers.core import (
+    as_float32,
+    is_full_precision,
+    is_static,
+    pow2,
+    static_full_precision,
+    sum_to_shape,
+    unit_grid_scale,
+)
 
 ARCSINE_HALF_NORMAL = 1.0 / (1.0 - 2.0 / 3.141592653589793) ** 0.5
 """``1/sqrt(1 - 2/pi)``: the official activation init's ``3 std / sqrt(1 - 2/pi)`` factor."""
@@ -41,8 +49,12 @@ def _interval_unit_bwd(res, g):
     width = upper - lower
     t = (x - lower) / width
     g_in = jnp.where((t >= 0.0) & (t <= 1.0), g, 0.0) / width
-    return (sum_to_shape(g_in, jnp.shape(x)), sum_to_shape(g_in * (t - 1.0), jnp.shape(lower)),
-            sum_to_shape(-g_in * t, jnp.shape(upper)), jnp.zeros_like(levels))
+    return (
+        sum_to_shape(g_in, jnp.shape(x)),
+        sum_to_shape(g_in * (t - 1.0), jnp.shape(lower)),
+        sum_to_shape(-g_in * t, jnp.shape(upper)),
+        jnp.zeros_like(levels),
+    )
 
 
 interval_unit.defvjp(_interval_unit_fwd, _interval_unit_bwd)
@@ -67,17 +79,15 @@ def interval_activation(x: jax.Array, lower, upper, bits) -> jax.Array:
     return quantized if is_static(bits) else jnp.where(is_full_precision(bits), x, quantized)
 
 
-
 INTERVAL_WEIGHT_GRID_SCALE = 1.0 / 3.0
 """The grid of `interval_weight`: ``2 round(3 w~)/3 - 1 = (2 code - 3) * 1/3``."""
-
-
 
 
 @dataclasses.dataclass(frozen=True)
 class IntervalWeight(Quantizer):
     """`interval_weight`: fixed 2-bit weights on a learned ``[l, u]`` shared by every
     precision, initialised at ``-/+ 3 std(w)`` (MBQuant's single-branch case)."""
+
     name: ClassVar[str] = "interval_weight"
     supported_bits: ClassVar[tuple[int, ...]] = INTEGER_BITS
     param_names: ClassVar[tuple[str, ...]] = ("lower", "upper")
@@ -103,6 +113,7 @@ class IntervalWeight(Quantizer):
 class IntervalActivation(Quantizer):
     """`interval_activation`: b-bit on a learned ``[l, u]`` per bit-width, initialised at
     ``l = min x``, ``u = max(3 std(x) / sqrt(1 - 2/pi), l + 1e-3)`` (the official init)."""
+
     name: ClassVar[str] = "interval"
     supported_bits: ClassVar[tuple[int, ...]] = INTEGER_BITS
     param_names: ClassVar[tuple[str, ...]] = ("lower", "upper")

@@ -3,6 +3,7 @@
 ``v_hat = round(clip(v/s, -Qn, Qp)) * s`` with a learned step s per bit-width; the step's
 gradient is scaled by ``1/sqrt(N Qp)`` and it starts at ``2 mean|v| / sqrt(Qp)``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,16 @@ import jax.numpy as jnp
 
 from jaxquant.quantizers import bins as _bins
 from jaxquant.quantizers.base import INTEGER_BITS, Quantizer
-from jaxquant.quantizers.core import (as_float32, grid_scale_or_one, is_full_precision, is_static, quant_range,
-                                      signed_range, static_full_precision, sum_to_shape)
+from jaxquant.quantizers.core import (
+    as_float32,
+    grid_scale_or_one,
+    is_full_precision,
+    is_static,
+    quant_range,
+    signed_range,
+    static_full_precision,
+    sum_to_shape,
+)
 
 
 @jax.custom_vjp
@@ -36,7 +45,13 @@ def _lsq_bwd(res, g):
     dstep_elem = jnp.where(below, -qn, jnp.where(above, qp, jnp.round(x) - x))
     dstep = sum_to_shape(g * dstep_elem, jnp.shape(step)) * grad_scale
     zero = jnp.zeros_like
-    return g * inside.astype(g.dtype), dstep.astype(step.dtype), zero(qn), zero(qp), zero(grad_scale)
+    return (
+        g * inside.astype(g.dtype),
+        dstep.astype(step.dtype),
+        zero(qn),
+        zero(qp),
+        zero(grad_scale),
+    )
 
 
 _lsq.defvjp(_lsq_fwd, _lsq_bwd)
@@ -48,8 +63,9 @@ def lsq_grad_scale(num_elements, bits, signed: bool) -> jax.Array:
     return jax.lax.rsqrt(jnp.asarray(num_elements, jnp.float32) * jnp.maximum(qp, 1.0))
 
 
-def lsq_quantize(v: jax.Array, step: jax.Array, bits, *, signed: bool,
-                 num_elements: int | None = None) -> jax.Array:
+def lsq_quantize(
+    v: jax.Array, step: jax.Array, bits, *, signed: bool, num_elements: int | None = None
+) -> jax.Array:
     """LSQ fake quantization ``v_hat = round(clip(v/s, -Qn, Qp)) * s``.
 
     Gradients (LSQ paper, eqs. 3 and 5): ``dv_hat/dv = 1`` for ``-Qn < v/s < Qp`` else 0;
@@ -85,16 +101,20 @@ def lsq_init_step(v: jax.Array, bits, *, signed: bool, axis=None) -> jax.Array:
     return jnp.maximum(2.0 * mean_abs / jnp.sqrt(jnp.maximum(qp, 1.0)), 1e-8)
 
 
-
 def lsq_grid_scale(step, bits) -> jax.Array:
     """`lsq_quantize`'s grid: ``v_hat = code * s``, s the step (1 at full precision)."""
     return grid_scale_or_one(bits, step)
 
 
-
-
-def lsq_bins(w: jax.Array, step: jax.Array, bits, *, max_bits: int, units: str = "weight",
-             stop_step_gradient: bool = False) -> tuple[jax.Array, jax.Array, jax.Array, int]:
+def lsq_bins(
+    w: jax.Array,
+    step: jax.Array,
+    bits,
+    *,
+    max_bits: int,
+    units: str = "weight",
+    stop_step_gradient: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array, int]:
     """Bins of LSQ signed weights: code ``round(clip(w/s, -Qn, Qp))``, level ``code * s``.
 
     ``step`` is a scalar, or one step per output channel (the last axis of ``w``; each channel is
@@ -107,11 +127,16 @@ def lsq_bins(w: jax.Array, step: jax.Array, bits, *, max_bits: int, units: str =
     bits = jnp.minimum(jnp.asarray(bits, jnp.int32), max_bits)
     qn, _ = signed_range(bits)
     codes = jax.lax.stop_gradient(lsq_codes(w, step, bits, signed=True))
-    index, num_bins = _bins.channel_bins(codes + qn.astype(jnp.int32), 2 ** max_bits, per_channel)
+    index, num_bins = _bins.channel_bins(codes + qn.astype(jnp.int32), 2**max_bits, per_channel)
     step_used = jax.lax.stop_gradient(step) if stop_step_gradient else step
-    levels_per_code = jnp.arange(2 ** max_bits, dtype=w.dtype) - qn.astype(w.dtype)
+    levels_per_code = jnp.arange(2**max_bits, dtype=w.dtype) - qn.astype(w.dtype)
     values = w / step_used if units == "code" else w
-    return values, index, _bins.per_channel_levels(levels_per_code, step_used, per_channel, units), num_bins
+    return (
+        values,
+        index,
+        _bins.per_channel_levels(levels_per_code, step_used, per_channel, units),
+        num_bins,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +149,7 @@ class LSQ(Quantizer):
     per_example: N of the step gradient counts one example's elements (activations: the batch,
       the leading axis, does not count), else all elements sharing a step.
     """
+
     signed: bool = True
     per_channel: bool = False
     per_example: bool = False
@@ -148,7 +174,11 @@ class LSQ(Quantizer):
         axis = tuple(range(x.ndim - 1)) if self.per_channel else None
         shape = (-1,) if self.per_channel else ()
         all_bits = jnp.asarray(bits, jnp.int32)
-        return {"step": jax.vmap(lambda b: lsq_init_step(x, b, signed=self.signed, axis=axis).reshape(shape))(all_bits)}
+        return {
+            "step": jax.vmap(
+                lambda b: lsq_init_step(x, b, signed=self.signed, axis=axis).reshape(shape)
+            )(all_bits)
+        }
 
     def at(self, params, precision):
         return {"step": params["step"][precision]}
@@ -165,7 +195,14 @@ class LSQ(Quantizer):
     def bins(self, x, params, bits, *, max_bits, units="weight", stop_step_gradient=False):
         if not self.signed:
             raise NotImplementedError("LSQ bins are defined for signed (weight) grids")
-        return lsq_bins(x, params["step"], bits, max_bits=max_bits, units=units, stop_step_gradient=stop_step_gradient)
+        return lsq_bins(
+            x,
+            params["step"],
+            bits,
+            max_bits=max_bits,
+            units=units,
+            stop_step_gradient=stop_step_gradient,
+        )
 
     def for_signed_inputs(self):
         return dataclasses.replace(self, signed=True)

@@ -3,6 +3,7 @@
 A name may stand for a weight and an activation quantizer (``dorefa``: `DoReFaWeight` and
 `DoReFaActivation`); `register` adds a family, `weight_quantizer`/`activation_quantizer` build
 one from its name and settings."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,13 +22,21 @@ ROLES = ("weight", "activation")
 _TABLE: dict[str, dict[str, tuple[type, dict[str, Any]]]] = {}
 
 
-def register(name: str, *, weight: type | None = None, activation: type | None = None,
-             weight_defaults: dict | None = None, activation_defaults: dict | None = None) -> None:
+def register(
+    name: str,
+    *,
+    weight: type | None = None,
+    activation: type | None = None,
+    weight_defaults: dict | None = None,
+    activation_defaults: dict | None = None,
+) -> None:
     """Make ``name`` build ``weight`` and/or ``activation`` (`Quantizer` subclasses) from
     configs, with the given default settings (dataclass fields)."""
     for role, cls in (("weight", weight), ("activation", activation)):
         if cls is not None and not (isinstance(cls, type) and issubclass(cls, Quantizer)):
-            raise ConfigError(f"register({name!r}): {role} must be a Quantizer subclass, got {cls!r}")
+            raise ConfigError(
+                f"register({name!r}): {role} must be a Quantizer subclass, got {cls!r}"
+            )
     entry = _TABLE.setdefault(name, {})
     if weight is not None:
         entry["weight"] = (weight, dict(weight_defaults or {}))
@@ -77,7 +86,9 @@ def validate_bits(bits: Iterable[int], quantizer: str | Quantizer) -> tuple[int,
     return quantizer.validate(bits)
 
 
-register("lsq", weight=LSQ, activation=LSQ, activation_defaults={"signed": False, "per_example": True})
+register(
+    "lsq", weight=LSQ, activation=LSQ, activation_defaults={"signed": False, "per_example": True}
+)
 register("dorefa", weight=DoReFaWeight, activation=DoReFaActivation)
 register("interval", weight=IntervalWeight, activation=IntervalActivation)
 register("vertical", weight=Vertical)

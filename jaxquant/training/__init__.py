@@ -7,14 +7,45 @@ update (`optim`: model weights and quantizer parameters in their own groups); `f
 trains it on a dataset, data-parallel, checkpointed and resumable; `evaluate` and `accuracy`
 (`evaluation`) measure test accuracy.
 """
-from jaxquant.training.evaluation import accuracy, batches_accuracy, evaluate, evaluate_batches, evaluate_dataset
+
+from jaxquant.training.evaluation import (
+    accuracy,
+    batches_accuracy,
+    evaluate,
+    evaluate_batches,
+    evaluate_dataset,
+)
 from jaxquant.training.loop import data_parallel_mesh, fit
-from jaxquant.training.losses import DISTILLATION_MODES, cross_entropy, multi_precision_loss, soft_cross_entropy
-from jaxquant.training.optim import _param_group  # noqa: F401  (tests import it from here)
-from jaxquant.training.optim import OptimizerConfig, learning_rate_schedule, make_optimizer
+from jaxquant.training.losses import (
+    DISTILLATION_MODES,
+    cross_entropy,
+    multi_precision_loss,
+    soft_cross_entropy,
+)
+from jaxquant.training.optim import (
+    OptimizerConfig,
+    _param_group,  # noqa: F401  (tests import it from here)
+    learning_rate_schedule,
+    make_optimizer,
+)
 from jaxquant.training.step import PRECISION_MODES, MultiPrecisionTrainer, TrainState
 
-__all__ = ["DISTILLATION_MODES", "PRECISION_MODES", "TrainState", "cross_entropy", "soft_cross_entropy",
-           "multi_precision_loss", "OptimizerConfig", "learning_rate_schedule", "make_optimizer",
-           "MultiPrecisionTrainer", "evaluate", "evaluate_batches", "evaluate_dataset", "accuracy",
-           "batches_accuracy", "data_parallel_mesh", "fit"]
+__all__ = [
+    "DISTILLATION_MODES",
+    "PRECISION_MODES",
+    "TrainState",
+    "cross_entropy",
+    "soft_cross_entropy",
+    "multi_precision_loss",
+    "OptimizerConfig",
+    "learning_rate_schedule",
+    "make_optimizer",
+    "MultiPrecisionTrainer",
+    "evaluate",
+    "evaluate_batches",
+    "evaluate_dataset",
+    "accuracy",
+    "batches_accuracy",
+    "data_parallel_mesh",
+    "fit",
+]

@@ -1,4 +1,5 @@
 """The fit loop: data-parallel over all devices, checkpointed, resumable, deterministic."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -23,9 +24,13 @@ def data_parallel_mesh() -> jax.sharding.Mesh:
 
 def _empty_log(num_precisions: int) -> dict:
     """What the fit loop accumulates on device between two log points (`_accumulate`)."""
-    return {"loss_sum": jnp.zeros((), jnp.float32), "accuracy_sum": jnp.zeros((num_precisions,), jnp.float32),
-            "steps": jnp.zeros((), jnp.int32), "first_nonfinite_step": jnp.full((), -1, jnp.int32),
-            "first_nonfinite_loss": jnp.zeros((), jnp.float32)}
+    return {
+        "loss_sum": jnp.zeros((), jnp.float32),
+        "accuracy_sum": jnp.zeros((num_precisions,), jnp.float32),
+        "steps": jnp.zeros((), jnp.int32),
+        "first_nonfinite_step": jnp.full((), -1, jnp.int32),
+        "first_nonfinite_loss": jnp.zeros((), jnp.float32),
+    }
 
 
 def _accumulate(log: dict, metrics: dict, step: jax.Array) -> dict:
@@ -33,17 +38,30 @@ def _accumulate(log: dict, metrics: dict, step: jax.Array) -> dict:
     (1-based, as `fit` reports steps) and that loss; all on device, nothing is fetched."""
     loss = metrics["loss"].astype(jnp.float32)
     first = (log["first_nonfinite_step"] < 0) & ~jnp.isfinite(loss)
-    return {"loss_sum": log["loss_sum"] + loss,
-            "accuracy_sum": log["accuracy_sum"] + metrics["accuracy_per_precision"].astype(jnp.float32),
-            "steps": log["steps"] + 1,
-            "first_nonfinite_step": jnp.where(first, step + 1, log["first_nonfinite_step"]),
-            "first_nonfinite_loss": jnp.where(first, loss, log["first_nonfinite_loss"])}
+    return {
+        "loss_sum": log["loss_sum"] + loss,
+        "accuracy_sum": log["accuracy_sum"] + metrics["accuracy_per_precision"].astype(jnp.float32),
+        "steps": log["steps"] + 1,
+        "first_nonfinite_step": jnp.where(first, step + 1, log["first_nonfinite_step"]),
+        "first_nonfinite_loss": jnp.where(first, loss, log["first_nonfinite_loss"]),
+    }
 
 
-def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epochs: int, batch_size: int,
-        checkpoint_every_steps: int = 500, keep_checkpoints: int = 3, progress: bool = True,
-        log_every_steps: int = 50, log: Callable[[str], None] = print,
-        on_start: Callable[[], None] | None = None) -> TrainState:
+def fit(
+    trainer: MultiPrecisionTrainer,
+    dataset,
+    *,
+    workdir: str,
+    seed: int,
+    epochs: int,
+    batch_size: int,
+    checkpoint_every_steps: int = 500,
+    keep_checkpoints: int = 3,
+    progress: bool = True,
+    log_every_steps: int = 50,
+    log: Callable[[str], None] = print,
+    on_start: Callable[[], None] | None = None,
+) -> TrainState:
     """Train ``trainer`` on ``dataset`` (in memory or streamed, `jaxquant.data`) for ``epochs``;
     resume from ``workdir``.
 
@@ -64,8 +82,10 @@ def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epo
         raise ConfigError(f"log_every_steps must be at least 1, got {log_every_steps}")
     mesh = data_parallel_mesh()
     if batch_size % mesh.size:
-        raise ConfigError(f"batch_size {batch_size} is not divisible by the {mesh.size} devices; "
-                          f"use a multiple of {mesh.size}")
+        raise ConfigError(
+            f"batch_size {batch_size} is not divisible by the {mesh.size} devices; "
+            f"use a multiple of {mesh.size}"
+        )
     data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     n = dataset.train_size
@@ -85,9 +105,13 @@ def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epo
             raise
         log(f"resuming from step {start} in {checkpointer.directory}")
     elif trainer.init_from_batches is not None:
-        batches = [dataset.train_examples(batch_indices(seed + 1, i, n, batch_size), seed + 1, i)[0]
-                   for i in range(trainer.num_precisions)]
-        state = trainer.init_from_batches(trainer, state, batches, jax.random.fold_in(key, 10**6 + 1))
+        batches = [
+            dataset.train_examples(batch_indices(seed + 1, i, n, batch_size), seed + 1, i)[0]
+            for i in range(trainer.num_precisions)
+        ]
+        state = trainer.init_from_batches(
+            trainer, state, batches, jax.random.fold_in(key, 10**6 + 1)
+        )
     if on_start is not None:
         on_start()
     state = jax.device_put(state, replicated)
@@ -105,25 +129,42 @@ def fit(trainer: MultiPrecisionTrainer, dataset, *, workdir: str, seed: int, epo
     local = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
 
     def local_batch(step):
-        return dataset.train_examples(batch_indices(seed, step, n, batch_size)[local], seed, step, local.start)
+        return dataset.train_examples(
+            batch_indices(seed, step, n, batch_size)[local], seed, step, local.start
+        )
 
     first = int(state.step)
-    bar = tqdm(total=total_steps, initial=first, disable=not progress, unit="step", mininterval=1.0,
-               dynamic_ncols=True, desc="train")
+    bar = tqdm(
+        total=total_steps,
+        initial=first,
+        disable=not progress,
+        unit="step",
+        mininterval=1.0,
+        dynamic_ncols=True,
+        desc="train",
+    )
     last_saved = start
 
     def read_log(log_state) -> None:
         """The one device-to-host transfer between log points: report, or stop on a bad loss."""
         values = jax.device_get(log_state)
         if values["first_nonfinite_step"] >= 0:
-            kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved is not None else "no checkpoint was written"
+            kept = (
+                f"the last good checkpoint (step {last_saved}) is kept"
+                if last_saved is not None
+                else "no checkpoint was written"
+            )
             raise NonFiniteLossError(
                 f"loss became {float(values['first_nonfinite_loss'])} at step {int(values['first_nonfinite_step'])}; "
-                f"lower --config.optimizer.learning_rate or check the data; {kept}")
+                f"lower --config.optimizer.learning_rate or check the data; {kept}"
+            )
         if values["steps"] > 0:
             mean_accuracy = values["accuracy_sum"] / values["steps"]
-            bar.set_postfix_str(f"loss {float(values['loss_sum']) / values['steps']:.3f} | " + " ".join(
-                f"{bits_label(b)}:{a:.2f}" for b, a in zip(trainer.bits, mean_accuracy)), refresh=False)
+            bar.set_postfix_str(
+                f"loss {float(values['loss_sum']) / values['steps']:.3f} | "
+                + " ".join(f"{bits_label(b)}:{a:.2f}" for b, a in zip(trainer.bits, mean_accuracy)),
+                refresh=False,
+            )
 
     loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batches")
     pending = loader.submit(local_batch, first) if first < total_steps else None

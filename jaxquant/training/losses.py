@@ -1,5 +1,6 @@
 """The per-precision losses and how they are combined: cross-entropy and in-place distillation
 (``none``, ``largest`` as MBQuant, ``recursive`` as Any-Precision)."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -26,9 +27,13 @@ def soft_cross_entropy(logits: jax.Array, teacher_logits: jax.Array) -> jax.Arra
     return -(target * jax.nn.log_softmax(logits)).sum(-1).mean()
 
 
-def multi_precision_loss(logits: jax.Array, labels: jax.Array, bits: Sequence[int],
-                         distillation: str = "none",
-                         loss_weights: Sequence[float] | None = None) -> tuple[jax.Array, jax.Array]:
+def multi_precision_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    bits: Sequence[int],
+    distillation: str = "none",
+    loss_weights: Sequence[float] | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Combine the per-precision losses of ``logits`` (shape ``(P, N, classes)``).
 
     - ``none``: ``L_b = CE_b``.
@@ -40,7 +45,9 @@ def multi_precision_loss(logits: jax.Array, labels: jax.Array, bits: Sequence[in
     Returns ``(sum_b lambda_b L_b, per-precision losses)``; lambda defaults to 1 (the papers sum).
     """
     if distillation not in DISTILLATION_MODES:
-        raise ConfigError(f"unknown distillation {distillation!r}; choose one of {DISTILLATION_MODES}")
+        raise ConfigError(
+            f"unknown distillation {distillation!r}; choose one of {DISTILLATION_MODES}"
+        )
     order = np.argsort(np.asarray(bits))[::-1]  # precision indices, largest bit-width first
     teacher = int(order[0])
     losses = [None] * len(bits)
@@ -55,5 +62,7 @@ def multi_precision_loss(logits: jax.Array, labels: jax.Array, bits: Sequence[in
         else:
             losses[p] = soft_cross_entropy(logits[p], logits[int(order[rank - 1])])
     per_precision = jnp.stack(losses)
-    weights = jnp.ones(len(bits)) if loss_weights is None else jnp.asarray(loss_weights, jnp.float32)
+    weights = (
+        jnp.ones(len(bits)) if loss_weights is None else jnp.asarray(loss_weights, jnp.float32)
+    )
     return jnp.sum(weights * per_precision), per_precision

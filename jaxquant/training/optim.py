@@ -1,5 +1,6 @@
 """Optimizers: model weights and quantizer parameters in their own groups, with their learning
 rate schedules."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,25 +18,37 @@ from jaxquant.layers import is_quantizer_param
 class OptimizerConfig:
     """Two groups, as the papers' code: model weights (SGD+momentum or Adam, with weight decay)
     and quantizer parameters (Adam, no weight decay), each with its own learning rate."""
-    optimizer: str = "sgd"            # model group: sgd | adam
+
+    optimizer: str = "sgd"  # model group: sgd | adam
     learning_rate: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
-    decay_batchnorm: bool = True       # MBQuant's code decays BN gamma/beta too
-    schedule: str = "cosine"           # cosine | constant | step
-    per_epoch_schedule: bool = False   # staircase: the LR changes once per epoch (PyTorch scheduler.step())
+    decay_batchnorm: bool = True  # MBQuant's code decays BN gamma/beta too
+    schedule: str = "cosine"  # cosine | constant | step
+    per_epoch_schedule: bool = (
+        False  # staircase: the LR changes once per epoch (PyTorch scheduler.step())
+    )
     warmup_epochs: float = 0.0
-    step_epochs: tuple[float, ...] = ()   # for schedule='step': multiply by step_factor at these epochs
+    step_epochs: tuple[
+        float, ...
+    ] = ()  # for schedule='step': multiply by step_factor at these epochs
     step_factor: float = 0.1
     quantizer_optimizer: str = "adam"
     quantizer_learning_rate: float = 1e-3
     quantizer_schedule: str = "cosine"
 
 
-def learning_rate_schedule(base: float, kind: str, total_steps: int, steps_per_epoch: int,
-                           per_epoch: bool = False, warmup_epochs: float = 0.0,
-                           step_epochs: Sequence[float] = (), step_factor: float = 0.1) -> optax.Schedule:
+def learning_rate_schedule(
+    base: float,
+    kind: str,
+    total_steps: int,
+    steps_per_epoch: int,
+    per_epoch: bool = False,
+    warmup_epochs: float = 0.0,
+    step_epochs: Sequence[float] = (),
+    step_factor: float = 0.1,
+) -> optax.Schedule:
     """cosine (to 0), constant, or step; optionally a staircase per epoch and a linear warmup."""
     total_steps = max(int(total_steps), 1)
     steps_per_epoch = max(int(steps_per_epoch), 1)
@@ -51,8 +64,10 @@ def learning_rate_schedule(base: float, kind: str, total_steps: int, steps_per_e
             lr = jnp.full((), base, jnp.float32)
         elif kind == "step":
             epoch = t / steps_per_epoch
-            drops = sum(jnp.where(epoch >= e, 1.0, 0.0) for e in step_epochs) if step_epochs else 0.0
-            lr = base * step_factor ** drops
+            drops = (
+                sum(jnp.where(epoch >= e, 1.0, 0.0) for e in step_epochs) if step_epochs else 0.0
+            )
+            lr = base * step_factor**drops
         else:
             raise ConfigError(f"unknown schedule {kind!r}; use cosine, constant or step")
         if warmup:
@@ -69,26 +84,53 @@ def _param_group(path: tuple, _) -> str:
 
 def _decays(path: tuple, _, decay_batchnorm: bool) -> bool:
     names = [getattr(k, "key", str(k)) for k in path]
-    is_bn = any(n.endswith("bn") or "_bn" in n for n in names[:-1]) and names[-1] in ("scale", "bias")
+    is_bn = any(n.endswith("bn") or "_bn" in n for n in names[:-1]) and names[-1] in (
+        "scale",
+        "bias",
+    )
     return decay_batchnorm or not is_bn
 
 
-def make_optimizer(config: OptimizerConfig, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(
+    config: OptimizerConfig, total_steps: int, steps_per_epoch: int
+) -> optax.GradientTransformation:
     """``multi_transform`` over the two parameter groups (see `OptimizerConfig`)."""
-    lr = learning_rate_schedule(config.learning_rate, config.schedule, total_steps, steps_per_epoch,
-                                config.per_epoch_schedule, config.warmup_epochs, config.step_epochs,
-                                config.step_factor)
-    qlr = learning_rate_schedule(config.quantizer_learning_rate, config.quantizer_schedule, total_steps,
-                                 steps_per_epoch, config.per_epoch_schedule, config.warmup_epochs,
-                                 config.step_epochs, config.step_factor)
+    lr = learning_rate_schedule(
+        config.learning_rate,
+        config.schedule,
+        total_steps,
+        steps_per_epoch,
+        config.per_epoch_schedule,
+        config.warmup_epochs,
+        config.step_epochs,
+        config.step_factor,
+    )
+    qlr = learning_rate_schedule(
+        config.quantizer_learning_rate,
+        config.quantizer_schedule,
+        total_steps,
+        steps_per_epoch,
+        config.per_epoch_schedule,
+        config.warmup_epochs,
+        config.step_epochs,
+        config.step_factor,
+    )
 
     def decay_mask(params):
-        return jax.tree_util.tree_map_with_path(lambda p, v: _decays(p, v, config.decay_batchnorm), params)
+        return jax.tree_util.tree_map_with_path(
+            lambda p, v: _decays(p, v, config.decay_batchnorm), params
+        )
 
     # PyTorch adds the L2 term to the gradient before momentum/Adam: add_decayed_weights first.
-    wd = optax.add_decayed_weights(config.weight_decay, mask=decay_mask) if config.weight_decay else optax.identity()
+    wd = (
+        optax.add_decayed_weights(config.weight_decay, mask=decay_mask)
+        if config.weight_decay
+        else optax.identity()
+    )
     if config.optimizer == "sgd":
-        model_tx = optax.chain(wd, optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov))
+        model_tx = optax.chain(
+            wd, optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov)
+        )
     elif config.optimizer == "adam":
         model_tx = optax.chain(wd, optax.adam(lr))
     else:
@@ -98,7 +140,10 @@ def make_optimizer(config: OptimizerConfig, total_steps: int, steps_per_epoch: i
     elif config.quantizer_optimizer == "sgd":
         quant_tx = optax.sgd(qlr, momentum=config.momentum or None)
     else:
-        raise ConfigError(f"unknown quantizer optimizer {config.quantizer_optimizer!r}; use adam or sgd")
+        raise ConfigError(
+            f"unknown quantizer optimizer {config.quantizer_optimizer!r}; use adam or sgd"
+        )
     return optax.multi_transform(
         {"model": model_tx, "quantizer": quant_tx},
-        lambda params: jax.tree_util.tree_map_with_path(_param_group, params))
+        lambda params: jax.tree_util.tree_map_with_path(_param_group, params),
+    )

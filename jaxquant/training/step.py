@@ -6,6 +6,7 @@ the way to skip work a precision does not need). The per-precision losses are co
 the step, so in-place distillation from the largest bit-width costs no extra forward, and one
 optimizer update follows.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,6 +29,7 @@ PRECISION_MODES = ("vmap", "unroll")
 @flax.struct.dataclass
 class TrainState:
     """Everything a step changes; a pytree that orbax saves as is."""
+
     step: jax.Array
     params: Any
     batch_stats: Any
@@ -50,6 +52,7 @@ class MultiPrecisionTrainer:
     ``preprocess(images, train, key)`` turns a raw batch into model inputs on device (for
     example normalisation and random crop + flip); it runs inside the jitted step.
     """
+
     model: nn.Module
     bits: tuple[int, ...]
     optimizer: optax.GradientTransformation
@@ -78,11 +81,17 @@ class MultiPrecisionTrainer:
     def __post_init__(self):
         self.bits = tuple(self.bits)
         if self.precision_mode not in PRECISION_MODES:
-            raise ConfigError(f"unknown precision_mode {self.precision_mode!r}; choose one of {PRECISION_MODES}")
+            raise ConfigError(
+                f"unknown precision_mode {self.precision_mode!r}; choose one of {PRECISION_MODES}"
+            )
         if self.distillation not in DISTILLATION_MODES:
-            raise ConfigError(f"unknown distillation {self.distillation!r}; choose one of {DISTILLATION_MODES}")
+            raise ConfigError(
+                f"unknown distillation {self.distillation!r}; choose one of {DISTILLATION_MODES}"
+            )
         if self.loss_weights is not None and len(self.loss_weights) != len(self.bits):
-            raise ConfigError(f"loss_weights has {len(self.loss_weights)} entries but bits has {len(self.bits)}")
+            raise ConfigError(
+                f"loss_weights has {len(self.loss_weights)} entries but bits has {len(self.bits)}"
+            )
 
     @property
     def num_precisions(self) -> int:
@@ -104,25 +113,38 @@ class MultiPrecisionTrainer:
         # float32 inputs whatever the compute dtype: data-dependent inits (LSQ steps) are the
         # float32 run's, and every parameter is created float32.
         x = self._inputs(sample_images, False, key, jnp.float32)
+
         # Jitted: un-jitted, Flax's init dispatches op by op (2x slower for the multi-branch models).
         def init(k, v):
             with lowering(self.lowering):
                 return self.model.init(k, v, int(np.argmax(self.bits)), train=True)
+
         variables = jax.jit(init)(key, x)
         params = variables["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          batch_stats=variables.get("batch_stats", {}),
-                          opt_state=self.optimizer.init(params))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=self.optimizer.init(params),
+        )
 
     def _forward_all(self, params, batch_stats, x):
         """Logits ``(P, N, classes)`` in training mode and the updated batch statistics."""
+
         def one(precision, stats):
-            logits, updates = self.apply({"params": params, "batch_stats": stats}, x, precision,
-                                         train=True, mutable=["batch_stats"])
+            logits, updates = self.apply(
+                {"params": params, "batch_stats": stats},
+                x,
+                precision,
+                train=True,
+                mutable=["batch_stats"],
+            )
             return logits.astype(jnp.float32), updates.get("batch_stats", stats)
 
         if self.precision_mode == "vmap":
-            logits, stacked = jax.vmap(one, in_axes=(0, None))(jnp.arange(self.num_precisions), batch_stats)
+            logits, stacked = jax.vmap(one, in_axes=(0, None))(
+                jnp.arange(self.num_precisions), batch_stats
+            )
             return logits, _merge_batch_stats(batch_stats, stacked)
         outputs = []
         for p in range(self.num_precisions):
@@ -130,49 +152,69 @@ class MultiPrecisionTrainer:
             outputs.append(logits)
         return jnp.stack(outputs), batch_stats
 
-    def train_step(self, state: TrainState, images: jax.Array, labels: jax.Array,
-                   key: jax.Array) -> tuple[TrainState, dict]:
+    def train_step(
+        self, state: TrainState, images: jax.Array, labels: jax.Array, key: jax.Array
+    ) -> tuple[TrainState, dict]:
         """One optimizer update from all P precisions of a batch. ``key`` is the run's base key;
         the step folds in ``state.step``, so a resumed run draws the same augmentations."""
         x = self._inputs(images, True, jax.random.fold_in(key, state.step))
 
         def loss_fn(params):
             logits, batch_stats = self._forward_all(params, state.batch_stats, x)
-            loss, per_precision = multi_precision_loss(logits, labels, self.bits, self.distillation,
-                                                       self.loss_weights)
+            loss, per_precision = multi_precision_loss(
+                logits, labels, self.bits, self.distillation, self.loss_weights
+            )
             regularization = {}
             if self.regularizer is not None:
                 regularization = self.regularization(params, state.step)
-                weight, per_precision_br = regularization["regularizer_weight"], regularization["regularizer_per_precision"]
+                weight, per_precision_br = (
+                    regularization["regularizer_weight"],
+                    regularization["regularizer_per_precision"],
+                )
                 loss = loss + weight * jnp.sum(per_precision_br)
             return loss, (per_precision, batch_stats, logits, regularization)
 
         (loss, (per_precision, batch_stats, logits, regularization)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True)(state.params)
+            loss_fn, has_aux=True
+        )(state.params)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels[None], axis=1)
-        metrics = {"loss": loss, "loss_per_precision": per_precision, "accuracy_per_precision": accuracy,
-                   **regularization}
-        return TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
-                          opt_state=opt_state), metrics
+        metrics = {
+            "loss": loss,
+            "loss_per_precision": per_precision,
+            "accuracy_per_precision": accuracy,
+            **regularization,
+        }
+        return TrainState(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        ), metrics
 
     def regularization(self, params, step) -> dict:
         """``{'regularizer_per_precision': (P,), 'regularizer_weight': scalar}`` of `regularizer`
         at optimizer step ``step`` (the loss adds their weighted sum; both go to the metrics)."""
         if self.precision_mode == "vmap":
-            per_precision = jax.vmap(lambda p: self.regularizer(params, p))(jnp.arange(self.num_precisions))
+            per_precision = jax.vmap(lambda p: self.regularizer(params, p))(
+                jnp.arange(self.num_precisions)
+            )
         else:
-            per_precision = jnp.stack([self.regularizer(params, p) for p in range(self.num_precisions)])
+            per_precision = jnp.stack(
+                [self.regularizer(params, p) for p in range(self.num_precisions)]
+            )
         weight = 1.0 if self.regularizer_weight is None else self.regularizer_weight(step)
-        return {"regularizer_per_precision": per_precision, "regularizer_weight": jnp.asarray(weight, jnp.float32)}
+        return {
+            "regularizer_per_precision": per_precision,
+            "regularizer_weight": jnp.asarray(weight, jnp.float32),
+        }
 
     def logits(self, params, batch_stats, images: jax.Array, precision=None) -> jax.Array:
         """Inference logits: ``(P, N, classes)`` for every precision, or ``(N, classes)`` for one."""
         x = self._inputs(images, False, None)
 
         def one(p):
-            return self.apply({"params": params, "batch_stats": batch_stats}, x, p, train=False).astype(jnp.float32)
+            return self.apply(
+                {"params": params, "batch_stats": batch_stats}, x, p, train=False
+            ).astype(jnp.float32)
 
         if precision is not None:
             return one(precision)
