@@ -45,11 +45,11 @@ with its first line and the run goes on.
 
 Usage:
 
-  python benchmarks/accelerator.py                 # the full run (sized for about 8 minutes on one H100)
-  python benchmarks/accelerator.py --smoke         # tiny shapes, CPU, well under a minute
-  python benchmarks/accelerator.py --dry-run       # lower every row with the accelerator's conv paths
-                                                   # (native vmap batching, XLA weight gradients) and
-                                                   # print XLA's FLOPs; no compile, no timing
+  python benchmarks/accelerator.py            # the full run (sized for about 8 minutes on one H100)
+  python benchmarks/accelerator.py --smoke    # tiny shapes, CPU, well under a minute
+  python benchmarks/accelerator.py --dry-run  # lower every row with the accelerator's conv paths
+                                              # (native vmap batching, XLA weight gradients) and
+                                              # print XLA's FLOPs; no compile, no timing
 
 XLA's FLOPs count a loop body once: with ``--weight-gradient im2col`` (what ``auto`` is on CPU)
 the chunked weight gradients are undercounted, so CPU runs other than the smoke and the dry run
@@ -133,15 +133,18 @@ PEAK_TFLOPS = [
     ("H200 SXM", r"h200(?!.*nvl)", {"float32": 67.0, "tf32": 494.5, "bfloat16": 989.5}),
     # NVIDIA H200 Tensor Core GPU datasheet: H200 NVL FP32 60, TF32 835*, BF16 1,671*.
     ("H200 NVL", r"h200.*nvl", {"float32": 60.0, "tf32": 417.5, "bfloat16": 835.5}),
-    # NVIDIA A100 Tensor Core GPU datasheet (SXM and PCIe, 40 and 80 GB): FP32 19.5, TF32 156, BF16 312.
+    # NVIDIA A100 Tensor Core GPU datasheet (SXM and PCIe, 40 and 80 GB):
+    # FP32 19.5, TF32 156, BF16 312.
     ("A100", r"a100", {"float32": 19.5, "tf32": 156.0, "bfloat16": 312.0}),
     # NVIDIA L4 Tensor Core GPU datasheet: FP32 30.3, TF32 120*, BF16 242*.
     ("L4", r"\bl4\b", {"float32": 30.3, "tf32": 60.0, "bfloat16": 121.0}),
     # Google Cloud TPU documentation, TPU v6e (Trillium): 918 TFLOP/s BF16 per chip.
     ("TPU v6e", r"tpu v6( lite|e)", {"bfloat16": 918.0}),
-    # Google Cloud TPU documentation, TPU v5e: 197 TFLOP/s BF16 per chip (device_kind 'TPU v5 lite').
+    # Google Cloud TPU documentation, TPU v5e: 197 TFLOP/s BF16 per chip
+    # (device_kind 'TPU v5 lite').
     ("TPU v5e", r"tpu v5( lite|e)", {"bfloat16": 197.0}),
-    # Google Cloud TPU documentation, TPU v5p: 459 TFLOP/s BF16 per chip (device_kind 'TPU v5' or 'TPU v5p').
+    # Google Cloud TPU documentation, TPU v5p: 459 TFLOP/s BF16 per chip
+    # (device_kind 'TPU v5' or 'TPU v5p').
     ("TPU v5p", r"tpu v5(p|$)", {"bfloat16": 459.0}),
     # Google Cloud TPU documentation, TPU v4 system architecture: 275 TFLOP/s BF16 per chip.
     ("TPU v4", r"tpu v4", {"bfloat16": 275.0}),
@@ -585,12 +588,14 @@ def main(argv=None) -> list[dict]:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="tiny CIFAR-shaped run (SmallCNN 8/8, 8x8x3, batch 4, bits 2/8, one timed step) for CPU",
+        help="tiny CIFAR-shaped run (SmallCNN 8/8, 8x8x3, batch 4, bits 2/8, one timed step) "
+        "for CPU",
     )
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="lower every row and print XLA's FLOPs of the un-optimised step; no compile, no timing",
+        help="lower every row and print XLA's FLOPs of the un-optimised step; no compile, "
+        "no timing",
     )
     parser.add_argument(
         "--out",
@@ -669,13 +674,16 @@ def main(argv=None) -> list[dict]:
     peaks = header["peak"]
     print(
         f"# jaxquant accelerator benchmark ({header['mode']}): {header['device_kind']} "
-        f"({header['backend']}, {header['device_count']} device(s)), jax {header['jax']}, {header['date']}"
+        f"({header['backend']}, {header['device_count']} device(s)), jax {header['jax']}, "
+        f"{header['date']}"
     )
     print(
-        f"# {args.steps} timed steps after {args.warmup} warm-up, conv_batching {header['conv_batching']}, "
+        f"# {args.steps} timed steps after {args.warmup} warm-up, "
+        f"conv_batching {header['conv_batching']}, "
         f"weight_gradient {args.weight_gradient}, budget {args.budget_s:.0f} s; peak: "
         + (
-            f"{peaks['name']} float32 {peaks['float32'] / 1e12:.0f} TFLOP/s ({peaks['float32_path']}), "
+            f"{peaks['name']} float32 {peaks['float32'] / 1e12:.0f} TFLOP/s "
+            f"({peaks['float32_path']}), "
             f"bfloat16 {peaks['bfloat16'] / 1e12:.0f} TFLOP/s"
             if peaks
             else "unknown device, MFU n/a"
@@ -683,7 +691,8 @@ def main(argv=None) -> list[dict]:
     )
     for w in workloads:
         print(
-            f"# {w.name}: {w.title}, {w.num_classes} classes, bits {w.bits} (anyprecision {w.anyprecision_bits})"
+            f"# {w.name}: {w.title}, {w.num_classes} classes, bits {w.bits} "
+            f"(anyprecision {w.anyprecision_bits})"
         )
     print(table([]), flush=True)
 
@@ -813,7 +822,8 @@ def main(argv=None) -> list[dict]:
     print(
         f"# {header['device_kind']} ({header['backend']}), jax {header['jax']}, {header['date']}: "
         f"{sum(r['status'] == 'ok' for r in rows)} rows measured, "
-        f"{sum(r['status'] == 'skipped' for r in rows)} skipped, {sum(r['status'] == 'error' for r in rows)} "
+        f"{sum(r['status'] == 'skipped' for r in rows)} skipped, "
+        f"{sum(r['status'] == 'error' for r in rows)} "
         f"errors, {elapsed:.0f} s; JSON: {out}"
     )
     print(table(rows), flush=True)

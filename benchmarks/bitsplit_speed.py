@@ -81,11 +81,13 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=15000)
     args = parser.parse_args(argv)
     print(
-        f"ofwa_rr, W{BITS} ({BITS - 1} planes), {args.rows} calibration rows, jax {jax.__version__}, "
+        f"ofwa_rr, W{BITS} ({BITS - 1} planes), {args.rows} calibration rows, "
+        f"jax {jax.__version__}, "
         f"{jax.devices()[0].platform}"
     )
     print(
-        "| layer | W (M x N) | blocked s/epoch | sequential s/epoch | numpy (the code's loop) s/epoch "
+        "| layer | W (M x N) | blocked s/epoch | sequential s/epoch "
+        "| numpy (the code's loop) s/epoch "
         "| sequential / blocked | numpy / blocked |"
     )
     print("|---|---|---:|---:|---:|---:|---:|")
@@ -96,7 +98,8 @@ def main(argv=None) -> int:
         sequential = time_jax(stats, planes, alpha, 1, sequential=True)
         reference = numpy_epoch(stats[0], stats[1], planes, alpha)
         print(
-            f"| {name} | {out_features} x {fan_in} | {blocked:.3f} | {sequential:.3f} | {reference:.3f} "
+            f"| {name} | {out_features} x {fan_in} | {blocked:.3f} | {sequential:.3f} "
+            f"| {reference:.3f} "
             f"| {sequential / blocked:.1f} | {reference / blocked:.1f} |",
             flush=True,
         )

@@ -1,4 +1,4 @@
-"""Training-step speed of the multi-precision step, all variants measured in one run.
+r"""Training-step speed of the multi-precision step, all variants measured in one run.
 
 CIFAR ResNet-20 (post-activation, width x1; or ``--model small_cnn``, the Fashion-MNIST
 experiments' SmallCNN), LSQ weights and activations, batch 128, bits (2, 4, 6, 8), distillation
@@ -52,7 +52,8 @@ revisions have, so this script can drive an older package.
 
 Usage:
 
-  python benchmarks/step_speed.py [--steps 5] [--batch 128] [--bits 2,4,6,8] [--conv-batching unroll]
+  python benchmarks/step_speed.py [--steps 5] [--batch 128] [--bits 2,4,6,8] \
+      [--conv-batching unroll]
   python benchmarks/step_speed.py --steps 3 --only ap-vmap,ap-unroll --against /tmp/base
 """
 
@@ -337,8 +338,8 @@ def parse_args(argv=None):
         "--against",
         metavar="BASE_DIR",
         default=None,
-        help="time each variant with the jaxquant package at BASE_DIR and with this working tree's, "
-        "in fresh processes, interleaved, and print base/new ms/step and their ratio",
+        help="time each variant with the jaxquant package at BASE_DIR and with this working "
+        "tree's, in fresh processes, interleaved, and print base/new ms/step and their ratio",
     )
     parser.add_argument(
         "--repeats", type=int, default=2, help="with --against: runs per side and variant"
@@ -353,7 +354,8 @@ def parse_args(argv=None):
 
 def _side_run(root: pathlib.Path, args, variant: str) -> dict:
     """One fresh process of this script timing ``variant`` with the jaxquant package at ``root``
-    (PYTHONPATH puts it first). Returns its result: ``{"jaxquant": file, "ms": ..., "compile_s": ...}``."""
+    (PYTHONPATH puts it first). Returns its result:
+    ``{"jaxquant": file, "ms": ..., "compile_s": ...}``."""
     command = [sys.executable, str(pathlib.Path(__file__).resolve())]
     for name in FORWARDED:
         command += ["--" + name.replace("_", "-"), str(getattr(args, name))]
@@ -389,8 +391,9 @@ def run_against(args) -> dict:
     chosen = [v for v in args.only.split(",") if v]
     sides = (("base", base), ("new", ROOT))
     print(
-        f"# --against: base = {base}, new = {ROOT}; each variant {args.repeats} runs per side, interleaved "
-        "(base, new, ...), each a fresh process; ms/step: the least of a side's runs (each the median of "
+        f"# --against: base = {base}, new = {ROOT}; each variant {args.repeats} runs per side, "
+        "interleaved (base, new, ...), each a fresh process; ms/step: the least of a side's runs "
+        "(each the median of "
         f"{args.steps} timed steps)",
         flush=True,
     )
@@ -401,8 +404,10 @@ def run_against(args) -> dict:
                 result = _side_run(root, args, variant)
                 runs.setdefault((variant, side), []).append(result["ms"])
                 print(
-                    f"  {variant:<14}{side:<5} run {repeat + 1}/{args.repeats}{result['ms']:>10.0f} ms/step"
-                    f"{result['compile_s']:>8.1f} s compile{result.get('xla_gflop', 0.0):>8.1f} XLA GFLOP"
+                    f"  {variant:<14}{side:<5} run {repeat + 1}/{args.repeats}"
+                    f"{result['ms']:>10.0f} ms/step"
+                    f"{result['compile_s']:>8.1f} s compile"
+                    f"{result.get('xla_gflop', 0.0):>8.1f} XLA GFLOP"
                     f"{result.get('xla_gb', 0.0):>6.1f} XLA GB   jaxquant: {result['jaxquant']}",
                     flush=True,
                 )
@@ -430,7 +435,8 @@ def main(argv=None):
     common = dict(
         width=args.width, weight_gradient=args.weight_gradient, model=args.model, depth=args.depth
     )
-    # Any-Precision: explicit conv batching and precision mode (an older package's defaults may differ).
+    # Any-Precision: explicit conv batching and precision mode (an older package's defaults may
+    # differ).
     anyprecision = dict(
         spec=ANYPRECISION_SPEC,
         distillation="recursive",
@@ -472,16 +478,20 @@ def main(argv=None):
     unknown = [v for v in chosen if v not in variants and v not in ("conv-floor", "mbq-conv-floor")]
     if unknown:
         raise SystemExit(
-            f"step_speed: unknown variant(s) {unknown}; choose from {sorted(variants) + ['conv-floor', 'mbq-conv-floor']}"
+            f"step_speed: unknown variant(s) {unknown}; "
+            f"choose from {sorted(variants) + ['conv-floor', 'mbq-conv-floor']}"
         )
     model_name = (
         f"CIFAR ResNet-{args.depth} x{args.width}"
         if args.model == "resnet20"
         else "SmallCNN 16/32/64 (28x28x1)"
     )
+    ap_model = (
+        f"CIFAR ResNet-{args.depth} x{args.ap_width}" if args.model == "resnet20" else "SmallCNN"
+    )
     ap_note = (
         f"Any-Precision: pre-activation "
-        f"{f'CIFAR ResNet-{args.depth} x{args.ap_width}' if args.model == 'resnet20' else 'SmallCNN'}, "
+        f"{ap_model}, "
         f"DoReFa, FP stem/classifier/shortcuts, bits {ap_bits}, recursive distillation"
     )
     families = [v for v in chosen if not v.startswith("ap-")]
@@ -527,7 +537,8 @@ def main(argv=None):
             "xla_gb": accessed / 1e9,
         }
         print(
-            f"{name:<12}{seconds * 1e3:>10.0f}{compile_seconds:>11.1f}{flops / 1e9:>11.1f}{accessed / 1e9:>8.1f}",
+            f"{name:<12}{seconds * 1e3:>10.0f}{compile_seconds:>11.1f}"
+            f"{flops / 1e9:>11.1f}{accessed / 1e9:>8.1f}",
             flush=True,
         )
     if "vmap" in results and "sequential" in results:

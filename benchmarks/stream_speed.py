@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     source = JpegSource(args.images)
     mean_kb = statistics.mean(len(e) for e in source.encoded) / 1024
     print(
-        f"stand-in source: {len(source)} JPEGs, mean {mean_kb:.0f} KiB; batch {args.batch}, {args.size}x{args.size}"
+        f"stand-in source: {len(source)} JPEGs, mean {mean_kb:.0f} KiB; batch {args.batch}, "
+        f"{args.size}x{args.size}"
     )
     print("| workers | train images/s | speedup | eval images/s | speedup |")
     print("|---:|---:|---:|---:|---:|")
@@ -94,7 +95,8 @@ def main(argv=None) -> int:
         evaluation = count / (time.perf_counter() - start)
         base = base or (train, evaluation)
         print(
-            f"| {workers} | {train:.0f} | {train / base[0]:.2f}x | {evaluation:.0f} | {evaluation / base[1]:.2f}x |",
+            f"| {workers} | {train:.0f} | {train / base[0]:.2f}x | {evaluation:.0f} "
+            f"| {evaluation / base[1]:.2f}x |",
             flush=True,
         )
     return 0

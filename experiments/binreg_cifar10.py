@@ -1,15 +1,17 @@
-"""LSQ vs LSQ + Bin Regularization on CIFAR-10 (JPEG-rebuilt), CPU scale.
+r"""LSQ vs LSQ + Bin Regularization on CIFAR-10 (JPEG-rebuilt), CPU scale.
 
 Trains (resuming any finished run in the workdir) with `jaxquant train` and
 `configs/cifar10_binreg_cpu.py`:
   - dedicated LSQ and LSQ + BR (two-stage, the paper's schedule) models at 2, 3 and 4 bits;
   - the schedule ablation at 2 bits: BR joint from the start, and alternating epochs;
-  - BR in code units (``w/s`` against the integer code) at 2 bits, the reading the paper leaves open;
+  - BR in code units (``w/s`` against the integer code) at 2 bits, the reading the paper leaves
+    open;
 then prints the accuracy tables, the weight quantization MSE and bin statistics per run
 (`jaxquant.methods.binreg.bin_report`), and writes them to WORKDIR/table.md with the bin plot of
 the largest quantized layer, LSQ vs LSQ + BR at 2 bits (WORKDIR/binreg_bins.png).
 
-  python experiments/binreg_cifar10.py --data_dir /tmp/tfds_data [--workdir runs/binreg_cifar10] [--epochs 6]
+  python experiments/binreg_cifar10.py --data_dir /tmp/tfds_data \
+      [--workdir runs/binreg_cifar10] [--epochs 6]
 
 Nine runs of 6 epochs: about 35 minutes on the 2-core machine when it is quiet.
 Build the data first: python ../shared/data/prepare_tfds.py /tmp/tfds_data cifar10
@@ -33,7 +35,10 @@ from jaxquant.runs import load_run
 
 HERE = pathlib.Path(__file__).resolve().parent
 CONFIG = HERE / "configs" / "cifar10_binreg_cpu.py"
-TITLE = "CIFAR-10 (JPEG-rebuilt) test accuracy (%), SmallCNN 16/32/64/64, dedicated models, 10,000 test images"
+TITLE = (
+    "CIFAR-10 (JPEG-rebuilt) test accuracy (%), SmallCNN 16/32/64/64, dedicated models, "
+    "10,000 test images"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +150,8 @@ def summarize(root: pathlib.Path, plan, dataset, seconds: dict | None = None) ->
         total = report["total"]
         offset, std = spread_line(report)
         lines.append(
-            f"| {run.label} | {run.bits} | {total['mse']:.3e} | {total['mse_code']:.4f} | {total['br']:.3e} | "
+            f"| {run.label} | {run.bits} | {total['mse']:.3e} | {total['mse_code']:.4f} | "
+            f"{total['br']:.3e} | "
             f"{total['br_code']:.4f} | {offset:.4f} | {std:.4f} |"
         )
     text += "\n\n" + "\n".join(lines)
@@ -182,8 +188,8 @@ def summarize(root: pathlib.Path, plan, dataset, seconds: dict | None = None) ->
         text += f"\n\nbin plot of {name} (the largest quantized layer): {png.name}"
     if seconds:
         text += (
-            "\n\nwall-clock seconds per `jaxquant train` call (2-core CPU; a finished run resumes and only "
-            "evaluates): " + ", ".join(f"{k}: {v:.0f}" for k, v in seconds.items())
+            "\n\nwall-clock seconds per `jaxquant train` call (2-core CPU; a finished run resumes "
+            "and only evaluates): " + ", ".join(f"{k}: {v:.0f}" for k, v in seconds.items())
         )
     return text
 
@@ -209,8 +215,9 @@ def main(argv=None) -> int:
     config = json.loads((root / PLAN[1].name / "config.json").read_text())
     lam = binreg.resolve_lambda(apply_overrides(load_config(CONFIG), {"method": config["method"]}))
     text += (
-        f"\n\nconfig: {config['epochs']} epochs, batch {config['batch_size']}, seed {config['seed']}, "
-        f"lambda {lam:g} (LSQ rows: 0), BR from epoch {config['binreg_start_epochs']:g} (two-stage), "
+        f"\n\nconfig: {config['epochs']} epochs, batch {config['batch_size']}, "
+        f"seed {config['seed']}, lambda {lam:g} (LSQ rows: 0), "
+        f"BR from epoch {config['binreg_start_epochs']:g} (two-stage), "
         f"{config['binreg_units']} units, {config['binreg_layer_reduction']} over layers"
     )
     print("\n" + text)

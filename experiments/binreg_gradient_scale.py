@@ -26,7 +26,8 @@ from jaxquant.training import multi_precision_loss
 
 def gradient_scale(workdir, lam: float = 0.5, batch_size: int = 64) -> list[dict]:
     """One row per (units, layer): the gradient norms of CE and of ``lam * BR`` (summed over
-    the run's precisions) on the kernel and the step, from the first ``batch_size`` training images."""
+    the run's precisions) on the kernel and the step, from the first ``batch_size`` training
+    images."""
     _, dataset, trainer, state, _ = load_run(workdir)
     images = jnp.asarray(dataset.train_images[:batch_size])
     labels = jnp.asarray(dataset.train_labels[:batch_size])
@@ -73,14 +74,16 @@ def main(argv=None) -> int:
     parser.add_argument("--lam", type=float, default=0.5)
     args = parser.parse_args(argv)
     print(
-        "| units | layer | abs(dCE/dW) | abs(lambda dBR/dW) | ratio | abs(dCE/ds) | abs(lambda dBR/ds) | ratio |"
+        "| units | layer | abs(dCE/dW) | abs(lambda dBR/dW) | ratio "
+        "| abs(dCE/ds) | abs(lambda dBR/ds) | ratio |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in gradient_scale(args.workdir, args.lam):
         ratio = lambda a, b: b / a if a else np.inf  # noqa: E731
         print(
             f"| {r['units']} | {r['layer']} | {r['ce_kernel']:.3g} | {r['br_kernel']:.3g} | "
-            f"{ratio(r['ce_kernel'], r['br_kernel']):.3g} | {r['ce_step']:.3g} | {r['br_step']:.3g} | "
+            f"{ratio(r['ce_kernel'], r['br_kernel']):.3g} | {r['ce_step']:.3g} | "
+            f"{r['br_step']:.3g} | "
             f"{ratio(r['ce_step'], r['br_step']):.3g} |"
         )
     return 0

@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     )
     config = load_config(HERE / "configs" / "cifar10_bitsplit_cpu.py")
     print(
-        f"\n=== jaxquant ptq --workdir {fp_run} --config {HERE / 'configs' / 'cifar10_bitsplit_cpu.py'}",
+        f"\n=== jaxquant ptq --workdir {fp_run} "
+        f"--config {HERE / 'configs' / 'cifar10_bitsplit_cpu.py'}",
         flush=True,
     )
     start = time.perf_counter()

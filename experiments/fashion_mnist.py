@@ -1,8 +1,9 @@
-"""Any-Precision (one model, bits 2/4/8/FP) vs dedicated LSQ models (one per bit-width) on
+r"""Any-Precision (one model, bits 2/4/8/FP) vs dedicated LSQ models (one per bit-width) on
 Fashion-MNIST, same SmallCNN and budget. Trains every run with `jaxquant train` (resuming any
 finished run in the workdir), then prints the table and writes it with a plot.
 
-  python experiments/fashion_mnist.py --data_dir /tmp/tfds_data [--workdir runs/fashion_mnist] [--epochs 3]
+  python experiments/fashion_mnist.py --data_dir /tmp/tfds_data \
+      [--workdir runs/fashion_mnist] [--epochs 3]
 
 Build the data first: python ../shared/data/prepare_tfds.py /tmp/tfds_data fashion_mnist
 """

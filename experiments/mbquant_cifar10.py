@@ -1,4 +1,4 @@
-"""MBQuant on CIFAR-10 (JPEG-rebuilt), CPU scale: amortised vs naive branch selection vs no
+r"""MBQuant on CIFAR-10 (JPEG-rebuilt), CPU scale: amortised vs naive branch selection vs no
 distillation vs the Any-Precision baseline of the same quantized-body size, at every bit-width 2..8.
 
 Trains (resuming any finished run in the workdir) with `jaxquant train`:
@@ -9,7 +9,8 @@ Trains (resuming any finished run in the workdir) with `jaxquant train`:
 then prints the accuracy table, the quantized-body weight counts and the BitOPs per bit-width,
 and writes the table and a plot to the workdir.
 
-  python experiments/mbquant_cifar10.py --data_dir /tmp/tfds_data [--workdir runs/mbquant_cifar10] [--epochs 2]
+  python experiments/mbquant_cifar10.py --data_dir /tmp/tfds_data \
+      [--workdir runs/mbquant_cifar10] [--epochs 2]
 
 Build the data first: python ../shared/data/prepare_tfds.py /tmp/tfds_data cifar10
 """
@@ -122,12 +123,12 @@ def main(argv=None) -> int:
         bitops_lines("cifar10_mbquant_cpu.py")
     )
     text += (
-        f"\n\nconfig: {config['epochs']} epochs, batch {config['batch_size']}, seed {config['seed']}, "
-        f"MBQuant widths {tuple(config['widths'])}"
+        f"\n\nconfig: {config['epochs']} epochs, batch {config['batch_size']}, "
+        f"seed {config['seed']}, MBQuant widths {tuple(config['widths'])}"
     )
     text += (
-        "\nwall-clock seconds per `jaxquant train` call (2-core CPU; a finished run resumes and only "
-        "evaluates): " + ", ".join(f"{k}: {v:.0f}" for k, v in seconds.items())
+        "\nwall-clock seconds per `jaxquant train` call (2-core CPU; a finished run resumes "
+        "and only evaluates): " + ", ".join(f"{k}: {v:.0f}" for k, v in seconds.items())
     )
     print("\n" + text)
     (root / "table.md").write_text(text + "\n")

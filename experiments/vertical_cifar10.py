@@ -1,4 +1,4 @@
-"""Vertical Layering vs dedicated LSQ models vs MSB-slicing, on CIFAR-10 (JPEG-rebuilt), CPU scale.
+r"""Vertical Layering vs dedicated LSQ models vs MSB-slicing, on CIFAR-10 (JPEG-rebuilt), CPU scale.
 
 Trains (resuming any finished run in the workdir) with `jaxquant train`:
   - one Vertical Layering model for bits 2..8 and FP (`configs/cifar10_vertical_cpu.py`);
@@ -8,7 +8,8 @@ motivation: slicing a normally trained model collapses at low bits), exports the
 bit-plane artefact and reads it back at every bit-width. Prints the table and writes it, with a
 plot, to the workdir.
 
-  python experiments/vertical_cifar10.py --data_dir /tmp/tfds_data [--workdir runs/vertical_cifar10] [--epochs 4]
+  python experiments/vertical_cifar10.py --data_dir /tmp/tfds_data \
+      [--workdir runs/vertical_cifar10] [--epochs 4]
 
 Build the data first: python ../shared/data/prepare_tfds.py /tmp/tfds_data cifar10
 """
@@ -61,8 +62,9 @@ def msb_sliced_accuracy(
     run, dataset, rounded: bool, slice_weights: bool = True
 ) -> dict[int, float]:
     """Test accuracy of the dedicated 8-bit LSQ model with its weight codes cut to their top k bits
-    (`methods.vertical.msb_sliced_weights`: floor, or rounded by the next bit) and activations at k bits with the 8-bit step scaled
-    by ``Qp_8 / Qp_k`` (the same clipping range); BatchNorm of the 8-bit model, untouched.
+    (`methods.vertical.msb_sliced_weights`: floor, or rounded by the next bit) and activations at
+    k bits with the 8-bit step scaled by ``Qp_8 / Qp_k`` (the same clipping range); BatchNorm of
+    the 8-bit model, untouched.
     ``slice_weights=False`` keeps the 8-bit weights: only the activations go to k bits.
     ``run``: the dedicated model's `jaxquant.runs.load_run`."""
     config, _, trainer, state, _ = run
@@ -165,10 +167,13 @@ def main(argv=None) -> int:
         + ", ".join(f"{k}-bit {b:,}" for k, b in bytes_read.items())
     )
     text += "\n\n" + code_usage(lsq_8)
-    text += f"\n\nconfig: {config['epochs']} epochs, batch {config['batch_size']}, seed {config['seed']}"
     text += (
-        "\nwall-clock seconds per `jaxquant train` call (2-core CPU; a finished run resumes and only evaluates): "
-        + ", ".join(f"{k}: {v:.0f}" for k, v in seconds.items())
+        f"\n\nconfig: {config['epochs']} epochs, batch {config['batch_size']}, "
+        f"seed {config['seed']}"
+    )
+    text += (
+        "\nwall-clock seconds per `jaxquant train` call (2-core CPU; a finished run resumes and "
+        "only evaluates): " + ", ".join(f"{k}: {v:.0f}" for k, v in seconds.items())
     )
     print("\n" + text)
     (root / "table.md").write_text(text + "\n")

@@ -4,8 +4,9 @@ Saved every N steps and at the end, the last K kept; a rerun with the same workd
 the latest step. Saves are asynchronous: `Checkpointer.save` returns once the arrays are copied
 off the device, and the files are written in the background (orbax writes each step into a
 temporary directory and renames it when complete, so a process killed mid-write leaves the
-previous checkpoints intact and the partial one ignored). A checkpoint that cannot be read, or that was written by a model of another
-shape, raises `CheckpointError` before anything is written, so nothing a user had is lost.
+previous checkpoints intact and the partial one ignored). A checkpoint that cannot be read, or
+that was written by a model of another shape, raises `CheckpointError` before anything is
+written, so nothing a user had is lost.
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(
-                f"no checkpoint in {self.directory}; train first with `jaxquant train --workdir ...`"
+                f"no checkpoint in {self.directory}; "
+                "train first with `jaxquant train --workdir ...`"
             )
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
         try:
@@ -139,13 +141,14 @@ class Checkpointer:
         except Exception as e:  # orbax raises many types for corrupt or mismatched files
             first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise CheckpointError(
-                f"checkpoint step {step} in {self.directory} cannot be restored into this config's model "
-                f"({type(e).__name__}: {first_line}); use a new --workdir, or the config that wrote it"
+                f"checkpoint step {step} in {self.directory} cannot be restored into this config's "
+                f"model ({type(e).__name__}: {first_line}); use a new --workdir, or the config "
+                "that wrote it"
             ) from e
         if _shapes(restored) != _shapes(template):
             raise CheckpointError(
-                f"checkpoint step {step} in {self.directory} holds a model of other shapes than this config "
-                "builds; use a new --workdir, or the config that wrote it"
+                f"checkpoint step {step} in {self.directory} holds a model of other shapes than "
+                "this config builds; use a new --workdir, or the config that wrote it"
             )
         return restored
 

@@ -132,7 +132,8 @@ def _report(
     untrained = [b for b in accuracies if b not in tuple(config.bits)]
     if untrained:
         print(
-            f"\nnot trained, run from the cascade with borrowed BatchNorm: {', '.join(map(str, untrained))}-bit"
+            "\nnot trained, run from the cascade with borrowed BatchNorm: "
+            f"{', '.join(map(str, untrained))}-bit"
         )
     extra = {
         "method": config.method,
@@ -185,8 +186,10 @@ def train(args, overrides: dict[str, str]) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     print(
         f"jaxquant train: {config.method} / {config.model} on {dataset.name} "
-        f"({dataset.train_size} train images{', streamed' if isinstance(dataset, StreamingDataset) else ''}), bits {tuple(config.bits)}, "
-        f"{config.epochs} epochs, distillation {trainer.distillation}, precisions by {trainer.precision_mode}, "
+        f"({dataset.train_size} train images"
+        f"{', streamed' if isinstance(dataset, StreamingDataset) else ''}), "
+        f"bits {tuple(config.bits)}, {config.epochs} epochs, distillation {trainer.distillation}, "
+        f"precisions by {trainer.precision_mode}, "
         f"compute {jnp.dtype(trainer.compute_dtype).name}, "
         f"workdir {workdir}",
         flush=True,
@@ -255,9 +258,11 @@ def export_workdir(args) -> int:
         model = load_vertical(args.out, k)
         accuracy = "-"
         if not args.no_eval:
-            accuracy = f"{100.0 * batches_accuracy(model, dataset.test_batches(config.eval_batch_size)):.2f}"
+            batches = dataset.test_batches(config.eval_batch_size)
+            accuracy = f"{100.0 * batches_accuracy(model, batches):.2f}"
         rows.append(
-            f"| {k} | {model.bytes_read:,} | {model.bytes_read / model.file_bytes:.1%} | {accuracy} |"
+            f"| {k} | {model.bytes_read:,} | {model.bytes_read / model.file_bytes:.1%} "
+            f"| {accuracy} |"
         )
     print("\n".join(rows))
     return 0

@@ -1,4 +1,5 @@
-"""ml_collections configs: load a ``get_config()`` file and apply ``--config.key=value`` overrides."""
+"""ml_collections configs: load a ``get_config()`` file and apply ``--config.key=value``
+overrides."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ DEFAULT_CONFIG = pathlib.Path(__file__).parent / "configs" / "default.py"
 
 
 def load_config(path: str | pathlib.Path | None = None) -> ml_collections.ConfigDict:
-    """The ``get_config()`` of a config file (default: the embedded ``digits`` Any-Precision run)."""
+    """The ``get_config()`` of a config file (default: the embedded ``digits`` Any-Precision
+    run)."""
     path = pathlib.Path(path) if path else DEFAULT_CONFIG
     if not path.is_file():
         raise ConfigError(

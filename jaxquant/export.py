@@ -229,16 +229,19 @@ def _read_header(f, path) -> tuple[dict, int]:
     head = f.read(_PREFIX.size)
     if len(head) < _PREFIX.size:
         raise CheckpointError(
-            f"{path} is truncated ({len(head)} bytes): not a complete jaxquant artefact; export it again"
+            f"{path} is truncated ({len(head)} bytes): not a complete jaxquant artefact; "
+            "export it again"
         )
     magic, version, length = _PREFIX.unpack(head)
     if magic != MAGIC:
         raise CheckpointError(
-            f"{path} is not a jaxquant vertical-layered file (bad magic); export one with `jaxquant export`"
+            f"{path} is not a jaxquant vertical-layered file (bad magic); "
+            "export one with `jaxquant export`"
         )
     if version != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has format version {version}; this jaxquant reads {FORMAT_VERSION}; re-export it"
+            f"{path} has format version {version}; this jaxquant reads {FORMAT_VERSION}; "
+            "re-export it"
         )
     # Check the length against the file before reading: a corrupted length field would otherwise
     # ask read() for up to 2^64 bytes (MemoryError / OverflowError instead of a CheckpointError).

@@ -75,7 +75,8 @@ def _signed_clip(x: jax.Array, bits) -> jax.Array:
 
 
 def round_clip_direct(q: jax.Array, source_bits: int, bits, rounding: str = "half_up") -> jax.Array:
-    """Double Rounding's direct nesting: ``q_k = clip(round(q_B / 2^(B-k)), -2^(k-1), 2^(k-1)-1)``."""
+    """Double Rounding's direct nesting:
+    ``q_k = clip(round(q_B / 2^(B-k)), -2^(k-1), 2^(k-1)-1)``."""
     source_bits = _check_source(source_bits)
     scale = jnp.ldexp(jnp.ones((), jnp.float32), source_bits - _bits(bits))
     rounded = _round_half(jnp.asarray(q, jnp.float32) / scale, rounding).astype(jnp.int32)

@@ -117,7 +117,8 @@ def layer_bins(
     stop_step_gradient: bool = False,
 ) -> tuple[tuple[jax.Array, jax.Array, jax.Array, int], jax.Array]:
     """``((values, bins, levels, num_bins), bits)`` of one layer at a precision index (traced or
-    not): the layer's own bit-width ``layer.bits[precision]`` (index 0 for a one-bit-width layer)."""
+    not): the layer's own bit-width ``layer.bits[precision]`` (index 0 for a one-bit-width
+    layer)."""
     index = precision if len(layer.bits) > 1 else 0
     bit_width = jnp.asarray(layer.bits, jnp.int32)[index]
     quantizer = layer.weight

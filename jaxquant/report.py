@@ -29,7 +29,8 @@ def format_table(results: Mapping[str, Mapping[int, float]], title: str = "") ->
 def save_results(
     workdir: str | pathlib.Path, accuracies: Mapping[int, float], extra: dict | None = None
 ) -> pathlib.Path:
-    """Write ``results.json`` (``{"accuracy": {"2": 0.93, ..., "32": 0.97}, ...}``) in the workdir."""
+    """Write ``results.json`` (``{"accuracy": {"2": 0.93, ..., "32": 0.97}, ...}``) in the
+    workdir."""
     path = pathlib.Path(workdir) / "results.json"
     payload = {"accuracy": {str(int(b)): float(a) for b, a in accuracies.items()}, **(extra or {})}
     path.write_text(json.dumps(payload, indent=2) + "\n")

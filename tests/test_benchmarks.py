@@ -55,7 +55,8 @@ def test_anyprecision_variants_are_the_experiment_config(step_speed):
         preactivation=True,
         optimizer=step_speed.ANYPRECISION_OPTIMIZER,
     )
-    # The benchmark names conv_batching='unroll' (an older package has no 'auto'; on CPU 'auto' is 'unroll').
+    # The benchmark names conv_batching='unroll' (an older package has no 'auto'; on CPU 'auto' is
+    # 'unroll').
     assert trainer.model == expected and trainer.lowering == Lowering("unroll", "auto")
     assert trainer.bits == tuple(config.bits) and trainer.distillation == resolve_distillation(
         config

@@ -26,7 +26,8 @@ def fwa_reference(w, bits):
 
 
 def ofwa_rr_reference(x, y, planes, alpha, epochs):
-    """The digest's loop, one coordinate at a time, in float64 (planes MSB first, integer weights)."""
+    """The digest's loop, one coordinate at a time, in float64 (planes MSB first, integer
+    weights)."""
     planes = planes.astype(np.float64).copy()
     alpha = alpha.astype(np.float64).copy()
     num_planes = planes.shape[0]

@@ -110,7 +110,8 @@ def test_every_bit_width_is_the_trained_model_exactly_and_a_growing_prefix(run):
     assert all(b > a for a, b in zip(read, read[1:]))
     assert all(b - a == plane_bytes for a, b in zip(read, read[1:]))  # one enhance plane per layer
     assert read[-1] == summary["file_bytes"]  # 8 bits read the whole file
-    # The trained model is not the same at every bit-width (the test above could not pass trivially).
+    # The trained model is not the same at every bit-width (the test above could not pass
+    # trivially).
     assert not np.array_equal(run["trained"][2], run["trained"][8])
 
 

@@ -29,7 +29,8 @@ from jaxquant.training import fit
 
 @dataclasses.dataclass(frozen=True)
 class MinMaxWeight(q.Quantizer):
-    """Symmetric min-max: ``w_hat = round(w / s) s``, ``s = max|w| / (2^(b-1) - 1)`` (not learned)."""
+    """Symmetric min-max: ``w_hat = round(w / s) s``, ``s = max|w| / (2^(b-1) - 1)`` (not
+    learned)."""
 
     name: ClassVar[str] = "minmax"
 

@@ -190,7 +190,8 @@ def test_multibranch_cnn_convs_match_the_model(widths, partial_widths, image_siz
         partial_widths=partial_widths,
         stem_pool=stem_pool,
     )
-    seen = {}  # what each MultiBranchConv was built with and what it output, recorded while tracing init
+    # what each MultiBranchConv was built with and what it output, recorded while tracing init
+    seen = {}
 
     def record(call, args, kwargs, context):
         out = call(*args, **kwargs)

@@ -141,7 +141,8 @@ def _unread_mask(path_names, leaf, sel, p, partial_in, partial_out):
 
 
 def _bn_unread(leaf, sel, p, channels, partial_out):
-    """BatchNorm scale/bias ``(P, G*C)``: every other precision's row, and this row's deselected channels."""
+    """BatchNorm scale/bias ``(P, G*C)``: every other precision's row, and this row's deselected
+    channels."""
     unread = np.ones(leaf.shape, bool)
     row = np.zeros((G, channels), bool)
     row[np.asarray(sel.full[p], bool)] = True
@@ -152,7 +153,8 @@ def _bn_unread(leaf, sel, p, channels, partial_out):
 
 
 def _partial_sizes(model):
-    """``{layer name: (partial_in, partial_out, out channels)}`` of the model's multi-branch layers."""
+    """``{layer name: (partial_in, partial_out, out channels)}`` of the model's multi-branch
+    layers."""
     if isinstance(model, MultiBranchCNN):
         return {"conv0": (6, 3, 8), "conv1": (3, 6, 6)}
     if isinstance(model, MultiBranchResNet):
@@ -330,7 +332,8 @@ def test_resnet20_step_traces_and_a_resnet8_step_is_finite():
     labels = jnp.array([1, 7])
     images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     for depth in (20, 8):
-        # XLA's grouped conv for the branch/precision axes: a third of the unrolled form's compile time.
+        # XLA's grouped conv for the branch/precision axes: a third of the unrolled form's compile
+        # time.
         model = MultiBranchCifarResNet(
             depth=depth, num_classes=10, bits=bits, selection=mbquant.branch_selection(bits)
         )

@@ -1,4 +1,5 @@
-"""notebooks/bin_regularization.ipynb runs top to bottom with small settings and shows its outputs."""
+"""notebooks/bin_regularization.ipynb runs top to bottom with small settings and shows its
+outputs."""
 
 from notebook_runner import NOTEBOOKS, execute, outputs, parameters
 

@@ -89,7 +89,8 @@ def test_static_bits_equal_traced_bits(name, fn, params, bits):
 
 
 def _primitives(fn, *args):
-    """How often each primitive occurs in ``fn``'s trace, nested jaxprs (jit, custom_vjp) included."""
+    """How often each primitive occurs in ``fn``'s trace, nested jaxprs (jit, custom_vjp)
+    included."""
     names = collections.Counter()
 
     def walk(jaxpr):

@@ -645,7 +645,8 @@ def test_msb_sliced_weights_by_hand():
         vertical.msb_sliced_weights(params, 4, centred=True)["conv"]["kernel"],
         f32([4, -4, 60, -60, 4, -4]),
     )
-    # rounded: clip(floor(q_B / 2^(8-k) + 1/2), -2^(k-1), 2^(k-1)-1) * 2^(8-k) * 0.5; k = 8 is the model itself
+    # rounded: clip(floor(q_B / 2^(8-k) + 1/2), -2^(k-1), 2^(k-1)-1) * 2^(8-k) * 0.5; k = 8 is the
+    # model itself
     rounded = {
         4: [0, 0, 56, -64, 0, 0],
         2: [0, 0, 32, -64, 0, 0],

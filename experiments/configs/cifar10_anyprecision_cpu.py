@@ -1,10 +1,11 @@
-"""Any-Precision DNN on CIFAR-10 (JPEG-rebuilt), CPU scale: the baseline of
+r"""Any-Precision DNN on CIFAR-10 (JPEG-rebuilt), CPU scale: the baseline of
 `experiments/mbquant_cifar10.py`. A SmallCNN with twice the branch widths of
 `cifar10_mbquant_cpu.py` (FP stem 16, quantized 32/64/64), so its quantized body has exactly as
 many weights as MBQuant's four branches (59,904); every bit-width 2..8 trained together, DoReFa
 quantizers, switchable BN, recursive distillation, Any-Precision's Adam (lr 1e-3, no weight
 decay, cosine), the same 2 epochs and batch as MBQuant.
-  jaxquant train --config experiments/configs/cifar10_anyprecision_cpu.py --config.data_dir=/tmp/tfds_data
+  jaxquant train --config experiments/configs/cifar10_anyprecision_cpu.py \
+      --config.data_dir=/tmp/tfds_data
 """
 
 from jaxquant.configs.base import base_config

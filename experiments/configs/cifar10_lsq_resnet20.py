@@ -3,7 +3,8 @@
 
 LSQ's recipe: SGD momentum 0.9, lr 0.1 (0.01 when fine-tuning from FP), cosine, weight decay
 1e-4 (the LSQ paper lowers it at 2-3 bits), 200 epochs, batch 128, crop + flip; step sizes with
-Adam at lr 1e-3 here (LSQ trains them with the same SGD; set --config.optimizer.quantizer_optimizer=sgd).
+Adam at lr 1e-3 here (LSQ trains them with the same SGD; set
+--config.optimizer.quantizer_optimizer=sgd).
 """
 
 from jaxquant.configs.base import base_config

@@ -1,4 +1,4 @@
-"""MBQuant on CIFAR-10 (JPEG-rebuilt, `../shared/data`), CPU scale: one multi-branch SmallCNN
+r"""MBQuant on CIFAR-10 (JPEG-rebuilt, `../shared/data`), CPU scale: one multi-branch SmallCNN
 (FP stem of 8 channels tiled into four branches of 16/32/32-channel 2-bit convs, FP classifier)
 trained once for every bit-width 2..8, in-place distillation from 8 bits, amortised selection,
 intervals initialised from one batch per bit-width; the precisions unrolled in the step, so each
@@ -9,7 +9,8 @@ Adam 1e-4 for the intervals); ours, for a 2-epoch CPU budget: the cosine steps p
 code's per-epoch staircase would hold lr 0.1 for half of a 2-epoch run), no augmentation, and the
 model size. `experiments/mbquant_cifar10.py` runs the comparison (naive selection, no
 distillation, Any-Precision of the same body size).
-  jaxquant train --config experiments/configs/cifar10_mbquant_cpu.py --config.data_dir=/tmp/tfds_data
+  jaxquant train --config experiments/configs/cifar10_mbquant_cpu.py \
+      --config.data_dir=/tmp/tfds_data
 """
 
 from jaxquant.configs.base import base_config

@@ -1,9 +1,11 @@
-"""Vertical Layering on CIFAR-10, the full recipe for GPU/TPU: post-activation ResNet-20 (width
+r"""Vertical Layering on CIFAR-10, the full recipe for GPU/TPU: post-activation ResNet-20 (width
 x1) trained once for bits 2..8 and FP; every integer bit-width is the top k bit planes of one
 8-bit source code (floor cascade, mid-rise grid), so `jaxquant export` writes one artefact that
 loads at any k in 2..8.
-  jaxquant train --config experiments/configs/cifar10_vertical_resnet20.py --config.data_dir=/tmp/tfds_data --workdir runs/cifar10_vertical_resnet20
-  jaxquant export --workdir runs/cifar10_vertical_resnet20 --out runs/cifar10_vertical_resnet20/model.vl
+  jaxquant train --config experiments/configs/cifar10_vertical_resnet20.py \
+      --config.data_dir=/tmp/tfds_data --workdir runs/cifar10_vertical_resnet20
+  jaxquant export --workdir runs/cifar10_vertical_resnet20 \
+      --out runs/cifar10_vertical_resnet20/model.vl
 
 Where the values come from (VL's own text and code are not public, so its recipe is unknown;
 `../shared/research/seeds_vertical_binreg.md` section 1.3):

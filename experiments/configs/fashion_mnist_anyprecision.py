@@ -1,8 +1,9 @@
-"""Any-Precision DNN on Fashion-MNIST (real data, `../shared/data`), CPU scale.
+r"""Any-Precision DNN on Fashion-MNIST (real data, `../shared/data`), CPU scale.
 
 One SmallCNN (16/32/64 channels, FP stem and classifier) trained once for bits 2, 4, 8 and FP:
 DoReFa quantizers, switchable BN, recursive in-place distillation. 3 epochs, Adam, cosine.
-  jaxquant train --config experiments/configs/fashion_mnist_anyprecision.py --config.data_dir=/tmp/tfds_data
+  jaxquant train --config experiments/configs/fashion_mnist_anyprecision.py \
+      --config.data_dir=/tmp/tfds_data
 """
 
 from jaxquant.configs.base import base_config

@@ -1,4 +1,4 @@
-"""LSQ + Bin Regularization on ImageNet, MobileNetV2 at 2 bits (weights and activations; FP stem
+r"""LSQ + Bin Regularization on ImageNet, MobileNetV2 at 2 bits (weights and activations; FP stem
 and classifier): the paper's headline model (BR adds +3.9 top-1 over LSQ at 2 bits, from its
 abstract). ``--config.method=lsq`` trains the LSQ baseline. For GPU/TPU.
 
@@ -9,8 +9,10 @@ the BR paper's own was not reachable: SGD momentum 0.9, weight decay 2.5e-5, cos
 256, 90 epochs, RandomResizedCrop + flip. The model is `jaxquant.models.MobileNetV2`
 (torchvision's layout, depthwise convs quantized; the expansion convs' inputs signed).
 
-ImageNet streams from ``imagenet2012`` prepared as array_record in DATA_DIR (`jaxquant.data.StreamingDataset`):
-  jaxquant train --config experiments/configs/imagenet_binreg_mobilenetv2.py --config.data_dir=DATA_DIR --workdir runs/imagenet_br_mobilenetv2
+ImageNet streams from ``imagenet2012`` prepared as array_record in DATA_DIR
+(`jaxquant.data.StreamingDataset`):
+  jaxquant train --config experiments/configs/imagenet_binreg_mobilenetv2.py \
+      --config.data_dir=DATA_DIR --workdir runs/imagenet_br_mobilenetv2
 """
 
 from imagenet_binreg_resnet18 import get_config as resnet18_config  # a sibling config

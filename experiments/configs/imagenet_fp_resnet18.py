@@ -1,10 +1,12 @@
-"""Full-precision ImageNet ResNet-18 (torchvision's layout), the model BitSplit quantizes after
+r"""Full-precision ImageNet ResNet-18 (torchvision's layout), the model BitSplit quantizes after
 training (`imagenet_bitsplit_resnet18.py`). torchvision's reference recipe: SGD momentum 0.9,
 lr 0.1 divided by 10 at epochs 30 and 60, weight decay 1e-4, 90 epochs, batch 256,
 RandomResizedCrop(224) + flip; evaluation resize 256 / centre-crop 224. For GPU/TPU; ImageNet
 streams from ``imagenet2012`` prepared as array_record in DATA_DIR.
-  jaxquant train --config experiments/configs/imagenet_fp_resnet18.py --config.data_dir=DATA_DIR --workdir runs/imagenet_fp_resnet18
-  jaxquant ptq --workdir runs/imagenet_fp_resnet18 --config experiments/configs/imagenet_bitsplit_resnet18.py
+  jaxquant train --config experiments/configs/imagenet_fp_resnet18.py \
+      --config.data_dir=DATA_DIR --workdir runs/imagenet_fp_resnet18
+  jaxquant ptq --workdir runs/imagenet_fp_resnet18 \
+      --config experiments/configs/imagenet_bitsplit_resnet18.py
 """
 
 from jaxquant.configs.base import base_config

@@ -1,4 +1,4 @@
-"""MBQuant on ImageNet, the official code's README recipe for ResNet-18 (`main_resnet.py`;
+r"""MBQuant on ImageNet, the official code's README recipe for ResNet-18 (`main_resnet.py`;
 digest part A4), for GPU/TPU: multi-branch ImageNet ResNet-18 (four 2-bit branches per body conv
 and per 1x1 downsample, FP 7x7 stem and classifier, partial widths 40/76/184/396), bits 2/4/6/8
 trained together on every step, in-place distillation from 8 bits (``0.5 softCE + 0.5 CE``),
@@ -11,15 +11,17 @@ resize 256 / centre-crop 224 for evaluation (on the host as the data streams,
 training batch per bit-width (``init_quant_model``).
 
 ``channel_shuffle=True`` for parity with the code, whose downsample blocks shuffle the residual
-path's channels across the selected branches (`jaxquant.models.multibranch.channel_shuffle_indices`);
-the paper calls the branches independent, so ``--config.mbquant.channel_shuffle=False`` is the clean variant.
+path's channels across the selected branches
+(`jaxquant.models.multibranch.channel_shuffle_indices`); the paper calls the branches
+independent, so ``--config.mbquant.channel_shuffle=False`` is the clean variant.
 
 Ours, not the code's: per-bit-width stem BN (the code shares one), ``weight_slots='branch'`` and
 ``weight_interval_std='chunk'`` (set ``'position'`` and ``'filter'`` for the code's interval
 slots and init quirk).
-  jaxquant train --config experiments/configs/imagenet_mbquant_resnet18.py --config.data_dir=DATA_DIR --workdir runs/imagenet_mbquant_resnet18
-ImageNet streams from ``imagenet2012`` prepared as array_record in DATA_DIR. ResNet-34: ``--config.model=resnet34``
-(the code's partial widths 39/78/188/400 follow from the stage sizes).
+  jaxquant train --config experiments/configs/imagenet_mbquant_resnet18.py \
+      --config.data_dir=DATA_DIR --workdir runs/imagenet_mbquant_resnet18
+ImageNet streams from ``imagenet2012`` prepared as array_record in DATA_DIR. ResNet-34:
+``--config.model=resnet34`` (the code's partial widths 39/78/188/400 follow from the stage sizes).
 """
 
 from jaxquant.configs.base import base_config
@@ -33,9 +35,8 @@ def get_config():
     c.bits = (2, 4, 6, 8)
     c.mbquant.selection = "amortised"
     c.mbquant.partial_widths = ()  # the model's default: the code's (40, 76, 184, 396)
-    c.mbquant.channel_shuffle = (
-        True  # the code's cross-branch shuffle in downsample blocks (parity)
-    )
+    # the code's cross-branch shuffle in downsample blocks (parity)
+    c.mbquant.channel_shuffle = True
     c.distillation = "largest"
     c.mbquant.interval_init = "batches"
     c.augment = "none"  # RandomResizedCrop + flip happen in the input pipeline

@@ -10,39 +10,47 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.method = "anyprecision"  # anyprecision | lsq | binreg | vertical | mbquant
-    c.dataset = "digits"  # digits | mnist | fashion_mnist | cifar10 | cifar100 (in memory) | imagenet2012 (streamed)
+    # digits | mnist | fashion_mnist | cifar10 | cifar100 (in memory) | imagenet2012 (streamed)
+    c.dataset = "digits"
     c.data_dir = ""  # tfds data_dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets)
     c.augment = "none"  # none | crop | crop_flip (on device, inside the step)
     c.crop_padding = 4
-    c.image_size = 224  # streamed datasets (imagenet2012): RandomResizedCrop side; evaluation resizes to size*256/224 and centre-crops
+    # streamed datasets (imagenet2012): RandomResizedCrop side; evaluation resizes to
+    # size*256/224 and centre-crops
+    c.image_size = 224
     c.data_workers = 8  # streamed datasets: host threads that decode and augment
     c.model = "small_cnn"  # small_cnn | resnet20 | resnet32 | resnet18 | resnet34 | mobilenet_v2
-    c.width = 1.0  # width multiplier: CIFAR ResNet (a whole number; Any-Precision uses 5), MobileNetV2 (any, e.g. 0.75)
+    # width multiplier: CIFAR ResNet (a whole number; Any-Precision uses 5), MobileNetV2 (any,
+    # e.g. 0.75)
+    c.width = 1.0
     c.widths = (32, 64, 64)  # SmallCNN: stem width, then one quantized conv per entry
     c.stem_pool = False  # SmallCNN: 2x2 max-pool after the stem (28x28 inputs)
     c.preactivation = False  # CIFAR ResNet: Any-Precision's pre-activation blocks
     c.quantize_shortcut = False  # quantize 1x1 projection shortcuts
     c.first_last_bits = 0  # 0: FP stem conv and classifier; else their fixed bit-width
     c.per_channel = False  # LSQ / vertical: one weight step per output channel
-    c.dtype = "float32"  # compute dtype: float32 | bfloat16 (convs, matmuls, activations; params, optimizer state, loss stay float32; bf16 needs bits <= 8)
-    c.conv_batching = "auto"  # auto (CPU: unroll, GPU/TPU: native) | unroll (one plain conv per precision under vmap) | native (XLA's: one grouped conv for all P)
-    c.conv_weight_gradient = (
-        "auto"  # auto (CPU: im2col, GPU/TPU: xla) | im2col | xla: conv weight gradients
-    )
+    # compute dtype: float32 | bfloat16 (convs, matmuls, activations; params, optimizer state,
+    # loss stay float32; bf16 needs bits <= 8)
+    c.dtype = "float32"
+    # auto (CPU: unroll, GPU/TPU: native) | unroll (one plain conv per precision under vmap) |
+    # native (XLA's: one grouped conv for all P)
+    c.conv_batching = "auto"
+    # auto (CPU: im2col, GPU/TPU: xla) | im2col | xla: conv weight gradients
+    c.conv_weight_gradient = "auto"
     c.bits = (2, 4, 8, 32)  # the precisions trained together (32 = full precision)
-    c.distillation = "auto"  # auto (the method's: mbquant largest, anyprecision recursive, else none) | none | largest | recursive
+    # auto (the method's: mbquant largest, anyprecision recursive, else none) | none | largest |
+    # recursive
+    c.distillation = "auto"
     c.loss_weights = ()  # lambda_b per bit-width; () = all ones
-    c.precision_mode = (
-        "auto"  # auto (mbquant: unroll; others: unroll on CPU, vmap on GPU/TPU) | vmap | unroll
-    )
+    # auto (mbquant: unroll; others: unroll on CPU, vmap on GPU/TPU) | vmap | unroll
+    c.precision_mode = "auto"
     c.epochs = 10
     c.batch_size = 128  # global batch, split over all devices
     c.eval_batch_size = 500
     c.seed = 0
     c.checkpoint_every_steps = 500  # saved asynchronously (written while training goes on)
-    c.log_every_steps = (
-        50  # the loss and accuracies reach the host (progress bar, NaN check) this often
-    )
+    # the loss and accuracies reach the host (progress bar, NaN check) this often
+    c.log_every_steps = 50
     c.keep_checkpoints = 3
     c.multihost = False  # call jax.distributed.initialize() (multi-host TPU pods)
     o = c.optimizer = ml_collections.ConfigDict()

@@ -13,9 +13,8 @@ def get_config():
     config.dataset = "digits"
     config.model = "small_cnn"
     config.bits = (2, 4, 8, 32)
-    config.distillation = (
-        "auto"  # the method's own: recursive for Any-Precision, none for lsq/binreg
-    )
+    # the method's own: recursive for Any-Precision, none for lsq/binreg
+    config.distillation = "auto"
     config.epochs = 40
     config.batch_size = 64
     config.optimizer.optimizer = "adam"

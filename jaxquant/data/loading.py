@@ -16,7 +16,8 @@ def load_dataset(
     workers: int = 8,
 ) -> "ArrayDataset | StreamingDataset":
     """A dataset by tfds name: in memory (``digits`` is scikit-learn's, always available), or
-    streamed from disk for ``imagenet2012`` (at ``image_size`` squares, ``workers`` host threads)."""
+    streamed from disk for ``imagenet2012`` (at ``image_size`` squares, ``workers`` host
+    threads)."""
     if name == "digits":
         return load_digits()
     if name in STREAMING:
@@ -27,7 +28,8 @@ def load_dataset(
 
 
 def load_config_dataset(config) -> "ArrayDataset | StreamingDataset":
-    """The dataset a run ``config`` names, with its ``data_dir``, ``image_size`` and ``data_workers``."""
+    """The dataset a run ``config`` names, with its ``data_dir``, ``image_size`` and
+    ``data_workers``."""
     return load_dataset(
         config.dataset,
         config.data_dir or None,

@@ -43,7 +43,8 @@ class ArrayDataset:
         self, indices: np.ndarray, seed: int = 0, step: int = 0, offset: int = 0
     ) -> tuple[np.ndarray, np.ndarray]:
         """The training examples at ``indices``, unaugmented (augmentation runs on device, in
-        the step); ``seed``, ``step`` and ``offset`` are for the streaming datasets' host-side one."""
+        the step); ``seed``, ``step`` and ``offset`` are for the streaming datasets' host-side
+        one."""
         return self.train_images[indices], self.train_labels[indices]
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -42,7 +42,8 @@ BUILD_HINT["imagenet2012"] = (
 
 
 def default_data_dir(data_dir: str | None = None) -> str:
-    """``data_dir`` if given, else ``$TFDS_DATA_DIR``, else tfds's default (~/tensorflow_datasets)."""
+    """``data_dir`` if given, else ``$TFDS_DATA_DIR``, else tfds's default
+    (~/tensorflow_datasets)."""
     return (
         data_dir
         or os.environ.get("TFDS_DATA_DIR")
@@ -62,7 +63,8 @@ def _not_prepared(name: str, data_dir: str) -> DatasetNotFoundError:
 
 
 def _open_source(name: str, data_dir: str, split: str):
-    """``tfds.data_source`` of one split without any download attempt; a clear error when missing."""
+    """``tfds.data_source`` of one split without any download attempt; a clear error when
+    missing."""
     import tensorflow_datasets as tfds
 
     try:

@@ -78,8 +78,8 @@ class BranchSelection:
         return len(self.full)
 
     def gather(self, precision) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``(full_mask, partial_onehot, weight_slot)`` at a (traced) precision index, each ``(G,)``:
-        float masks, and the weight slot of each branch in the role it plays there."""
+        """``(full_mask, partial_onehot, weight_slot)`` at a (traced) precision index, each
+        ``(G,)``: float masks, and the weight slot of each branch in the role it plays there."""
         full = jnp.asarray(self.full, jnp.float32)[precision]
         partial = jnp.asarray(self.partial, jnp.int32)[precision]
         onehot = (jnp.arange(self.num_branches) == partial).astype(jnp.float32)
@@ -182,7 +182,8 @@ class MultiBranchConv(nn.Module):
 
             return init
 
-        # 3 std / sqrt(1 - 2/pi) and the minimum, as the official init (kept apart by at least 1e-3).
+        # 3 std / sqrt(1 - 2/pi) and the minimum, as the official init (kept apart by at least
+        # 1e-3).
         a_lower = self.param("act_lower", act_init(jnp.min))
         a_upper = self.param(
             "act_upper",
@@ -237,8 +238,9 @@ class MultiBranchConv(nn.Module):
 
         float32 ``dtype``, or no ``bit_width``: the plain conv of the values (in ``x``'s dtype,
         cast to ``dtype``). Low-precision ``dtype`` (bfloat16) with ``bit_width``: the exact grid,
-        ``conv(n_x, n_w) * stop_gradient(s_x / 3)`` with ``n_x = x_hat (2^b-1)`` and ``n_w = 3 w_hat``
-        snapped to their integers (`quantizers.grid_integers`), float32 accumulation.
+        ``conv(n_x, n_w) * stop_gradient(s_x / 3)`` with ``n_x = x_hat (2^b-1)`` and
+        ``n_w = 3 w_hat`` snapped to their integers (`quantizers.grid_integers`), float32
+        accumulation.
         """
         dtype = jnp.dtype(x.dtype if dtype is None else dtype)
         conv = functools.partial(

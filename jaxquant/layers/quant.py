@@ -65,7 +65,8 @@ def check_exact_codes(module: nn.Module, dtype) -> None:
     if wide:
         name = jnp.dtype(dtype).name
         raise ConfigError(
-            f"{type(module).__name__} {module.name}: bits {wide} with {name} inputs: {name} carries "
+            f"{type(module).__name__} {module.name}: bits {wide} with {name} inputs: "
+            f"{name} carries "
             f"integer codes exactly only up to {limit} bits; use dtype float32 for "
             f"{limit + 1}..16 bits"
         )

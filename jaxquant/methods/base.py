@@ -50,7 +50,8 @@ class Method:
     def __post_init__(self):
         if not self.name.isidentifier():
             raise ConfigError(
-                f"a method name must be an identifier (it names a config section), got {self.name!r}"
+                "a method name must be an identifier (it names a config section), "
+                f"got {self.name!r}"
             )
         unknown = set(self.legacy_keys.values()) - set(self.section)
         if unknown:

@@ -39,11 +39,14 @@ SCHEDULES = ("two_stage", "joint", "alternating")
 SECTION = {
     "lambda_": -1.0,  # lambda; -1 = the method's (binreg 0.5, the paper's Table 7; others 0 = off)
     "schedule": "two_stage",  # two_stage | joint | alternating (see the module docstring)
-    "start_epochs": -1.0,  # two_stage: CE-only epochs first; -1 = a third of epochs (the paper: 30 of 90)
+    # two_stage: CE-only epochs first; -1 = a third of epochs (the paper: 30 of 90)
+    "start_epochs": -1.0,
     "alternate_epochs": 1.0,  # alternating: length of each block in epochs (fractions allowed)
-    "units": "weight",  # weight (w vs code*s, the re-implementation's) | code (w/s vs the integer code)
+    # weight (w vs code*s, the re-implementation's) | code (w/s vs the integer code)
+    "units": "weight",
     "stop_step_gradient": False,  # True: BR's gradient does not reach the step sizes
-    "layer_reduction": "sum",  # sum (the re-implementation's reading of the paper) | mean over layers
+    # sum (the re-implementation's reading of the paper) | mean over layers
+    "layer_reduction": "sum",
 }
 """``config.binreg``: read by every method whose `Method.bin_regularization` is not None."""
 
@@ -100,8 +103,9 @@ def schedule_weight(
 
 def model_layers(model: nn.Module, sample: jax.Array) -> dict[tuple[str, ...], LayerQuantizer]:
     """Every `QuantConv`/`QuantDense` of ``model`` whose kernel is quantized by a quantizer with
-    bins (LSQ, vertical, DoReFa), by its path in the params tree, with the layer's own bit-widths (a first/last layer
-    at ``first_last_bits`` has one). Found by tracing one abstract forward pass (no compute)."""
+    bins (LSQ, vertical, DoReFa), by its path in the params tree, with the layer's own bit-widths
+    (a first/last layer at ``first_last_bits`` has one). Found by tracing one abstract forward
+    pass (no compute)."""
     found: dict[tuple[str, ...], LayerQuantizer] = {}
 
     def visit(module, args, y):
@@ -300,7 +304,8 @@ def format_report(report: Mapping[str, dict], title: str = "") -> str:
     for name, r in report.items():
         if name == "total":
             lines.append(
-                f"| total | | {r['weights']:,} | | {r['mse']:.3e} | {r['mse_code']:.4f} | {r['br']:.3e} | "
+                f"| total | | {r['weights']:,} | | {r['mse']:.3e} | {r['mse_code']:.4f} | "
+                f"{r['br']:.3e} | "
                 f"{r['br_code']:.4f} | |"
             )
             continue

@@ -80,7 +80,8 @@ def fwa(
 ) -> tuple[jax.Array, jax.Array]:
     """The code's ``fwa``: from ``alpha = max|w_m| / (2^(M-1) - 1)`` iterate
     ``q = clip(round(w / alpha))``, ``alpha = <w_m, q_m> / <q_m, q_m>`` until
-    ``||alpha - alpha_old|| <= tolerance`` (round half to even, as numpy). Returns ``(codes, alpha)``."""
+    ``||alpha - alpha_old|| <= tolerance`` (round half to even, as numpy). Returns
+    ``(codes, alpha)``."""
     qmax = max_code(bits)
     w = jnp.asarray(w, jnp.float32)
     alpha0 = jnp.max(jnp.abs(w), axis=1) / qmax

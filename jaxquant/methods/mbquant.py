@@ -55,7 +55,8 @@ _NAIVE = _tables(lambda b: 0)
 FULL_BRANCHES = {"amortised": _AMORTISED[0], "naive": _NAIVE[0]}
 """``FULL_BRANCHES[selection][b]``: (G,) booleans, the full branches of the b-bit network."""
 PARTIAL_BRANCH = {"amortised": _AMORTISED[1], "naive": _NAIVE[1]}
-"""``PARTIAL_BRANCH[selection][b]``: the branch whose top-left slice is the partial branch, or -1."""
+"""``PARTIAL_BRANCH[selection][b]``: the branch whose top-left slice is the partial
+branch, or -1."""
 for _table in (*FULL_BRANCHES.values(), *PARTIAL_BRANCH.values()):
     _table.setflags(write=False)
 
@@ -119,7 +120,8 @@ def branch_selection(
     its parent's; ``'position'`` (the official code): the slot is the branch's position among the
     selected ones, so physical branches share intervals across bit-widths.
     ``weight_interval_std``: how `initialize_intervals` sets a weight slot, ``'chunk'`` (default,
-    clean: 3 std of the chunk it quantizes) or ``'filter'`` (the code: 3 std of output filter #slot).
+    clean: 3 std of the chunk it quantizes) or ``'filter'`` (the code: 3 std of
+    output filter #slot).
     """
     _check_selection(selection)
     if weight_slots not in WEIGHT_SLOTS:
@@ -160,7 +162,8 @@ def build_model(config, num_classes: int):
     """The multi-branch model named by ``config.model`` (``small_cnn`` -> `MultiBranchCNN`,
     ``resnet20/32/44/56`` -> `MultiBranchCifarResNet`, ``resnet18/34`` -> the ImageNet
     `MultiBranchResNet`, with the code's channel shuffle if ``config.mbquant.channel_shuffle``) for
-    ``config.bits`` in 2..8, with the ``config.mbquant.selection`` table and ``weight_slots`` layout."""
+    ``config.bits`` in 2..8, with the ``config.mbquant.selection`` table and ``weight_slots``
+    layout."""
     from jaxquant.models.multibranch import (
         MultiBranchCifarResNet,
         MultiBranchCNN,
@@ -197,7 +200,8 @@ def build_model(config, num_classes: int):
     elif config.model in ("resnet18", "resnet34"):
         if config.quantize_shortcut:
             raise ConfigError(
-                "MBQuant's ImageNet ResNet has multi-branch 2-bit shortcuts; set quantize_shortcut=False"
+                "MBQuant's ImageNet ResNet has multi-branch 2-bit shortcuts; "
+                "set quantize_shortcut=False"
             )
         stages = (2, 2, 2, 2) if config.model == "resnet18" else (3, 4, 6, 3)
         model = MultiBranchResNet(
@@ -218,7 +222,8 @@ def build_model(config, num_classes: int):
     else:
         model = None
     if model is not None:
-        model.resolved_partial_widths()  # a bad partial_widths fails here, not inside the first trace
+        # a bad partial_widths fails here, not inside the first trace
+        model.resolved_partial_widths()
         return model
     raise ConfigError(
         f"model {config.model!r} has no MBQuant multi-branch variant yet; choose one of {MODELS}"
@@ -287,10 +292,13 @@ SECTION = {
     "branches": NUM_BRANCHES,  # branches per body conv (the selection tables are for 4)
     "selection": "amortised",  # amortised (the paper's) | naive (branch 0 always, the ablation)
     "weight_slots": "branch",  # weight intervals per physical branch | position (the official code)
-    "interval_init": "batches",  # batches (one training batch per bit-width, ascending, as the code) | none
-    "weight_interval_std": "chunk",  # weight-interval init from the chunk's std | filter (the code's quirk)
+    # batches (one training batch per bit-width, ascending, as the code) | none
+    "interval_init": "batches",
+    # weight-interval init from the chunk's std | filter (the code's quirk)
+    "weight_interval_std": "chunk",
     "partial_widths": (),  # odd-b partial branch widths (() = the model's default)
-    "channel_shuffle": False,  # resnet18/34: the official code's channel shuffle in downsample blocks
+    # resnet18/34: the official code's channel shuffle in downsample blocks
+    "channel_shuffle": False,
 }
 
 METHOD = register(
@@ -470,7 +478,8 @@ def derive_partial_widths(
 
 # CIFAR_RESNET20_PARTIAL_WIDTHS (11, 23, 43), the partial-branch widths of the 16/32/64 stages
 # (`derive_partial_widths`), and RESNET18_PARTIAL_WIDTHS (40, 76, 184, 396), the official code's
-# ImageNet ResNet-18 widths (``oneBit_outchannel``), live with the models that use them; imported above.
+# ImageNet ResNet-18 widths (``oneBit_outchannel``), live with the models that use them;
+# imported above.
 
 
 def format_bitops_table(
@@ -480,7 +489,8 @@ def format_bitops_table(
 ) -> str:
     """A printable table: b, multi-branch BitOPs, plain b*b BitOPs, their ratio."""
     lines = [
-        f"partial MACs / branch MACs = {partial_fraction(convs):.4f} (target {PARTIAL_MACS_FRACTION})",
+        f"partial MACs / branch MACs = {partial_fraction(convs):.4f} "
+        f"(target {PARTIAL_MACS_FRACTION})",
         f"{'b':>2}  {'MBQuant BitOPs':>16}  {'plain b*b BitOPs':>16}  ratio",
     ]
     for b, (ours, plain, ratio) in bitops_table(convs, bits, selection).items():

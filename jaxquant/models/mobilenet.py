@@ -27,13 +27,15 @@ INVERTED_RESIDUAL_SETTING = (
     (6, 160, 3, 2),
     (6, 320, 1, 1),
 )
-"""``(expansion t, output channels c, repeats n, first stride s)`` per stage, from the paper's Table 2."""
+"""``(expansion t, output channels c, repeats n, first stride s)`` per stage, from the paper's
+Table 2."""
 
 relu6 = jax.nn.relu6
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
-    """torchvision's channel rounding: the nearest multiple of ``divisor``, never below 90% of ``value``."""
+    """torchvision's channel rounding: the nearest multiple of ``divisor``, never below 90% of
+    ``value``."""
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
     return rounded + divisor if rounded < 0.9 * value else rounded
 

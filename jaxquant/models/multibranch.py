@@ -62,7 +62,8 @@ RESNET34_PARTIAL_WIDTHS = (39, 78, 188, 400)
 def _check_selection(selection: BranchSelection | None, bits: Sequence[int]) -> BranchSelection:
     if selection is None:
         raise ConfigError(
-            "a multi-branch model needs a BranchSelection (jaxquant.methods.mbquant.branch_selection)"
+            "a multi-branch model needs a BranchSelection "
+            "(jaxquant.methods.mbquant.branch_selection)"
         )
     if selection.num_precisions != len(bits):
         raise ConfigError(

@@ -96,7 +96,8 @@ def _describe(module: nn.Module, x: jax.Array, y: jax.Array) -> Layer:
 
 
 def layer_matrix(kernel: jax.Array, layer: Layer) -> jax.Array:
-    """The kernel as ``W [M_out, N]``: conv HWIO -> rows in (C, kh, kw) order; dense (in, out) -> W^T."""
+    """The kernel as ``W [M_out, N]``: conv HWIO -> rows in (C, kh, kw) order;
+    dense (in, out) -> W^T."""
     if layer.kind == "dense":
         return jnp.asarray(kernel).T
     return jnp.transpose(jnp.asarray(kernel), (3, 2, 0, 1)).reshape(layer.features, -1)
@@ -112,7 +113,8 @@ def matrix_kernel(matrix: jax.Array, layer: Layer) -> jax.Array:
 
 def im2col_rows(x: jax.Array, layer: Layer, rows: jax.Array) -> jax.Array:
     """im2col of ``x`` (NHWC) at output positions ``rows`` ``[K, 3]`` = (example, i, j):
-    ``[K, C*kh*kw]`` in (C, kh, kw) order, zero-padded as the conv pads (dense: ``x[rows[:, 0]]``)."""
+    ``[K, C*kh*kw]`` in (C, kh, kw) order, zero-padded as the conv pads (dense:
+    ``x[rows[:, 0]]``)."""
     if layer.kind == "dense":
         return x[rows[:, 0]]
     (pt, pb), (pl, pr) = layer.padding
@@ -216,7 +218,8 @@ def fake_quantize(x: jax.Array, step, lo, hi) -> jax.Array:
 
 
 def activation_range(bits: int, signed: bool) -> tuple[int, int]:
-    """``[0, 2^A - 1]`` unsigned, ``[-(2^(A-1) - 1), 2^(A-1) - 1]`` signed (symmetric, as the code)."""
+    """``[0, 2^A - 1]`` unsigned, ``[-(2^(A-1) - 1), 2^(A-1) - 1]`` signed (symmetric, as the
+    code)."""
     if signed:
         return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
     return 0, 2**bits - 1
@@ -236,7 +239,8 @@ class ActivationQuant:
 
 
 def act_arrays(layers: Sequence[Layer], act: dict[str, ActivationQuant]) -> dict:
-    """Per layer ``(enabled, step, lo, hi)`` arrays, for one compiled forward whatever is enabled."""
+    """Per layer ``(enabled, step, lo, hi)`` arrays, for one compiled forward whatever is
+    enabled."""
     out = {}
     for layer in layers:
         a = act.get(layer.name)

@@ -48,7 +48,8 @@ def warm_up(
     config,
 ) -> float:
     """Compile, before anything is timed, every function the methods will call: the capture and
-    BN forwards and, per layer and weight bit-width, `fwa`, `ofwa` and `ofwa_rr`. Returns seconds."""
+    BN forwards and, per layer and weight bit-width, `fwa`, `ofwa` and `ofwa_rr`. Returns
+    seconds."""
     start = time.perf_counter()
     layers = quantizer.layers
     no_act = act_arrays(layers, {})
@@ -103,7 +104,8 @@ def run(
     )
     print(
         f"jaxquant ptq: {workdir} ({run_config.model} on {dataset.name}), {len(layers)} layers, "
-        f"{int(data.calibration.shape[0])} calibration images, {config.calibration_rows} rows per layer; "
+        f"{int(data.calibration.shape[0])} calibration images, "
+        f"{config.calibration_rows} rows per layer; "
         f"writing to {out}",
         flush=True,
     )
@@ -112,7 +114,8 @@ def run(
     )
     compile_seconds = warm_up(quantizer, variables, data, rows, samples, parsed.values(), config)
     print(
-        f"  compiled the forwards and {bitsplit.compiled_count()} ofwa_rr layer shapes in {compile_seconds:.1f} s "
+        f"  compiled the forwards and {bitsplit.compiled_count()} ofwa_rr layer shapes "
+        f"in {compile_seconds:.1f} s "
         "(kept out of the calibration times)",
         flush=True,
     )
@@ -158,7 +161,8 @@ def run(
                     k: list(v) for k, v in model.reconstruction.items()
                 }
             print(
-                f"  {setting} {METHOD_LABELS[method]}: {100 * acc:.2f}% (calibration {model.seconds:.1f} s)",
+                f"  {setting} {METHOD_LABELS[method]}: {100 * acc:.2f}% "
+                f"(calibration {model.seconds:.1f} s)",
                 flush=True,
             )
             if save_models:
@@ -167,7 +171,10 @@ def run(
                     out / f"{method}_{setting}.msgpack",
                     {"test_accuracy": acc, "fp_run": str(workdir)},
                 )
-    title = f"{dataset.name}: test accuracy (%) after PTQ of {run_config.model} ({dataset.test_size} test images)"
+    title = (
+        f"{dataset.name}: test accuracy (%) after PTQ of {run_config.model} "
+        f"({dataset.test_size} test images)"
+    )
     text = (
         format_ptq_table(table, settings, title)
         + "\n\n"

@@ -63,7 +63,8 @@ def format_ptq_table(
 
 
 def draw_ptq_bars(ax, accuracy_table: dict[str, dict[str, float]], settings: Sequence[str]) -> None:
-    """Grouped bars on ``ax``: test accuracy per setting, one bar per method, FP as a dashed line."""
+    """Grouped bars on ``ax``: test accuracy per setting, one bar per method, FP as a dashed
+    line."""
     methods = [m for m in accuracy_table if m != "fp"]
     width = 0.8 / max(len(methods), 1)
     for k, method in enumerate(methods):

@@ -104,7 +104,8 @@ def dorefa_bins(
 
 @dataclasses.dataclass(frozen=True)
 class DoReFaWeight(Quantizer):
-    """`dorefa_weight`: per tensor, no learned parameters; its FP form is ``tanh(w)/max|tanh w| E``."""
+    """`dorefa_weight`: per tensor, no learned parameters; its FP form is
+    ``tanh(w)/max|tanh w| E``."""
 
     name: ClassVar[str] = "dorefa"
     supported_bits: ClassVar[tuple[int, ...]] = DOREFA_BITS

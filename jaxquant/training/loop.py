@@ -155,7 +155,8 @@ def fit(
                 else "no checkpoint was written"
             )
             raise NonFiniteLossError(
-                f"loss became {float(values['first_nonfinite_loss'])} at step {int(values['first_nonfinite_step'])}; "
+                f"loss became {float(values['first_nonfinite_loss'])} "
+                f"at step {int(values['first_nonfinite_step'])}; "
                 f"lower --config.optimizer.learning_rate or check the data; {kept}"
             )
         if values["steps"] > 0:

@@ -114,7 +114,8 @@ class MultiPrecisionTrainer:
         # float32 run's, and every parameter is created float32.
         x = self._inputs(sample_images, False, key, jnp.float32)
 
-        # Jitted: un-jitted, Flax's init dispatches op by op (2x slower for the multi-branch models).
+        # Jitted: un-jitted, Flax's init dispatches op by op (2x slower for the multi-branch
+        # models).
         def init(k, v):
             with lowering(self.lowering):
                 return self.model.init(k, v, int(np.argmax(self.bits)), train=True)
@@ -208,7 +209,8 @@ class MultiPrecisionTrainer:
         }
 
     def logits(self, params, batch_stats, images: jax.Array, precision=None) -> jax.Array:
-        """Inference logits: ``(P, N, classes)`` for every precision, or ``(N, classes)`` for one."""
+        """Inference logits: ``(P, N, classes)`` for every precision, or ``(N, classes)`` for
+        one."""
         x = self._inputs(images, False, None)
 
         def one(p):
