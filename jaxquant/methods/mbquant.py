@@ -13,7 +13,7 @@ Details: docs/methods/mbquant.md
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +61,7 @@ for _table in (*FULL_BRANCHES.values(), *PARTIAL_BRANCH.values()):
     _table.setflags(write=False)
 
 
-def _check_selection(selection: str) -> None:
+def check_selection(selection: str) -> None:
     if selection not in SELECTIONS:
         raise ConfigError(f"unknown MBQuant selection {selection!r}; choose one of {SELECTIONS}")
 
@@ -89,19 +89,19 @@ def validate_bits(bits: Sequence[int]) -> tuple[int, ...]:
 
 def branch_mask(bits, selection: str = "amortised") -> jax.Array:
     """(G,) float mask of the full branches at ``bits`` (a traced int works; vmaps over bits)."""
-    _check_selection(selection)
+    check_selection(selection)
     return jnp.asarray(FULL_BRANCHES[selection], jnp.float32)[bits]
 
 
 def partial_branch(bits, selection: str = "amortised") -> jax.Array:
     """The partial branch's index at ``bits`` (-1 at even b); a traced int works."""
-    _check_selection(selection)
+    check_selection(selection)
     return jnp.asarray(PARTIAL_BRANCH[selection])[bits]
 
 
 def branch_positions(b: int, selection: str = "amortised") -> dict[int, int]:
     """Physical branch -> position among the selected branches at b (the partial one last)."""
-    _check_selection(selection)
+    check_selection(selection)
     order = list(np.flatnonzero(FULL_BRANCHES[selection][b]))
     if PARTIAL_BRANCH[selection][b] >= 0:
         order.append(int(PARTIAL_BRANCH[selection][b]))
@@ -123,7 +123,7 @@ def branch_selection(
     clean: 3 std of the chunk it quantizes) or ``'filter'`` (the code: 3 std of
     output filter #slot).
     """
-    _check_selection(selection)
+    check_selection(selection)
     if weight_slots not in WEIGHT_SLOTS:
         raise ConfigError(f"unknown weight_slots {weight_slots!r}; choose one of {WEIGHT_SLOTS}")
     bits = validate_bits(bits)
@@ -317,200 +317,10 @@ METHOD = register(
 )
 
 
-# ----------------------------------------------------------------------------------------------
-# Cost: BitOPs per bit-width.
+def __getattr__(name: str):
+    # The BitOPs counters (`jaxquant.methods.mbquant_bitops`) are reachable from here too.
+    from jaxquant.methods import mbquant_bitops
 
-
-class BranchConvSpec(NamedTuple):
-    """One multi-branch conv for cost counting: output positions ``H_out * W_out``, kernel size k,
-    one branch's ``c_in -> c_out`` and the partial slice's ``partial_in -> partial_out``."""
-
-    name: str
-    positions: int
-    kernel: int
-    c_in: int
-    c_out: int
-    partial_in: int
-    partial_out: int
-
-    @property
-    def macs(self) -> int:
-        return self.positions * self.kernel**2 * self.c_in * self.c_out
-
-    @property
-    def partial_macs(self) -> int:
-        return self.positions * self.kernel**2 * self.partial_in * self.partial_out
-
-
-def cifar_resnet_convs(
-    partial_widths: Sequence[int], depth: int = 20, width: int = 1, image_size: int = 32
-) -> list[BranchConvSpec]:
-    """The multi-branch convs of a post-activation CIFAR ResNet (stages 16/32/64 times ``width``,
-    1x1 projection shortcuts at the stride-2 blocks), partial widths per stage. The first conv's
-    partial reads the full stem copy; the last conv's partial outputs the full width."""
-    if (depth - 2) % 6:
-        raise ConfigError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56), got {depth}")
-    stages = tuple(16 * width * 2**s for s in range(3))
-    return _resnet_convs(stages, partial_widths, (depth - 2) // 6, image_size, stem=stages[0])
-
-
-def resnet18_convs(
-    partial_widths: Sequence[int] = (40, 76, 184, 396), image_size: int = 224
-) -> list[BranchConvSpec]:
-    """The multi-branch convs of ImageNet ResNet-18 (layer1..4 after the stem and max-pool)."""
-    return _resnet_convs((64, 128, 256, 512), partial_widths, 2, image_size // 4, stem=64)
-
-
-def multibranch_cnn_convs(
-    widths: Sequence[int],
-    partial_widths: Sequence[int] = (),
-    image_size: int = 8,
-    stem_pool: bool = False,
-) -> list[BranchConvSpec]:
-    """The multi-branch 3x3 convs of `MultiBranchCNN` (``widths`` = FP stem width, then one body
-    conv per entry) on ``image_size`` squares, wired as the model: the first conv's partial reads
-    the full stem copy, the last conv's partial writes the full width, a 2x2 max-pool follows each
-    conv while the map is at least 4x4 (``stem_pool`` halves it first). ``partial_widths`` as the
-    model's (``()``: half of each body width but the last's)."""
-    from jaxquant.models.multibranch import MultiBranchCNN
-
-    widths = tuple(int(w) for w in widths)
-    partial = MultiBranchCNN(
-        widths=widths, partial_widths=tuple(partial_widths)
-    ).resolved_partial_widths()
-    size = image_size // 2 if stem_pool else image_size
-    body = widths[1:]
-    convs, c_in, p_in = [], widths[0], widths[0]
-    for i, width in enumerate(body):
-        p_out = width if i == len(body) - 1 else partial[i]
-        convs.append(BranchConvSpec(f"conv{i}", size * size, 3, c_in, width, p_in, p_out))
-        if size >= 4:
-            size //= 2
-        c_in, p_in = width, p_out
-    return convs
-
-
-def _resnet_convs(stages, partial_widths, blocks, size, stem) -> list[BranchConvSpec]:
-    if len(partial_widths) != len(stages):
-        raise ConfigError(
-            f"give one partial width per stage ({len(stages)}), got {tuple(partial_widths)}"
-        )
-    for full, part in zip(stages, partial_widths):
-        if not 0 < part <= full:
-            raise ConfigError(f"partial width {part} must be in 1..{full}")
-    convs, c_prev, p_prev = [], stem, stem
-    for s, (c, p) in enumerate(zip(stages, partial_widths)):
-        for blk in range(blocks):
-            stride = 2 if s > 0 and blk == 0 else 1
-            size = size // stride
-            name = f"stage{s}_block{blk}"
-            convs.append(BranchConvSpec(f"{name}_conv0", size * size, 3, c_prev, c, p_prev, p))
-            if c_prev != c or stride != 1:
-                convs.append(
-                    BranchConvSpec(f"{name}_shortcut", size * size, 1, c_prev, c, p_prev, p)
-                )
-            last = s == len(stages) - 1 and blk == blocks - 1
-            convs.append(BranchConvSpec(f"{name}_conv1", size * size, 3, c, c, p, c if last else p))
-            c_prev, p_prev = c, p
-    return convs
-
-
-def bitops(convs: Sequence[BranchConvSpec], b: int, selection: str = "amortised") -> int:
-    """BitOPs of the b-bit multi-branch network: per conv, ``MACs * 2 * b`` per selected full
-    branch plus ``partial MACs * 2 * b`` for the partial slice (odd b)."""
-    _check_selection(selection)
-    (b,) = validate_bits((b,))
-    full = int(FULL_BRANCHES[selection][b].sum())
-    has_partial = PARTIAL_BRANCH[selection][b] >= 0
-    return sum(
-        (full * c.macs + (c.partial_macs if has_partial else 0)) * WEIGHT_BITS * b for c in convs
-    )
-
-
-def plain_bitops(convs: Sequence[BranchConvSpec], b: int) -> int:
-    """BitOPs of one plain network at b-bit weights and activations: ``MACs * b * b``."""
-    return sum(c.macs for c in convs) * b * b
-
-
-def bitops_table(
-    convs: Sequence[BranchConvSpec],
-    bits: Sequence[int] = tuple(range(2, 9)),
-    selection: str = "amortised",
-) -> dict[int, tuple[int, int, float]]:
-    """``{b: (multi-branch BitOPs, plain b*b BitOPs, ratio)}``."""
-    table = {}
-    for b in bits:
-        ours, plain = bitops(convs, b, selection), plain_bitops(convs, b)
-        table[b] = (ours, plain, ours / plain)
-    return table
-
-
-def partial_fraction(convs: Sequence[BranchConvSpec]) -> float:
-    """The partial branch's MACs over one full branch's (1/2 makes odd b cost exactly b*b)."""
-    return sum(c.partial_macs for c in convs) / sum(c.macs for c in convs)
-
-
-def derive_partial_widths(
-    stages: Sequence[int] = (16, 32, 64), depth: int = 20, image_size: int = 32
-) -> tuple[int, ...]:
-    """The CIFAR ResNet partial widths whose per-stage partial MACs are closest to half the
-    stage's branch MACs (least squares over the three stages). Exhaustive search, about 2 s."""
-    if tuple(stages) != tuple(16 * (stages[0] // 16) * 2**s for s in range(3)) or stages[0] % 16:
-        raise ConfigError(f"stages must be 16w, 32w, 64w, got {tuple(stages)}")
-    width = stages[0] // 16
-    candidates = [range(1, c + 1) for c in stages]
-    best, best_cost = None, None
-    for p0 in candidates[0]:
-        for p1 in candidates[1]:
-            for p2 in candidates[2]:
-                convs = cifar_resnet_convs((p0, p1, p2), depth, width, image_size)
-                cost = 0.0
-                for s in range(3):
-                    stage = [c for c in convs if c.name.startswith(f"stage{s}_")]
-                    cost += (
-                        sum(c.partial_macs for c in stage) / sum(c.macs for c in stage)
-                        - PARTIAL_MACS_FRACTION
-                    ) ** 2
-                if best_cost is None or cost < best_cost - 1e-15:
-                    best, best_cost = (p0, p1, p2), cost
-    return best
-
-
-# CIFAR_RESNET20_PARTIAL_WIDTHS (11, 23, 43), the partial-branch widths of the 16/32/64 stages
-# (`derive_partial_widths`), and RESNET18_PARTIAL_WIDTHS (40, 76, 184, 396), the official code's
-# ImageNet ResNet-18 widths (``oneBit_outchannel``), live with the models that use them;
-# imported above.
-
-
-def format_bitops_table(
-    convs: Sequence[BranchConvSpec],
-    bits: Sequence[int] = tuple(range(2, 9)),
-    selection: str = "amortised",
-) -> str:
-    """A printable table: b, multi-branch BitOPs, plain b*b BitOPs, their ratio."""
-    lines = [
-        f"partial MACs / branch MACs = {partial_fraction(convs):.4f} "
-        f"(target {PARTIAL_MACS_FRACTION})",
-        f"{'b':>2}  {'MBQuant BitOPs':>16}  {'plain b*b BitOPs':>16}  ratio",
-    ]
-    for b, (ours, plain, ratio) in bitops_table(convs, bits, selection).items():
-        lines.append(f"{b:>2}  {ours:>16,}  {plain:>16,}  {ratio:.4f}")
-    return "\n".join(lines)
-
-
-def main() -> None:
-    """Print the derivation of the CIFAR ResNet-20 partial widths and the BitOPs tables."""
-    derived = derive_partial_widths()
-    print(f"CIFAR ResNet-20 (16/32/64): derived partial widths {derived}")
-    print(format_bitops_table(cifar_resnet_convs(derived)))
-    print(
-        "\nCIFAR ResNet-20, the official code's widths (16, 24, 48) in our wiring "
-        "(the official wiring, per the digest: 1.08 / 1.048 / 1.034 at b = 3 / 5 / 7):"
-    )
-    print(format_bitops_table(cifar_resnet_convs((16, 24, 48))))
-    print(f"\nImageNet ResNet-18, official widths {RESNET18_PARTIAL_WIDTHS}:")
-    print(format_bitops_table(resnet18_convs(RESNET18_PARTIAL_WIDTHS)))
-
-
-if __name__ == "__main__":
-    main()
+    if name in mbquant_bitops.__all__:
+        return getattr(mbquant_bitops, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
