@@ -32,6 +32,9 @@ _LAZY = {
     "MultiBranchConv": "jaxquant.layers",
     "BranchSelection": "jaxquant.layers",
     "FULL_PRECISION": "jaxquant.layers",
+    "Lowering": "jaxquant.layers",
+    # Quantizers (each family: jaxquant.quantizers.LSQ, DoReFaWeight, Vertical, ...).
+    "Quantizer": "jaxquant.quantizers",
     # Models.
     "SmallCNN": "jaxquant.models",
     "CifarResNet": "jaxquant.models",
@@ -43,6 +46,7 @@ _LAZY = {
     "MultiBranchCifarResNet": "jaxquant.models",
     "MultiBranchResNet": "jaxquant.models",
     # Methods, from a config.
+    "Method": "jaxquant.methods",
     "build_model": "jaxquant.methods",
     "build_trainer": "jaxquant.methods",
     "METHODS": "jaxquant.methods",
