@@ -33,6 +33,10 @@ _LAZY = {
     "BranchSelection": "jaxquant.layers",
     "FULL_PRECISION": "jaxquant.layers",
     "Lowering": "jaxquant.layers",
+    # Your own Linen model at every bit-width.
+    "quantize": "jaxquant.interception",
+    "Rule": "jaxquant.interception",
+    "PrecisionModel": "jaxquant.interception",
     # Quantizers (each family: jaxquant.quantizers.LSQ, DoReFaWeight, Vertical, ...).
     "Quantizer": "jaxquant.quantizers",
     # Models.
@@ -66,6 +70,7 @@ _SUBMODULES = (
     "data",
     "runs",
     "export",
+    "interception",
 )
 
 __all__ = sorted(

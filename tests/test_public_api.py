@@ -49,3 +49,22 @@ def test_readme_python_example_runs():
     exec(code, namespace)  # noqa: S102
     assert namespace["logits"].shape == (4, 8, 10)
     assert np.isfinite(float(namespace["metrics"]["loss"]))
+
+
+def test_readme_your_own_model_example_runs():
+    """The README's "Your own model" block, run as written on 8 random digits-sized images."""
+    import pathlib
+    import re
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"## Your own model\n.*?```python\n(.*?)```", readme, re.S).group(1)
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(8, 8, 8, 1)).astype(np.float32))
+    namespace = {"images": images, "labels": jnp.arange(8) % 10}
+    exec(code, namespace)  # noqa: S102
+    assert namespace["metrics"]["loss_per_precision"].shape == (4,)
+    assert np.isfinite(float(namespace["metrics"]["loss"]))
+    params = namespace["state"].params
+    assert "weight_step" not in params["Conv_0"] and params["Dense_1"]["weight_step"].shape == (1,)

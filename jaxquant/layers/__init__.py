@@ -33,7 +33,13 @@ own): ``batching`` ``auto`` (default) is ``unroll`` on CPU and ``native`` on GPU
 elsewhere (`resolve_weight_gradient`).
 """
 
-from jaxquant.layers.batchnorm import PrecisionBatchNorm, batch_moments, batch_norm_train, normalize
+from jaxquant.layers.batchnorm import (
+    PrecisionBatchNorm,
+    batch_moments,
+    batch_norm_train,
+    normalize,
+    switchable_batch_norm,
+)
 from jaxquant.layers.conv import (
     CONV_BATCHINGS,
     WEIGHT_GRADIENTS,
@@ -59,6 +65,7 @@ from jaxquant.layers.quant import (
     QuantDense,
     bits_at,
     check_exact_codes,
+    on_grid,
     quantizer_params,
 )
 from jaxquant.layers.spec import (
@@ -89,12 +96,14 @@ __all__ = [
     "bits_at",
     "check_exact_codes",
     "quantizer_params",
+    "on_grid",
     "QuantConv",
     "QuantDense",
     "batch_norm_train",
     "batch_moments",
     "normalize",
     "PrecisionBatchNorm",
+    "switchable_batch_norm",
     "visit_layers",
     "INTERVAL_INIT",
     "WEIGHT_INTERVAL_STDS",

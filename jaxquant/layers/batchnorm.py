@@ -111,37 +111,39 @@ class PrecisionBatchNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, precision, train: bool) -> jax.Array:
-        shape = (self.num_precisions, self._num_channels(x))
-        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
-        ra_var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
-        scale = (
-            self.param("scale", nn.initializers.ones, shape)
-            if self.use_scale
-            else jnp.ones(shape, jnp.float32)
+        return switchable_batch_norm(self, self, x, precision, train)
+
+
+def switchable_batch_norm(holder: nn.Module, bn, x: jax.Array, precision, train: bool) -> jax.Array:
+    """The body of `PrecisionBatchNorm` with its variables (``mean``, ``var``, ``scale``,
+    ``bias``, each ``(P, C)``) created in ``holder``, a bound module inside its own call (a
+    `PrecisionBatchNorm` itself, or an intercepted ``nn.BatchNorm``); ``bn`` gives the settings
+    (``num_precisions``, ``momentum``, ``epsilon``, ``use_scale``, ``use_bias``) and the row
+    access (``_num_channels``, ``_take``, ``_put``, ``_train``, ``_normalize``)."""
+    shape = (bn.num_precisions, bn._num_channels(x))
+    ra_mean = holder.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
+    ra_var = holder.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
+    scale = (
+        holder.param("scale", nn.initializers.ones, shape)
+        if bn.use_scale
+        else jnp.ones(shape, jnp.float32)
+    )
+    bias = (
+        holder.param("bias", nn.initializers.zeros, shape)
+        if bn.use_bias
+        else jnp.zeros(shape, jnp.float32)
+    )
+    scale, bias = bn._take(scale, precision), bn._take(bias, precision)
+    if not train:
+        mean, var = bn._take(ra_mean.value, precision), bn._take(ra_var.value, precision)
+        return bn._normalize(x, mean, var, scale, bias)
+    y, mean, var = bn._train(x, scale, bias)
+    if not holder.is_initializing():
+        m = bn.momentum
+        ra_mean.value = bn._put(
+            ra_mean.value, precision, m * bn._take(ra_mean.value, precision) + (1.0 - m) * mean
         )
-        bias = (
-            self.param("bias", nn.initializers.zeros, shape)
-            if self.use_bias
-            else jnp.zeros(shape, jnp.float32)
+        ra_var.value = bn._put(
+            ra_var.value, precision, m * bn._take(ra_var.value, precision) + (1.0 - m) * var
         )
-        scale, bias = self._take(scale, precision), self._take(bias, precision)
-        if not train:
-            return self._normalize(
-                x,
-                self._take(ra_mean.value, precision),
-                self._take(ra_var.value, precision),
-                scale,
-                bias,
-            )
-        y, mean, var = self._train(x, scale, bias)
-        if not self.is_initializing():
-            m = self.momentum
-            ra_mean.value = self._put(
-                ra_mean.value,
-                precision,
-                m * self._take(ra_mean.value, precision) + (1.0 - m) * mean,
-            )
-            ra_var.value = self._put(
-                ra_var.value, precision, m * self._take(ra_var.value, precision) + (1.0 - m) * var
-            )
-        return y
+    return y

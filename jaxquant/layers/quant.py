@@ -25,10 +25,12 @@ def bits_at(bits: Sequence[int], precision) -> int | jax.Array:
     return jnp.asarray(bits, jnp.int32)[precision]
 
 
-def quantizer_params(module: nn.Module, quantizer: q.Quantizer, role: str, x: jax.Array) -> dict:
+def quantizer_params(
+    module: nn.Module, quantizer: q.Quantizer, role: str, x: jax.Array, bits=None
+) -> dict:
     """The learned parameters of ``quantizer`` in ``module``, stored as ``{role}_{name}`` and
-    initialised from ``x`` (as float32) at every bit-width of ``module.bits``."""
-    bits = tuple(module.bits)
+    initialised from ``x`` (as float32) at every bit-width of ``bits`` (``module.bits``)."""
+    bits = tuple(module.bits if bits is None else bits)
     return {
         name: module.param(
             f"{role}_{name}", lambda _, n=name: quantizer.init(q.as_float32(x), bits)[n]
@@ -37,11 +39,15 @@ def quantizer_params(module: nn.Module, quantizer: q.Quantizer, role: str, x: ja
     }
 
 
-def _on_grid(module: nn.Module, quantizer: q.Quantizer, role: str, x: jax.Array, precision):
-    """``(x_hat, s, b)``: ``x`` fake-quantized by ``quantizer`` at ``bits[precision]``, its grid
-    scale (`quantizers.grid_integers`) and the bit-width that decides full precision."""
-    bit_width = bits_at(module.bits, precision)
-    params = quantizer.at(quantizer_params(module, quantizer, role, x), precision)
+def on_grid(
+    module: nn.Module, quantizer: q.Quantizer, role: str, x: jax.Array, precision, bits=None
+):
+    """``(x_hat, s, b)``: ``x`` fake-quantized by ``quantizer`` at ``bits[precision]`` (``bits``:
+    ``module.bits``), its grid scale (`quantizers.grid_integers`) and the bit-width that decides
+    full precision. The quantizer's parameters live in ``module`` (`quantizer_params`)."""
+    bits = tuple(module.bits if bits is None else bits)
+    bit_width = bits_at(bits, precision)
+    params = quantizer.at(quantizer_params(module, quantizer, role, x, bits), precision)
     return (
         quantizer.quantize(x, params, bit_width),
         quantizer.grid_scale(x, params, bit_width),
@@ -50,11 +56,11 @@ def _on_grid(module: nn.Module, quantizer: q.Quantizer, role: str, x: jax.Array,
 
 
 def _quantize_weight(module: nn.Module, kernel: jax.Array, precision) -> jax.Array:
-    return _on_grid(module, module.spec.weight, "weight", kernel, precision)[0]
+    return on_grid(module, module.spec.weight, "weight", kernel, precision)[0]
 
 
 def _quantize_input(module: nn.Module, x: jax.Array, precision) -> jax.Array:
-    return _on_grid(module, module.spec.activation, "act", x, precision)[0]
+    return on_grid(module, module.spec.activation, "act", x, precision)[0]
 
 
 def check_exact_codes(module: nn.Module, dtype) -> None:
@@ -81,10 +87,10 @@ def _grid_operands(module: nn.Module, x: jax.Array, kernel: jax.Array, precision
         isinstance(qz, q.FullPrecision) for qz in (module.spec.weight, module.spec.activation)
     ):
         check_exact_codes(module, dtype)
-    x_hat, s_x, b_x = _on_grid(
+    x_hat, s_x, b_x = on_grid(
         module, module.spec.activation, "act", x.astype(jnp.float32), precision
     )
-    w_hat, s_w, b_w = _on_grid(module, module.spec.weight, "weight", kernel, precision)
+    w_hat, s_w, b_w = on_grid(module, module.spec.weight, "weight", kernel, precision)
     n_x = q.grid_integers(x_hat, s_x, b_x).astype(dtype)
     n_w = q.grid_integers(w_hat, s_w, b_w).astype(dtype)
     return (

@@ -1,0 +1,191 @@
+"""Bring your own Linen model: `jaxquant.quantize` runs an unchanged model (written as Flax's
+examples write them, no jaxquant import) at every bit-width by method interception."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from jaxquant import quantizers as q
+from jaxquant.data import load_dataset, make_preprocess
+from jaxquant.errors import BitWidthError, ConfigError
+from jaxquant.interception import Rule, quantize
+from jaxquant.layers import QuantSpec
+from jaxquant.models import SmallCNN
+from jaxquant.models.common import avg_pool_all
+from jaxquant.training import (
+    MultiPrecisionTrainer,
+    OptimizerConfig,
+    evaluate_dataset,
+    fit,
+    make_optimizer,
+)
+
+X = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+
+
+class CNN(nn.Module):
+    """A user's CNN, as Flax's MNIST example writes one (with BatchNorm)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(32, (3, 3))(x)
+        x = nn.BatchNorm(use_running_average=not train)(x)
+        x = nn.relu(x)
+        x = nn.Conv(64, (3, 3))(x)
+        x = nn.BatchNorm(use_running_average=not train)(x)
+        x = nn.relu(x)
+        x = nn.avg_pool(x, (2, 2), (2, 2))
+        x = x.reshape((x.shape[0], -1))
+        x = nn.Dense(128)(x)
+        x = nn.relu(x)
+        return nn.Dense(10)(x)
+
+
+class ExampleCNN(nn.Module):
+    """The CNN of Flax's MNIST example, unchanged."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(features=32, kernel_size=(3, 3))(x)
+        x = nn.relu(x)
+        x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
+        x = nn.Conv(features=64, kernel_size=(3, 3))(x)
+        x = nn.relu(x)
+        x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))
+        x = nn.Dense(features=256)(x)
+        x = nn.relu(x)
+        x = nn.Dense(features=10)(x)
+        return x
+
+
+class PlainSmallCNN(nn.Module):
+    """The bundled `SmallCNN` (widths 8/16/16) written with plain Linen layers."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+        bn = lambda name: nn.BatchNorm(not train, momentum=0.9, epsilon=1e-5, name=name)
+        x = nn.Conv(8, (3, 3), use_bias=False, kernel_init=init, name="stem")(x)
+        x = nn.relu(bn("stem_bn")(x))
+        for i, width in enumerate((16, 16)):
+            x = nn.Conv(width, (3, 3), use_bias=False, kernel_init=init, name=f"conv{i}")(x)
+            x = nn.relu(bn(f"bn{i}")(x))
+            if min(x.shape[1:3]) >= 4:
+                x = nn.max_pool(x, (2, 2), (2, 2))
+        return nn.Dense(10, name="classifier")(avg_pool_all(x))
+
+
+def test_at_full_precision_the_wrapped_model_is_the_users_model():
+    plain = CNN()
+    variables = plain.init(jax.random.key(1), X)
+    wrapped = quantize(plain, bits=(32,))
+    wrapped_variables = wrapped.init(jax.random.key(1), X, 0)
+    # The user's tree, plus the quantizers' steps and a precision axis on BatchNorm.
+    shapes = jax.tree_util.tree_map(jnp.shape, wrapped_variables)
+    for layer in ("Conv_0", "Conv_1", "Dense_0", "Dense_1"):
+        params = variables["params"][layer]
+        assert set(shapes["params"][layer]) == set(params) | {"weight_step", "act_step"}
+        assert_allclose(wrapped_variables["params"][layer]["kernel"], params["kernel"])
+    for name in ("scale", "bias"):
+        assert shapes["params"]["BatchNorm_0"][name] == (1, 32)
+    assert shapes["batch_stats"]["BatchNorm_1"] == {"mean": (1, 64), "var": (1, 64)}
+    for train in (False, True):
+        kwargs = {"mutable": ["batch_stats"]} if train else {}
+        y = plain.apply(variables, X, train=train, **kwargs)
+        y_wrapped = wrapped.apply(wrapped_variables, X, 0, train=train, **kwargs)
+        logits = (y[0], y_wrapped[0]) if train else (y, y_wrapped)
+        assert_allclose(logits[1], logits[0], atol=1e-6, rtol=1e-6)
+
+
+def test_the_bundled_model_through_the_wrapper_equals_its_quantconv_form():
+    """Same parameters, same logits at every precision, in training and evaluation: the
+    interception computes exactly what QuantConv and PrecisionBatchNorm compute."""
+    bits = (2, 4, 32)
+    bundled = SmallCNN(widths=(8, 16, 16), bits=bits, spec=QuantSpec())
+    variables = bundled.init(jax.random.key(2), X, 0, train=True)
+    rules = [Rule.keep_fp("stem"), Rule.keep_fp("classifier"), Rule("conv")]
+    wrapped = quantize(PlainSmallCNN(), rules, bits)
+    shapes = jax.tree_util.tree_map(jnp.shape, wrapped.init(jax.random.key(2), X, 0, train=True))
+    assert shapes == jax.tree_util.tree_map(jnp.shape, variables)
+    for p in range(len(bits)):
+        for train in (False, True):
+            mutable = ["batch_stats"] if train else False
+            y = bundled.apply(variables, X, p, train=train, mutable=mutable)
+            y_wrapped = wrapped.apply(variables, X, p, train=train, mutable=mutable)
+            for got, want in zip(
+                jax.tree_util.tree_leaves(y_wrapped), jax.tree_util.tree_leaves(y)
+            ):
+                assert_allclose(got, want, atol=2e-6, rtol=1e-6)
+
+
+def _train(model, bits, dataset, epochs, workdir):
+    steps = dataset.train_size // 128
+    trainer = MultiPrecisionTrainer(
+        model,
+        bits,
+        make_optimizer(OptimizerConfig(), steps * epochs, steps),
+        precision_mode="unroll",
+        preprocess=make_preprocess(dataset.mean, dataset.std),
+    )
+    state = fit(trainer, dataset, workdir=str(workdir), seed=0, epochs=epochs, batch_size=128,
+                progress=False, log=lambda _: None)  # fmt: skip
+    return evaluate_dataset(trainer, state, dataset, 500)
+
+
+def test_a_users_cnn_trains_at_every_bit_width_as_the_bundled_one_does(tmp_path):
+    bits = (2, 4, 8, 32)
+    dataset = load_dataset("digits")
+    rules = [Rule.keep_fp("Conv_0"), Rule.keep_fp("Dense_1"), Rule(".*")]  # as SmallCNN
+    wrapped = quantize(ExampleCNN(), rules, bits, train_kwarg=None)  # its __call__ takes no mode
+    ours = _train(wrapped, bits, dataset, 8, tmp_path / "ours")
+    bundled = _train(SmallCNN(bits=bits, spec=QuantSpec()), bits, dataset, 8, tmp_path / "bundled")
+    for b in bits:
+        assert ours[b] > 0.9 and ours[b] > bundled[b] - 0.05, (b, ours, bundled)
+
+
+def test_rules_give_a_4_bit_body_with_8_bit_first_and_last_layers(tmp_path):
+    rules = [
+        Rule("Conv_0", bits=(8,), activation=q.LSQ.for_activations(signed=True)),
+        Rule("Dense_1", bits=(8,)),
+        Rule(".*"),
+    ]
+    wrapped = quantize(CNN(), rules, bits=(4,))
+    params = wrapped.init(jax.random.key(0), X, 0)["params"]
+    assert params["Conv_1"]["weight_step"].shape == (1,)
+    steps_8 = q.lsq_init_step(params["Conv_0"]["kernel"], 8, signed=True)
+    assert_allclose(params["Conv_0"]["weight_step"], [steps_8], rtol=1e-6)  # initialised at 8 bits
+    accuracy = _train(wrapped, (4,), load_dataset("digits"), 4, tmp_path)
+    assert accuracy[4] > 0.5
+
+
+def test_bad_rules_are_one_line_errors():
+    with pytest.raises(ConfigError, match=r"rule\(s\) \['attention'\] matched no nn.Conv/nn.Dense"):
+        quantize(CNN(), [Rule("attention"), Rule(".*")], bits=(4, 32)).init(jax.random.key(0), X)
+    with pytest.raises(BitWidthError, match="rule 'Conv_0'.*bit-width 1 is not supported"):
+        quantize(CNN(), [Rule("Conv_0", bits=(1,))], bits=(4, 32))
+    with pytest.raises(BitWidthError, match="one bit-width or one per precision"):
+        quantize(CNN(), [Rule("Conv_0", bits=(4, 8, 8))], bits=(4, 32))
+    with pytest.raises(ConfigError, match="not a regex"):
+        Rule("Conv_(")
+    with pytest.raises(ConfigError, match="takes a flax.linen Module"):
+        quantize(lambda x: x)
+
+
+def test_the_users_mode_keyword_is_passed_through():
+    class Deterministic(nn.Module):
+        @nn.compact
+        def __call__(self, x, deterministic: bool = True):
+            x = nn.Dense(8)(x.reshape((x.shape[0], -1)))
+            return nn.Dropout(0.5, deterministic=deterministic)(x)
+
+    wrapped = quantize(Deterministic(), bits=(4, 32), train_kwarg="deterministic")
+    variables = wrapped.init(jax.random.key(0), X, 0)
+    y = wrapped.apply(variables, X, 1, train=True, rngs={"dropout": jax.random.key(1)})
+    assert np.mean(np.asarray(y) == 0) > 0.2  # dropout is on in training
+    assert np.all(wrapped.apply(variables, X, 1) == Deterministic().apply(variables, X))
