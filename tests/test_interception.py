@@ -189,3 +189,26 @@ def test_the_users_mode_keyword_is_passed_through():
     y = wrapped.apply(variables, X, 1, train=True, rngs={"dropout": jax.random.key(1)})
     assert np.mean(np.asarray(y) == 0) > 0.2  # dropout is on in training
     assert np.all(wrapped.apply(variables, X, 1) == Deterministic().apply(variables, X))
+
+
+def test_the_trainer_takes_the_users_loss():
+    """``loss_fn(logits, labels)`` is each precision's task loss; distillation still applies
+    (``largest``: ``L_b = 0.5 softCE(z_b, z_max) + 0.5 loss_fn``, the teacher's is loss_fn)."""
+    wrapped = quantize(ExampleCNN(), bits=(2, 32), train_kwarg=None)
+    one_hot = jax.nn.one_hot(jnp.arange(4) % 10, 10)
+    for distillation in ("none", "largest"):
+        trainer = MultiPrecisionTrainer(
+            wrapped,
+            (2, 32),
+            make_optimizer(OptimizerConfig(), 10, 1),
+            distillation=distillation,
+            loss_fn=lambda logits, labels: jnp.mean(jnp.sum((logits - labels) ** 2, -1)),
+        )
+        state = trainer.init(jax.random.key(0), X)
+        logits = trainer.logits(state.params, state.batch_stats, X)
+        _, metrics = trainer.train_step(state, X, one_hot, jax.random.key(1))
+        mse = jnp.mean(jnp.sum((logits - one_hot) ** 2, -1), axis=1)
+        soft = -jnp.mean(jnp.sum(jax.nn.softmax(logits[1]) * jax.nn.log_softmax(logits[0]), -1))
+        expected = mse if distillation == "none" else jnp.stack([0.5 * soft + 0.5 * mse[0], mse[1]])
+        assert_allclose(metrics["loss_per_precision"], expected, rtol=1e-5)
+        assert metrics["accuracy_per_precision"].shape == (2,)  # one-hot labels: argmax

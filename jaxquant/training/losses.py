@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,7 @@ def multi_precision_loss(
     bits: Sequence[int],
     distillation: str = "none",
     loss_weights: Sequence[float] | None = None,
+    task_loss: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy,
 ) -> tuple[jax.Array, jax.Array]:
     """Combine the per-precision losses of ``logits`` (shape ``(P, N, classes)``).
 
@@ -42,6 +43,8 @@ def multi_precision_loss(
     - ``recursive`` (Any-Precision): ``L_max = CE``; each lower bit-width learns from the next
       higher one, ``L_b = softCE(z_b, z_next)``.
 
+    ``task_loss(logits, labels)`` replaces CE as the hard loss (default: CE against integer
+    labels); distillation stays the softmax cross-entropy between precisions' logits.
     Returns ``(sum_b lambda_b L_b, per-precision losses)``; lambda defaults to 1 (the papers sum).
     """
     if distillation not in DISTILLATION_MODES:
@@ -51,10 +54,10 @@ def multi_precision_loss(
     order = np.argsort(np.asarray(bits))[::-1]  # precision indices, largest bit-width first
     teacher = int(order[0])
     losses = [None] * len(bits)
-    losses[teacher] = cross_entropy(logits[teacher], labels)
+    losses[teacher] = task_loss(logits[teacher], labels)
     for rank, p in enumerate(order[1:], start=1):
         p = int(p)
-        hard = cross_entropy(logits[p], labels)
+        hard = task_loss(logits[p], labels)
         if distillation == "none":
             losses[p] = hard
         elif distillation == "largest":

@@ -21,7 +21,7 @@ import optax
 
 from jaxquant.errors import ConfigError
 from jaxquant.layers.conv import Lowering, lowering
-from jaxquant.training.losses import DISTILLATION_MODES, multi_precision_loss
+from jaxquant.training.losses import DISTILLATION_MODES, cross_entropy, multi_precision_loss
 
 PRECISION_MODES = ("vmap", "unroll")
 
@@ -43,6 +43,16 @@ def _merge_batch_stats(old, stacked):
     per-row update; a statistic shared by all precisions receives every precision's update.
     """
     return jax.tree_util.tree_map(lambda o, s: o + jnp.sum(s - o[None], axis=0), old, stacked)
+
+
+def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-precision top-1 accuracy of ``logits`` (P, N, C) against integer labels (N,) or
+    one-hot/soft labels (N, C); zeros for labels of another kind (a custom ``loss_fn``'s)."""
+    if labels.shape == logits.shape[1:]:
+        labels = jnp.argmax(labels, -1)
+    if labels.shape != logits.shape[1:-1]:
+        return jnp.zeros(logits.shape[0], jnp.float32)
+    return jnp.mean(jnp.argmax(logits, -1) == labels[None], axis=1)
 
 
 @dataclasses.dataclass
@@ -75,6 +85,9 @@ class MultiPrecisionTrainer:
     follow their input's dtype (``jnp.bfloat16``: convolutions, matmuls and activations in bf16,
     quantizer arithmetic and BatchNorm statistics in float32, integer codes exact on their grid,
     see `jaxquant.layers`). Parameters, optimizer state and the loss stay float32."""
+    loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy
+    """``(logits, labels) -> scalar``: each precision's task loss (default: cross-entropy against
+    integer labels); the distillation modes still apply between precisions."""
     lowering: Lowering = Lowering()
     """How the model's convs are lowered (`jaxquant.layers.Lowering`), set around every trace."""
 
@@ -163,7 +176,7 @@ class MultiPrecisionTrainer:
         def loss_fn(params):
             logits, batch_stats = self._forward_all(params, state.batch_stats, x)
             loss, per_precision = multi_precision_loss(
-                logits, labels, self.bits, self.distillation, self.loss_weights
+                logits, labels, self.bits, self.distillation, self.loss_weights, self.loss_fn
             )
             regularization = {}
             if self.regularizer is not None:
@@ -180,7 +193,7 @@ class MultiPrecisionTrainer:
         )(state.params)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels[None], axis=1)
+        accuracy = _accuracy(logits, labels)
         metrics = {
             "loss": loss,
             "loss_per_precision": per_precision,
