@@ -3,11 +3,14 @@ examples write them, no jaxquant import) at every bit-width by method intercepti
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from numpy.testing import assert_allclose
 
 from jaxquant import quantizers as q
@@ -138,13 +141,21 @@ def _train(model, bits, dataset, epochs, workdir):
     return evaluate_dataset(trainer, state, dataset, 500)
 
 
-def test_a_users_cnn_trains_at_every_bit_width_as_the_bundled_one_does(tmp_path):
-    bits = (2, 4, 8, 32)
-    dataset = load_dataset("digits")
+BITS = (2, 4, 8, 32)
+
+
+@pytest.fixture(scope="module")
+def bundled_accuracy(tmp_path_factory):
+    """The bundled SmallCNN's digits accuracy per bit-width after 8 epochs: the band to reach."""
+    model = SmallCNN(bits=BITS, spec=QuantSpec())
+    return _train(model, BITS, load_dataset("digits"), 8, tmp_path_factory.mktemp("bundled"))
+
+
+def test_a_users_cnn_trains_at_every_bit_width_as_the_bundled_one_does(tmp_path, bundled_accuracy):
+    bits, bundled = BITS, bundled_accuracy
     rules = [Rule.keep_fp("Conv_0"), Rule.keep_fp("Dense_1"), Rule(".*")]  # as SmallCNN
     wrapped = quantize(ExampleCNN(), rules, bits, train_kwarg=None)  # its __call__ takes no mode
-    ours = _train(wrapped, bits, dataset, 8, tmp_path / "ours")
-    bundled = _train(SmallCNN(bits=bits, spec=QuantSpec()), bits, dataset, 8, tmp_path / "bundled")
+    ours = _train(wrapped, bits, load_dataset("digits"), 8, tmp_path / "ours")
     for b in bits:
         assert ours[b] > 0.9 and ours[b] > bundled[b] - 0.05, (b, ours, bundled)
 
@@ -173,7 +184,7 @@ def test_bad_rules_are_one_line_errors():
         quantize(CNN(), [Rule("Conv_0", bits=(4, 8, 8))], bits=(4, 32))
     with pytest.raises(ConfigError, match="not a regex"):
         Rule("Conv_(")
-    with pytest.raises(ConfigError, match="takes a flax.linen Module"):
+    with pytest.raises(ConfigError, match="takes a flax.linen or flax.nnx Module"):
         quantize(lambda x: x)
 
 
@@ -212,3 +223,94 @@ def test_the_trainer_takes_the_users_loss():
         expected = mse if distillation == "none" else jnp.stack([0.5 * soft + 0.5 * mse[0], mse[1]])
         assert_allclose(metrics["loss_per_precision"], expected, rtol=1e-5)
         assert metrics["accuracy_per_precision"].shape == (2,)  # one-hot labels: argmax
+
+
+# ----------------------------------------------------------------------------------------------
+# NNX.
+
+
+class NNXCNN(nnx.Module):
+    """The CNN of Flax's NNX MNIST tutorial (for 8x8 inputs), with a BatchNorm."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(1, 32, kernel_size=(3, 3), rngs=rngs)
+        self.bn1 = nnx.BatchNorm(32, rngs=rngs)
+        self.conv2 = nnx.Conv(32, 64, kernel_size=(3, 3), rngs=rngs)
+        self.avg_pool = functools.partial(nnx.avg_pool, window_shape=(2, 2), strides=(2, 2))
+        self.linear1 = nnx.Linear(256, 256, rngs=rngs)
+        self.linear2 = nnx.Linear(256, 10, rngs=rngs)
+
+    def __call__(self, x):
+        x = self.avg_pool(nnx.relu(self.bn1(self.conv1(x))))
+        x = self.avg_pool(nnx.relu(self.conv2(x)))
+        x = x.reshape(x.shape[0], -1)
+        x = nnx.relu(self.linear1(x))
+        return self.linear2(x)
+
+
+def test_nnx_at_full_precision_is_the_users_model():
+    model = NNXCNN(rngs=nnx.Rngs(0))
+    wrapped = quantize(model, bits=(32,))
+    variables = wrapped.init(jax.random.key(0), X, 0, train=True)
+    assert isinstance(model.conv1, nnx.Conv)  # the user's model is left unchanged
+    users = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    shapes = jax.tree_util.tree_map(jnp.shape, variables)
+    for layer in ("conv1", "conv2", "linear1", "linear2"):
+        assert set(shapes["params"][layer]) == set(users[layer]) | {"weight_step", "act_step"}
+        assert_allclose(variables["params"][layer]["kernel"], users[layer]["kernel"])
+    assert shapes["params"]["bn1"] == {"scale": (1, 32), "bias": (1, 32)}
+    assert shapes["batch_stats"]["bn1"] == {"mean": (1, 32), "var": (1, 32)}
+    for train in (False, True):
+        model.train() if train else model.eval()
+        expected = model(X)
+        got = wrapped.apply(
+            variables, X, 0, train=train, mutable=["batch_stats"] if train else False
+        )
+        assert_allclose(got[0] if train else got, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_an_nnx_cnn_trains_at_every_bit_width_in_one_step(tmp_path, bundled_accuracy):
+    rules = [Rule.keep_fp("conv1"), Rule.keep_fp("linear2"), Rule(".*")]
+    wrapped = quantize(NNXCNN(rngs=nnx.Rngs(0)), rules, BITS)
+    ours = _train(wrapped, BITS, load_dataset("digits"), 8, tmp_path)
+    params = wrapped.init(jax.random.key(0), X, 0)["params"]
+    assert params["conv2"]["weight_step"].shape == (len(BITS),)
+    assert params["bn1"]["scale"].shape == (len(BITS), 32)
+    for b in BITS:
+        assert ours[b] > 0.9 and ours[b] > bundled_accuracy[b] - 0.05, (b, ours, bundled_accuracy)
+
+
+def test_nnx_bad_rules_are_one_line_errors():
+    model = NNXCNN(rngs=nnx.Rngs(0))
+    with pytest.raises(
+        ConfigError, match=r"rule\(s\) \['attention'\] matched no nnx.Conv/nnx.Linear"
+    ):
+        quantize(model, [Rule("attention")], bits=(4, 32))
+    with pytest.raises(BitWidthError, match="rule 'conv1'"):
+        quantize(model, [Rule("conv1", bits=(1,))], bits=(4, 32))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: quantize(CNN(), bits=(2, 32)),
+        lambda: quantize(NNXCNN(rngs=nnx.Rngs(0)), bits=(2, 32)),
+    ],
+    ids=["linen", "nnx"],
+)
+def test_vmap_and_unroll_steps_agree(make):
+    """All precisions in one jitted step, vmapped over the precision index or unrolled."""
+    labels = jnp.arange(4) % 10
+    results = []
+    for mode in ("vmap", "unroll"):
+        trainer = MultiPrecisionTrainer(
+            make(), (2, 32), make_optimizer(OptimizerConfig(), 10, 1), precision_mode=mode
+        )
+        state = trainer.init(jax.random.key(0), X)
+        results.append(jax.jit(trainer.train_step)(state, X, labels, jax.random.key(1)))
+    (state_v, metrics_v), (state_u, metrics_u) = results
+    assert_allclose(metrics_v["loss_per_precision"], metrics_u["loss_per_precision"], rtol=1e-5)
+    for v, u in zip(
+        jax.tree_util.tree_leaves(state_v.params), jax.tree_util.tree_leaves(state_u.params)
+    ):
+        assert_allclose(v, u, rtol=1e-4, atol=1e-5)

@@ -179,12 +179,20 @@ def quantize(
     bits: Sequence[int] = (2, 4, 8, 32),
     train_kwarg: str | None = "train",
 ) -> PrecisionModel:
-    """``model`` (an unchanged Linen module) run at every bit-width of ``bits``: its matched
-    convs and dense layers quantized by the `Rule` list (default: every one, LSQ weights and
-    activations), its BatchNorms per precision. Train it with `MultiPrecisionTrainer`."""
+    """``model`` (an unchanged Linen or NNX module) run at every bit-width of ``bits``: its
+    matched convs and dense layers quantized by the `Rule` list (default: every one, LSQ weights
+    and activations), its BatchNorms per precision. Train it with `MultiPrecisionTrainer`.
+    An NNX model goes to `quantize_nnx` (``train_kwarg`` does not apply: NNX models switch
+    mode with ``.train()``/``.eval()``)."""
+    from flax import nnx
+
+    if isinstance(model, nnx.Module):
+        from jaxquant.interception.nnx import quantize_nnx
+
+        return quantize_nnx(model, rules, bits)
     if not isinstance(model, nn.Module):
         raise ConfigError(
-            f"jaxquant.quantize takes a flax.linen Module, got {type(model).__name__}"
+            f"jaxquant.quantize takes a flax.linen or flax.nnx Module, got {type(model).__name__}"
         )
     rules = default_rules() if rules is None else tuple(rules)
     return PrecisionModel(model, tuple(bits), rules, train_kwarg)
