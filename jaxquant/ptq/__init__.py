@@ -80,6 +80,7 @@ from jaxquant.ptq.fit import (
 )
 from jaxquant.ptq.io import load_quantized, save_quantized
 from jaxquant.ptq.methods import PTQ_METHODS, WeightFit, get_ptq_method
+from jaxquant.ptq.one_call import PTQResult, linen_network, load, quantize
 from jaxquant.ptq.pipeline import fp_network, run, warm_up
 from jaxquant.ptq.report import (
     accuracy,
@@ -90,6 +91,10 @@ from jaxquant.ptq.report import (
 )
 
 __all__ = [
+    "quantize",
+    "load",
+    "PTQResult",
+    "linen_network",
     "ptq_config",
     "METHODS",
     "METHOD_LABELS",

@@ -1,0 +1,180 @@
+"""Post-training quantization of a user's Linen model in one call (`quantize`), and its result
+saved with orbax (integer codes, per-channel scales, input steps) and loaded back (`load`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxquant.configs.ptq import ptq_config
+from jaxquant.errors import CheckpointError, ConfigError
+from jaxquant.ptq.calibration import CalibrationData, sample_rows
+from jaxquant.ptq.capture import ActivationQuant, Network, Quantizer, act_arrays, find_layers
+from jaxquant.ptq.fit import QuantizedModel, quantize_model
+from jaxquant.ptq.methods import get_ptq_method
+
+
+def linen_network(model: nn.Module, train_kwarg: str | None = "train") -> Network:
+    """A user's Linen model as a PTQ `Network`: ``train_kwarg`` names its mode keyword (``train``,
+    or ``deterministic``/``use_running_average``, inverted; None: its ``__call__`` has none)."""
+
+    def mode(train: bool) -> dict:
+        if train_kwarg is None:
+            return {}
+        return {train_kwarg: train if train_kwarg == "train" else not train}
+
+    def apply(variables, x, train):
+        if not train:
+            return model.apply(variables, x, **mode(False))
+        logits, updates = model.apply(variables, x, **mode(True), mutable=["batch_stats"])
+        return logits, updates.get("batch_stats", variables.get("batch_stats", {}))
+
+    return Network(apply)
+
+
+@dataclasses.dataclass
+class PTQResult:
+    """A quantized model: ``variables`` (kernels ``alpha * codes``, re-estimated BatchNorm),
+    ``weights`` (per layer ``bits``, integer ``codes`` [out, fan-in] and ``alpha`` [out]),
+    ``activations`` (each layer's input step). ``predict(x)`` runs it, inputs quantized."""
+
+    quantized: QuantizedModel
+    network: Network
+    quantizer: Quantizer
+    input_shape: tuple[int, ...]
+
+    @property
+    def variables(self) -> dict:
+        return self.quantized.variables
+
+    @property
+    def weights(self) -> dict:
+        return self.quantized.weights
+
+    @property
+    def activations(self) -> dict[str, ActivationQuant]:
+        return self.quantized.activations
+
+    def predict(self, x) -> jax.Array:
+        acts = act_arrays(self.quantizer.layers, self.activations)
+        return self.quantizer.predict(self.variables, jnp.asarray(x), acts)
+
+    def save(self, path: str | pathlib.Path) -> pathlib.Path:
+        """An orbax checkpoint at ``path`` (a new directory) of the codes, scales, input steps
+        and variables, plus ``meta.json`` (method, bit-widths, input shape)."""
+        import orbax.checkpoint as ocp
+
+        path = pathlib.Path(path).resolve()
+        if path.exists():
+            raise CheckpointError(f"{path} exists; choose a new directory")
+        q = self.quantized
+        tree = {
+            "variables": jax.tree_util.tree_map(np.asarray, q.variables),
+            "weights": {
+                n: {"codes": w["codes"], "alpha": w["alpha"]} for n, w in q.weights.items()
+            },
+            "act_steps": {n: np.float32(a.step) for n, a in q.activations.items()},
+        }
+        ocp.StandardCheckpointer().save(path / "state", tree)
+        ocp.StandardCheckpointer().wait_until_finished()
+        meta = {
+            "method": q.method,
+            "weight_bits": q.weight_bits,
+            "act_bits": q.act_bits,
+            "input_shape": list(self.input_shape),
+            "weight_layer_bits": {n: int(w["bits"]) for n, w in q.weights.items()},
+            "activations": {
+                n: {"bits": a.bits, "signed": a.signed} for n, a in q.activations.items()
+            },
+        }
+        (path / "meta.json").write_text(json.dumps(meta, indent=1))
+        return path
+
+
+def _config(overrides: dict) -> ml_collections.ConfigDict:
+    config = ptq_config()
+    for key, value in overrides.items():
+        if key not in config:
+            raise ConfigError(f"unknown PTQ setting {key!r}; known: {', '.join(sorted(config))}")
+        config[key] = value
+    return config
+
+
+def quantize(
+    model: nn.Module,
+    variables: dict,
+    images,
+    method: str = "bitsplit",
+    weight_bits: int = 4,
+    act_bits: int = 8,
+    train_kwarg: str | None = "train",
+    preprocess=None,
+    **settings,
+) -> PTQResult:
+    """Quantize a trained full-precision Linen ``model`` with ``variables`` by ``method``
+    (``bitsplit``, ``bitsplit_ecaq`` or ``rtn``) at ``W weight_bits A act_bits``, calibrated
+    on training ``images`` (model inputs, or raw images with ``preprocess(images, train, key)``;
+    ``calibration_images`` of them are drawn). ``settings`` override the keys of
+    `jaxquant.configs.ptq.ptq_config` (``epochs``, ``first_last_weight_bits``, ...)."""
+    from flax import nnx
+
+    if isinstance(model, nnx.Module):
+        raise ConfigError("one-call PTQ of NNX models is not supported yet; wrap a Linen model")
+    get_ptq_method(method)
+    config = _config(settings)
+    network = linen_network(model, train_kwarg)
+    network = dataclasses.replace(network, preprocess=preprocess)
+    images = np.asarray(images)
+    config.calibration_images = min(int(config.calibration_images), len(images))
+    data = CalibrationData.from_arrays(network, images, config, int(config.seed))
+    layers = find_layers(network, variables, data.calibration[:2])
+    quantizer = Quantizer(network, layers)
+    rows, samples = sample_rows(
+        np.random.default_rng(int(config.seed)),
+        layers,
+        int(data.calibration.shape[0]),
+        int(config.calibration_rows),
+        int(config.activation_samples),
+    )
+    none = act_arrays(layers, {})
+    fp_rows = quantizer.capture(variables, data.calibration, none, rows, samples, train=False)
+    quantized = quantize_model(
+        quantizer, variables, data, fp_rows, method, weight_bits, act_bits, config, rows, samples
+    )
+    return PTQResult(quantized, network, quantizer, tuple(data.calibration.shape[1:]))
+
+
+def load(
+    path: str | pathlib.Path, model: nn.Module, train_kwarg: str | None = "train", preprocess=None
+) -> PTQResult:
+    """The `PTQResult` saved at ``path`` for ``model`` (the same Linen module definition)."""
+    import orbax.checkpoint as ocp
+
+    path = pathlib.Path(path).resolve()
+    if not (path / "meta.json").is_file():
+        raise CheckpointError(f"{path} is not a saved PTQ result (no meta.json)")
+    meta = json.loads((path / "meta.json").read_text())
+    tree = ocp.StandardCheckpointer().restore(path / "state")
+    network = dataclasses.replace(linen_network(model, train_kwarg), preprocess=preprocess)
+    sample = jnp.zeros((2, *meta["input_shape"]), jnp.float32)
+    layers = find_layers(network, tree["variables"], sample)
+    activations = {
+        n: ActivationQuant(float(tree["act_steps"][n]), a["bits"], a["signed"])
+        for n, a in meta["activations"].items()
+    }
+    weights = {
+        n: {"bits": meta["weight_layer_bits"][n], **{k: np.asarray(v) for k, v in w.items()}}
+        for n, w in tree["weights"].items()
+    }
+    quantized = QuantizedModel(
+        meta["method"], meta["weight_bits"], meta["act_bits"], tree["variables"], activations,
+        weights, 0.0,
+    )  # fmt: skip
+    return PTQResult(quantized, network, Quantizer(network, layers), tuple(meta["input_shape"]))
