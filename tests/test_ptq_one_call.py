@@ -105,3 +105,61 @@ def test_bad_calls_are_one_line_errors(trained):
         ptq.quantize(model, params, x_train, train_kwarg=None, epoch=3)
     with pytest.raises(CheckpointError, match="not a saved PTQ result"):
         ptq.load("/nonexistent", model)
+
+
+NNX_MODEL = """
+import functools
+from flax import nnx
+
+class NNXCNN(nnx.Module):
+    def __init__(self, *, rngs):
+        self.conv1 = nnx.Conv(1, 16, kernel_size=(3, 3), rngs=rngs)
+        self.bn1 = nnx.BatchNorm(16, rngs=rngs)
+        self.conv2 = nnx.Conv(16, 32, kernel_size=(3, 3), rngs=rngs)
+        self.pool = functools.partial(nnx.avg_pool, window_shape=(2, 2), strides=(2, 2))
+        self.linear1 = nnx.Linear(128, 64, rngs=rngs)
+        self.linear2 = nnx.Linear(64, 10, rngs=rngs)
+
+    def __call__(self, x):
+        x = self.pool(nnx.relu(self.bn1(self.conv1(x))))
+        x = self.pool(nnx.relu(self.conv2(x)))
+        return self.linear2(nnx.relu(self.linear1(x.reshape(x.shape[0], -1))))
+"""
+exec(NNX_MODEL, namespace)  # noqa: S102
+NNXCNN = namespace["NNXCNN"]
+
+
+def test_an_nnx_model_in_one_call_and_reloaded_in_a_fresh_process(trained, tmp_path):
+    from flax import nnx
+
+    _, _, x_train, x_test, y_test = trained
+    _, y_train = load_dataset("digits").train_examples(np.arange(len(x_train)))
+    model = NNXCNN(rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x, y):
+        loss = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+        optimizer.update(model, nnx.grad(loss)(model))
+
+    rng = np.random.default_rng(0)
+    model.train()
+    for _ in range(300):
+        idx = rng.choice(len(x_train), 128, replace=False)
+        step(model, optimizer, x_train[idx], y_train[idx])
+    model.eval()
+    fp = _accuracy(model(x_test), y_test)
+    result = ptq.quantize(model, None, x_train, "bitsplit", 4, 8, **FAST)
+    assert fp > 0.9 and _accuracy(result.predict(x_test), y_test) > fp - 0.03
+    assert set(result.weights) == {"conv1", "conv2", "linear1", "linear2"}
+    saved = result.save(tmp_path / "nnx_w4a8")
+    x_path, y_path = str(tmp_path / "x.npy"), str(tmp_path / "y.npy")
+    np.save(x_path, x_test)
+    script = NNX_MODEL + textwrap.dedent(f"""
+        import numpy as np
+        from jaxquant import ptq
+        loaded = ptq.load({str(saved)!r}, NNXCNN(rngs=nnx.Rngs(1)))  # other weights: from the file
+        np.save({y_path!r}, np.asarray(loaded.predict(np.load({x_path!r}))))
+    """)  # fmt: skip
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    np.testing.assert_array_equal(np.load(y_path), np.asarray(result.predict(x_test)))

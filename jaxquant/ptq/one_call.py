@@ -98,6 +98,20 @@ class PTQResult:
         return path
 
 
+def _linen(model, variables, train_kwarg):
+    """An NNX model as a Linen one (`nnx_bridge`), with its variables; a Linen model as given."""
+    from flax import nnx
+
+    if not isinstance(model, nnx.Module):
+        if variables is None:
+            raise ConfigError("pass the trained variables of a Linen model")
+        return model, variables, train_kwarg
+    from jaxquant.ptq.nnx_bridge import nnx_as_linen
+
+    linen, nnx_variables = nnx_as_linen(model)
+    return linen, nnx_variables if variables is None else variables, "train"
+
+
 def _config(overrides: dict) -> ml_collections.ConfigDict:
     config = ptq_config()
     for key, value in overrides.items():
@@ -118,15 +132,13 @@ def quantize(
     preprocess=None,
     **settings,
 ) -> PTQResult:
-    """Quantize a trained full-precision Linen ``model`` with ``variables`` by ``method``
+    """Quantize a trained full-precision Linen ``model`` with ``variables`` (or an NNX model,
+    ``variables=None``: its own state) by ``method``
     (``bitsplit``, ``bitsplit_ecaq`` or ``rtn``) at ``W weight_bits A act_bits``, calibrated
     on training ``images`` (model inputs, or raw images with ``preprocess(images, train, key)``;
     ``calibration_images`` of them are drawn). ``settings`` override the keys of
     `jaxquant.configs.ptq.ptq_config` (``epochs``, ``first_last_weight_bits``, ...)."""
-    from flax import nnx
-
-    if isinstance(model, nnx.Module):
-        raise ConfigError("one-call PTQ of NNX models is not supported yet; wrap a Linen model")
+    model, variables, train_kwarg = _linen(model, variables, train_kwarg)
     get_ptq_method(method)
     config = _config(settings)
     network = linen_network(model, train_kwarg)
@@ -152,9 +164,11 @@ def quantize(
 
 
 def load(
-    path: str | pathlib.Path, model: nn.Module, train_kwarg: str | None = "train", preprocess=None
+    path: str | pathlib.Path, model, train_kwarg: str | None = "train", preprocess=None
 ) -> PTQResult:
-    """The `PTQResult` saved at ``path`` for ``model`` (the same Linen module definition)."""
+    """The `PTQResult` saved at ``path`` for ``model``: the same Linen module definition, or
+    an instance of the same NNX class (its conv, dense and BatchNorm values come from the
+    file; other parameters, if any, from the instance)."""
     import orbax.checkpoint as ocp
 
     path = pathlib.Path(path).resolve()
@@ -162,6 +176,7 @@ def load(
         raise CheckpointError(f"{path} is not a saved PTQ result (no meta.json)")
     meta = json.loads((path / "meta.json").read_text())
     tree = ocp.StandardCheckpointer().restore(path / "state")
+    model, _, train_kwarg = _linen(model, tree["variables"], train_kwarg)
     network = dataclasses.replace(linen_network(model, train_kwarg), preprocess=preprocess)
     sample = jnp.zeros((2, *meta["input_shape"]), jnp.float32)
     layers = find_layers(network, tree["variables"], sample)
