@@ -314,3 +314,27 @@ def test_vmap_and_unroll_steps_agree(make):
         jax.tree_util.tree_leaves(state_v.params), jax.tree_util.tree_leaves(state_u.params)
     ):
         assert_allclose(v, u, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_transpose_is_intercepted_and_exact_at_full_precision():
+    class Decoder(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.ConvTranspose(4, (3, 3), strides=(2, 2))(x)
+            x = nn.ConvTranspose(2, (2, 2), padding="VALID", transpose_kernel=True)(nn.relu(x))
+            return x
+
+    plain = Decoder()
+    variables = plain.init(jax.random.key(0), X)
+    wrapped = quantize(plain, bits=(32,), train_kwarg=None)
+    wrapped_variables = wrapped.init(jax.random.key(0), X, 0)
+    assert set(wrapped_variables["params"]["ConvTranspose_1"]) == {
+        "kernel", "bias", "weight_step", "act_step"
+    }  # fmt: skip
+    assert_allclose(wrapped.apply(wrapped_variables, X, 0), plain.apply(variables, X), atol=1e-6)
+    low = quantize(plain, bits=(2,), train_kwarg=None)
+    low_variables = low.init(jax.random.key(0), X, 0)
+    y = np.asarray(low.apply(low_variables, X, 0))
+    assert y.shape == plain.apply(variables, X).shape and not np.allclose(
+        y, plain.apply(variables, X)
+    )

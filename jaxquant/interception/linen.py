@@ -1,7 +1,8 @@
 """Any-precision training of an unchanged Flax Linen model, by Flax's method interception.
 
-`quantize` wraps a user's model: while it runs, every ``nn.Conv`` (2-D) and ``nn.Dense`` a
-`Rule` matches computes with quantized weights and inputs at the precision index, and every
+`quantize` wraps a user's model: while it runs, every ``nn.Conv`` (2-D), ``nn.ConvTranspose``
+and ``nn.Dense`` a `Rule` matches computes with quantized weights and inputs at the precision
+index, and every
 ``nn.BatchNorm`` keeps its statistics and affine per precision (`switchable_batch_norm`). The
 variables stay in the user's modules, under the user's names: a conv's ``kernel`` and ``bias``,
 plus its quantizers' ``weight_<name>``/``act_<name>``; a BatchNorm's ``scale``, ``bias``,
@@ -63,6 +64,40 @@ def _quantized_conv(module: nn.Conv, rule: Rule, bits, x: jax.Array, index) -> j
         _pairs(module.strides, 2, "strides"),
         _padding(module.padding, 2),
         groups=groups,
+    )
+    if module.use_bias:
+        y = y + module.param("bias", module.bias_init, (module.features,), module.param_dtype)
+    return y.astype(x.dtype)
+
+
+def _quantized_conv_transpose(module, rule: Rule, bits, x: jax.Array, index) -> jax.Array:
+    """``lax.conv_transpose`` of the quantized input and kernel, as ``nn.ConvTranspose``
+    computes it (``transpose_kernel`` and ``kernel_dilation`` included; no mask, no circular
+    padding)."""
+    if module.mask is not None or module.padding == "CIRCULAR":
+        raise ConfigError(
+            f"{'/'.join(module.path)}: masked or circular ConvTranspose is not supported"
+        )
+    n = len(module.kernel_size)
+    in_features = x.shape[-1]
+    io = (
+        (module.features, in_features)
+        if module.transpose_kernel
+        else (in_features, module.features)
+    )
+    kernel = module.param(
+        "kernel", module.kernel_init, tuple(module.kernel_size) + io, module.param_dtype
+    )
+    x_hat = on_grid(module, rule.activation, "act", q.as_float32(x), index, bits)[0]
+    w_hat = on_grid(module, rule.weight, "weight", kernel, index, bits)[0]
+    padding = module.padding if isinstance(module.padding, str) else _padding(module.padding, n)
+    y = jax.lax.conv_transpose(
+        x_hat,
+        w_hat.astype(x_hat.dtype),
+        _pairs(module.strides, n, "strides"),
+        padding,
+        rhs_dilation=_pairs(module.kernel_dilation, n, ""),
+        transpose_kernel=module.transpose_kernel,
     )
     if module.use_bias:
         y = y + module.param("bias", module.bias_init, (module.features,), module.param_dtype)
@@ -138,7 +173,7 @@ class PrecisionModel:
                 return next_fun(*args, **kwargs)
             if isinstance(module, nn.BatchNorm):
                 return _batch_norm(module, args, kwargs, precision, len(self.bits))
-            if not isinstance(module, (nn.Conv, nn.Dense)):
+            if not isinstance(module, (nn.Conv, nn.ConvTranspose, nn.Dense)):
                 return next_fun(*args, **kwargs)
             rule = match(self.rules, "/".join(module.path))
             if rule is None:
@@ -151,7 +186,13 @@ class PrecisionModel:
                 return next_fun(*args, **kwargs)
             bits = rule.layer_bits(self.bits)
             index = precision if len(bits) > 1 else 0
-            layer = _quantized_conv if isinstance(module, nn.Conv) else _quantized_dense
+            layer = (
+                _quantized_conv
+                if isinstance(module, nn.Conv)
+                else _quantized_conv_transpose
+                if isinstance(module, nn.ConvTranspose)
+                else _quantized_dense
+            )
             return layer(module, rule, bits, args[0], index)
 
         return nn.intercept_methods(intercept)
