@@ -18,7 +18,7 @@ from jaxquant.data import load_dataset, make_preprocess
 from jaxquant.errors import BitWidthError, ConfigError
 from jaxquant.interception import Rule, quantize
 from jaxquant.layers import QuantSpec
-from jaxquant.models import SmallCNN
+from jaxquant.models import CifarResNet, SmallCNN
 from jaxquant.models.common import avg_pool_all
 from jaxquant.training import (
     MultiPrecisionTrainer,
@@ -106,14 +106,52 @@ def test_at_full_precision_the_wrapped_model_is_the_users_model():
         assert_allclose(logits[1], logits[0], atol=1e-6, rtol=1e-6)
 
 
-def test_the_bundled_model_through_the_wrapper_equals_its_quantconv_form():
+class PlainCifarResNet8(nn.Module):
+    """The bundled post-activation `CifarResNet` (depth 8) written with plain Linen layers."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+        conv = lambda f, s, name, k=(3, 3): nn.Conv(
+            f, k, s, use_bias=False, kernel_init=init, name=name
+        )
+        bn = lambda name: nn.BatchNorm(not train, momentum=0.9, epsilon=1e-5, name=name)
+        x = nn.relu(bn("stem_bn")(conv(16, (1, 1), "stem")(x)))
+        for stage in range(3):
+            features, strides = 16 * 2**stage, (2, 2) if stage else (1, 1)
+            name = f"stage{stage}_block0"
+            shortcut = x
+            if stage:
+                projected = conv(features, strides, f"{name}_shortcut", (1, 1))(x)
+                shortcut = bn(f"{name}_shortcut_bn")(projected)
+            out = nn.relu(bn(f"{name}_bn0")(conv(features, strides, f"{name}_conv0")(x)))
+            x = nn.relu(bn(f"{name}_bn1")(conv(features, (1, 1), f"{name}_conv1")(out)) + shortcut)
+        return nn.Dense(10, name="classifier")(avg_pool_all(x))
+
+
+BUNDLED = {
+    "small_cnn": (
+        lambda bits: SmallCNN(widths=(8, 16, 16), bits=bits, spec=QuantSpec()),
+        PlainSmallCNN,
+        [Rule.keep_fp("stem"), Rule.keep_fp("classifier"), Rule("conv")],
+    ),
+    "cifar_resnet8": (
+        lambda bits: CifarResNet(depth=8, bits=bits, spec=QuantSpec()),
+        PlainCifarResNet8,
+        [Rule.keep_fp("stem|shortcut|classifier"), Rule("conv")],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_the_bundled_model_through_the_wrapper_equals_its_quantconv_form(name):
     """Same parameters, same logits at every precision, in training and evaluation: the
     interception computes exactly what QuantConv and PrecisionBatchNorm compute."""
     bits = (2, 4, 32)
-    bundled = SmallCNN(widths=(8, 16, 16), bits=bits, spec=QuantSpec())
+    make_bundled, plain, rules = BUNDLED[name]
+    bundled = make_bundled(bits)
     variables = bundled.init(jax.random.key(2), X, 0, train=True)
-    rules = [Rule.keep_fp("stem"), Rule.keep_fp("classifier"), Rule("conv")]
-    wrapped = quantize(PlainSmallCNN(), rules, bits)
+    wrapped = quantize(plain(), rules, bits)
     shapes = jax.tree_util.tree_map(jnp.shape, wrapped.init(jax.random.key(2), X, 0, train=True))
     assert shapes == jax.tree_util.tree_map(jnp.shape, variables)
     for p in range(len(bits)):
