@@ -121,7 +121,8 @@ class PrecisionBatchNormNNX(nnx.Module):
         return y
 
 
-def _replace(model: nnx.Module, path: tuple, new) -> None:
+def replace_module(model: nnx.Module, path: tuple, new) -> None:
+    """Put ``new`` at ``path`` (attribute names and list indices, as `nnx.iter_graph` gives)."""
     parent = model
     for key in path[:-1]:
         parent = parent[key] if isinstance(key, int) else getattr(parent, key)
@@ -195,7 +196,7 @@ def quantize_nnx(
     for path, layer in layers:
         name = "/".join(str(k) for k in path)
         if isinstance(layer, nnx.BatchNorm):
-            _replace(model, path, PrecisionBatchNormNNX(layer, len(bits)))
+            replace_module(model, path, PrecisionBatchNormNNX(layer, len(bits)))
             continue
         if not isinstance(layer, (nnx.Conv, nnx.Linear)):
             continue
@@ -208,7 +209,7 @@ def quantize_nnx(
             and isinstance(rule.activation, q.FullPrecision)
         ):
             kind = QuantizedConv if isinstance(layer, nnx.Conv) else QuantizedLinear
-            _replace(model, path, kind(layer, rule, rule.layer_bits(bits)))
+            replace_module(model, path, kind(layer, rule, rule.layer_bits(bits)))
     unmatched = [rule.pattern for rule in rules if rule not in matched]
     if unmatched:
         raise ConfigError(

@@ -9,6 +9,7 @@ import flax.linen as nn
 from flax import nnx
 
 from jaxquant.errors import ConfigError
+from jaxquant.interception.nnx import replace_module
 
 
 def _name(path) -> str:
@@ -87,13 +88,7 @@ def _bridged(model: nnx.Module, train: bool) -> tuple[nnx.Module, dict]:
             continue
         if isinstance(layer, (nnx.Conv, nnx.Linear)) and layer.use_bias:
             params[name]["bias"] = layer.bias[...]
-        parent = model
-        for key in path[:-1]:
-            parent = parent[key] if isinstance(key, int) else getattr(parent, key)
-        if isinstance(path[-1], int):
-            parent[path[-1]] = new
-        else:
-            setattr(parent, path[-1], new)
+        replace_module(model, path, new)
     return model, {"params": params, "batch_stats": stats} if stats else {"params": params}
 
 
