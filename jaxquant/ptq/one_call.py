@@ -82,8 +82,10 @@ class PTQResult:
             },
             "act_steps": {n: np.float32(a.step) for n, a in q.activations.items()},
         }
-        ocp.StandardCheckpointer().save(path / "state", tree)
-        ocp.StandardCheckpointer().wait_until_finished()
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(path / "state", tree)
+        checkpointer.wait_until_finished()  # orbax writes in the background
+        checkpointer.close()
         meta = {
             "method": q.method,
             "weight_bits": q.weight_bits,
