@@ -166,6 +166,7 @@ def train(args, overrides: dict[str, str]) -> int:
     from jaxquant import config as config_lib
 
     config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
+    config_lib.check_run_config(config)
     if config.multihost:
         import jax
 

@@ -7,8 +7,10 @@ import ast
 import importlib.util
 import pathlib
 import sys
+from typing import TYPE_CHECKING
 
-import ml_collections
+if TYPE_CHECKING:  # imported where used: the trainer and benchmarks load without ml_collections
+    import ml_collections
 
 from jaxquant.errors import ConfigError
 
@@ -66,6 +68,8 @@ def upgrade_legacy_keys(
         value = config[old]
         del config[old]
         if name not in config:
+            import ml_collections
+
             from jaxquant.methods import get_method
 
             config[name] = ml_collections.ConfigDict(dict(get_method(name).section))
@@ -85,6 +89,8 @@ def _parse_value(text: str):
 
 
 def _all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    import ml_collections
+
     keys = []
     for key, value in config.items():
         if isinstance(value, ml_collections.ConfigDict):
@@ -97,6 +103,8 @@ def _all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
 def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
     """Set ``config.<key>`` (dotted) from command-line text, keeping the field's type. A flat key
     of an older config is set in its method's section, with a deprecation message."""
+    import ml_collections
+
     renamed = legacy_keys().get(key) if "." not in key and key not in config else None
     if renamed:
         _deprecated(key, renamed)
@@ -143,6 +151,20 @@ def to_dict(config: ml_collections.ConfigDict) -> dict:
 
 def with_bits(config, bits) -> ml_collections.ConfigDict:
     """A copy of ``config`` for another tuple of bit-widths."""
+    import ml_collections
+
     config = ml_collections.ConfigDict(config.to_dict())
     config.bits = tuple(bits)
     return config
+
+
+POSITIVE_KEYS = ("epochs", "batch_size", "eval_batch_size", "log_every_steps",
+                 "checkpoint_every_steps", "keep_checkpoints")  # fmt: skip
+
+
+def check_run_config(config) -> None:
+    """A `ConfigError` naming the first of `POSITIVE_KEYS` that is not a positive integer."""
+    for key in POSITIVE_KEYS:
+        value = config.get(key, 1) if hasattr(config, "get") else getattr(config, key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"config.{key} is {value!r}; use a positive integer")

@@ -81,6 +81,11 @@ def test_rerun_of_a_finished_workdir_resumes_without_training(trained, capsys):
             "bit-width 1 is not supported by the lsq quantizer",
         ),
         (["--config.epochs=many"], "config.epochs expects a int"),
+        (["--config.epochs=-1"], "config.epochs is -1; use a positive integer"),
+        (["--config.epochs=0"], "config.epochs is 0; use a positive integer"),
+        (["--config.batch_size=0"], "config.batch_size is 0; use a positive integer"),
+        (["--config.eval_batch_size=-5"], "config.eval_batch_size is -5"),
+        (["--config.log_every_steps=0"], "config.log_every_steps is 0"),
         (
             ["--config.dataset=fashion_mnist", "--config.data_dir=/nonexistent/tfds"],
             "prepare_tfds.py",

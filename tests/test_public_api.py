@@ -68,3 +68,14 @@ def test_readme_your_own_model_example_runs():
     assert np.isfinite(float(namespace["metrics"]["loss"]))
     params = namespace["state"].params
     assert "weight_step" not in params["Conv_0"] and params["Dense_1"]["weight_step"].shape == (1,)
+
+
+def test_the_trainer_loads_without_ml_collections_or_tfds():
+    """The accelerator benchmark's device image has neither: the trainer, the methods and the
+    models import them only where a config or a dataset is read."""
+    code = (
+        "import sys, jaxquant.methods, jaxquant.training, jaxquant.models, jaxquant.layers; "
+        "print('ml_collections' in sys.modules, 'tensorflow_datasets' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxquant.config import upgrade_legacy_keys
+from jaxquant.config import check_run_config, upgrade_legacy_keys
 from jaxquant.data import ArrayDataset, StreamingDataset, make_preprocess
 from jaxquant.errors import ConfigError
 from jaxquant.layers import Lowering, QuantSpec
@@ -141,6 +141,7 @@ def build_trainer(
 ) -> MultiPrecisionTrainer:
     """Model, optimizer and on-device preprocessing for ``config`` on ``dataset``."""
     upgrade_legacy_keys(config)  # a config built in code with an older flat key
+    check_run_config(config)
     if isinstance(dataset, StreamingDataset) and config.augment != "none":
         raise ConfigError(
             f"{dataset.name} is augmented on the host as it streams (RandomResizedCrop + flip); "
