@@ -27,13 +27,22 @@ from jaxquant.layers import PrecisionBatchNorm, conv, on_grid, switchable_batch_
 TRAIN_KWARGS = ("train", "deterministic", "use_running_average", None)
 
 
-def _pairs(value, n: int, name: str) -> tuple:
+def mode_kwargs(train_kwarg: str | None, train: bool) -> dict:
+    """The keyword a user's ``__call__`` takes its mode by (`TRAIN_KWARGS`): ``train``, or
+    ``deterministic``/``use_running_average`` (the negation); None: no keyword."""
+    if train_kwarg is None:
+        return {}
+    return {train_kwarg: train if train_kwarg == "train" else not train}
+
+
+def spatial_pairs(value, n: int) -> tuple:
+    """A Flax layer's strides or dilation (None, an int, or one per spatial axis) as n ints."""
     if value is None:
         return (1,) * n
     return (int(value),) * n if isinstance(value, int) else tuple(int(v) for v in value)
 
 
-def _padding(padding, n: int):
+def conv_padding(padding, n: int):
     """nn.Conv's padding as `precision_conv` takes it: ``SAME``/``VALID`` or ``n`` pairs."""
     if isinstance(padding, str):
         if padding.upper() not in ("SAME", "VALID"):
@@ -49,8 +58,8 @@ def _padding(padding, n: int):
 def _quantized_conv(module: nn.Conv, rule: Rule, bits, x: jax.Array, index) -> jax.Array:
     if x.ndim != 4 or len(module.kernel_size) != 2:
         raise ConfigError(f"{'/'.join(module.path)}: jaxquant.quantize handles 2-D NHWC convs")
-    if any(d != 1 for d in _pairs(module.input_dilation, 2, "")) or any(
-        d != 1 for d in _pairs(module.kernel_dilation, 2, "")
+    if any(d != 1 for d in spatial_pairs(module.input_dilation, 2)) or any(
+        d != 1 for d in spatial_pairs(module.kernel_dilation, 2)
     ):
         raise ConfigError(f"{'/'.join(module.path)}: dilated convs are not supported yet")
     groups = module.feature_group_count
@@ -61,8 +70,8 @@ def _quantized_conv(module: nn.Conv, rule: Rule, bits, x: jax.Array, index) -> j
     y = conv.precision_conv(
         x_hat,
         w_hat.astype(x_hat.dtype),
-        _pairs(module.strides, 2, "strides"),
-        _padding(module.padding, 2),
+        spatial_pairs(module.strides, 2),
+        conv_padding(module.padding, 2),
         groups=groups,
     )
     if module.use_bias:
@@ -90,13 +99,12 @@ def _quantized_conv_transpose(module, rule: Rule, bits, x: jax.Array, index) -> 
     )
     x_hat = on_grid(module, rule.activation, "act", q.as_float32(x), index, bits)[0]
     w_hat = on_grid(module, rule.weight, "weight", kernel, index, bits)[0]
-    padding = module.padding if isinstance(module.padding, str) else _padding(module.padding, n)
     y = jax.lax.conv_transpose(
         x_hat,
         w_hat.astype(x_hat.dtype),
-        _pairs(module.strides, n, "strides"),
-        padding,
-        rhs_dilation=_pairs(module.kernel_dilation, n, ""),
+        spatial_pairs(module.strides, n),
+        conv_padding(module.padding, n),
+        rhs_dilation=spatial_pairs(module.kernel_dilation, n),
         transpose_kernel=module.transpose_kernel,
     )
     if module.use_bias:
@@ -160,12 +168,6 @@ class PrecisionModel:
         for rule in self.rules:
             rule.layer_bits(self.bits)  # a bit-width a rule's quantizer cannot do fails here
 
-    def _mode(self, train: bool) -> dict:
-        if self.train_kwarg is None:
-            return {}
-        value = train if self.train_kwarg == "train" else not train
-        return {self.train_kwarg: value}
-
     def _interceptor(self, precision, matched: set | None):
         def intercept(next_fun, args, kwargs, context):
             module = context.module
@@ -200,7 +202,7 @@ class PrecisionModel:
     def init(self, rngs, x, precision=0, train: bool = False, **kwargs):
         matched: set = set()
         with self._interceptor(precision, matched):
-            variables = self.model.init(rngs, x, **self._mode(train), **kwargs)
+            variables = self.model.init(rngs, x, **mode_kwargs(self.train_kwarg, train), **kwargs)
         unmatched = [rule.pattern for rule in self.rules if rule not in matched]
         if unmatched:
             raise ConfigError(
@@ -211,7 +213,7 @@ class PrecisionModel:
 
     def apply(self, variables, x, precision=0, train: bool = False, **kwargs):
         with self._interceptor(precision, None):
-            return self.model.apply(variables, x, **self._mode(train), **kwargs)
+            return self.model.apply(variables, x, **mode_kwargs(self.train_kwarg, train), **kwargs)
 
 
 def quantize(

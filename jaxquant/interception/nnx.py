@@ -21,6 +21,7 @@ from flax import nnx
 
 from jaxquant import quantizers as q
 from jaxquant.errors import ConfigError
+from jaxquant.interception.linen import conv_padding, spatial_pairs
 from jaxquant.interception.rules import Rule, default_rules, match
 from jaxquant.layers import bits_at, conv, normalize
 from jaxquant.layers.batchnorm import batch_norm_train
@@ -69,10 +70,8 @@ class QuantizedConv(_Quantized):
         if len(layer.kernel_size) != 2:
             raise ConfigError("jaxquant.quantize handles 2-D NHWC nnx.Conv layers")
         self._setup(layer, rule, bits)
-        strides = layer.strides
-        self.strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides or (1, 1))
-        padding = layer.padding
-        self.padding = padding if isinstance(padding, str) else tuple(map(tuple, padding))
+        self.strides = spatial_pairs(layer.strides, 2)
+        self.padding = conv_padding(layer.padding, 2)
         self.groups = layer.feature_group_count
 
     def __call__(self, x):

@@ -15,28 +15,27 @@ import numpy as np
 
 from jaxquant.configs.ptq import ptq_config
 from jaxquant.errors import CheckpointError, ConfigError
+from jaxquant.interception.linen import mode_kwargs
 from jaxquant.ptq.calibration import CalibrationData, sample_rows
 from jaxquant.ptq.capture import ActivationQuant, Network, Quantizer, act_arrays, find_layers
 from jaxquant.ptq.fit import QuantizedModel, quantize_model
 from jaxquant.ptq.methods import get_ptq_method
 
 
-def linen_network(model: nn.Module, train_kwarg: str | None = "train") -> Network:
-    """A user's Linen model as a PTQ `Network`: ``train_kwarg`` names its mode keyword (``train``,
-    or ``deterministic``/``use_running_average``, inverted; None: its ``__call__`` has none)."""
-
-    def mode(train: bool) -> dict:
-        if train_kwarg is None:
-            return {}
-        return {train_kwarg: train if train_kwarg == "train" else not train}
+def linen_network(model: nn.Module, train_kwarg: str | None = "train", preprocess=None) -> Network:
+    """A user's Linen model as a PTQ `Network`: ``train_kwarg`` names its mode keyword
+    (`jaxquant.interception.linen.mode_kwargs`); ``preprocess(images, train, key)`` makes its
+    inputs."""
 
     def apply(variables, x, train):
         if not train:
-            return model.apply(variables, x, **mode(False))
-        logits, updates = model.apply(variables, x, **mode(True), mutable=["batch_stats"])
+            return model.apply(variables, x, **mode_kwargs(train_kwarg, False))
+        logits, updates = model.apply(
+            variables, x, **mode_kwargs(train_kwarg, True), mutable=["batch_stats"]
+        )
         return logits, updates.get("batch_stats", variables.get("batch_stats", {}))
 
-    return Network(apply)
+    return Network(apply, preprocess)
 
 
 @dataclasses.dataclass
@@ -143,8 +142,7 @@ def quantize(
     model, variables, train_kwarg = _linen(model, variables, train_kwarg)
     get_ptq_method(method)
     config = _config(settings)
-    network = linen_network(model, train_kwarg)
-    network = dataclasses.replace(network, preprocess=preprocess)
+    network = linen_network(model, train_kwarg, preprocess)
     images = np.asarray(images)
     config.calibration_images = min(int(config.calibration_images), len(images))
     data = CalibrationData.from_arrays(network, images, config, int(config.seed))
@@ -179,7 +177,7 @@ def load(
     meta = json.loads((path / "meta.json").read_text())
     tree = ocp.StandardCheckpointer().restore(path / "state")
     model, _, train_kwarg = _linen(model, tree["variables"], train_kwarg)
-    network = dataclasses.replace(linen_network(model, train_kwarg), preprocess=preprocess)
+    network = linen_network(model, train_kwarg, preprocess)
     sample = jnp.zeros((2, *meta["input_shape"]), jnp.float32)
     layers = find_layers(network, tree["variables"], sample)
     activations = {
