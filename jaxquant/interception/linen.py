@@ -55,6 +55,19 @@ def conv_padding(padding, n: int):
     return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
 
 
+def _quantized_layer(module, rule: Rule, bits, x, index, kernel_shape, compute) -> jax.Array:
+    """What every intercepted layer does: its ``kernel`` (the user's init and name), both
+    operands quantized by the rule at the precision index, ``compute(x_hat, w_hat)``, its
+    ``bias``; the result in ``x``'s dtype."""
+    kernel = module.param("kernel", module.kernel_init, kernel_shape, module.param_dtype)
+    x_hat = on_grid(module, rule.activation, "act", q.as_float32(x), index, bits)[0]
+    w_hat = on_grid(module, rule.weight, "weight", kernel, index, bits)[0]
+    y = compute(x_hat, w_hat.astype(x_hat.dtype))
+    if module.use_bias:
+        y = y + module.param("bias", module.bias_init, (module.features,), module.param_dtype)
+    return y.astype(x.dtype)
+
+
 def _quantized_conv(module: nn.Conv, rule: Rule, bits, x: jax.Array, index) -> jax.Array:
     if x.ndim != 4 or len(module.kernel_size) != 2:
         raise ConfigError(f"{'/'.join(module.path)}: jaxquant.quantize handles 2-D NHWC convs")
@@ -64,19 +77,11 @@ def _quantized_conv(module: nn.Conv, rule: Rule, bits, x: jax.Array, index) -> j
         raise ConfigError(f"{'/'.join(module.path)}: dilated convs are not supported yet")
     groups = module.feature_group_count
     shape = tuple(module.kernel_size) + (x.shape[-1] // groups, module.features)
-    kernel = module.param("kernel", module.kernel_init, shape, module.param_dtype)
-    x_hat = on_grid(module, rule.activation, "act", q.as_float32(x), index, bits)[0]
-    w_hat = on_grid(module, rule.weight, "weight", kernel, index, bits)[0]
-    y = conv.precision_conv(
-        x_hat,
-        w_hat.astype(x_hat.dtype),
-        spatial_pairs(module.strides, 2),
-        conv_padding(module.padding, 2),
-        groups=groups,
-    )
-    if module.use_bias:
-        y = y + module.param("bias", module.bias_init, (module.features,), module.param_dtype)
-    return y.astype(x.dtype)
+    strides, padding = spatial_pairs(module.strides, 2), conv_padding(module.padding, 2)
+    return _quantized_layer(
+        module, rule, bits, x, index, shape,
+        lambda x_hat, w_hat: conv.precision_conv(x_hat, w_hat, strides, padding, groups=groups),
+    )  # fmt: skip
 
 
 def _quantized_conv_transpose(module, rule: Rule, bits, x: jax.Array, index) -> jax.Array:
@@ -87,40 +92,29 @@ def _quantized_conv_transpose(module, rule: Rule, bits, x: jax.Array, index) -> 
         raise ConfigError(
             f"{'/'.join(module.path)}: masked or circular ConvTranspose is not supported"
         )
-    n = len(module.kernel_size)
-    in_features = x.shape[-1]
+    n, in_features = len(module.kernel_size), x.shape[-1]
     io = (
         (module.features, in_features)
         if module.transpose_kernel
         else (in_features, module.features)
     )
-    kernel = module.param(
-        "kernel", module.kernel_init, tuple(module.kernel_size) + io, module.param_dtype
-    )
-    x_hat = on_grid(module, rule.activation, "act", q.as_float32(x), index, bits)[0]
-    w_hat = on_grid(module, rule.weight, "weight", kernel, index, bits)[0]
-    y = jax.lax.conv_transpose(
-        x_hat,
-        w_hat.astype(x_hat.dtype),
-        spatial_pairs(module.strides, n),
-        conv_padding(module.padding, n),
-        rhs_dilation=spatial_pairs(module.kernel_dilation, n),
-        transpose_kernel=module.transpose_kernel,
-    )
-    if module.use_bias:
-        y = y + module.param("bias", module.bias_init, (module.features,), module.param_dtype)
-    return y.astype(x.dtype)
+
+    def compute(x_hat, w_hat):
+        return jax.lax.conv_transpose(
+            x_hat,
+            w_hat,
+            spatial_pairs(module.strides, n),
+            conv_padding(module.padding, n),
+            rhs_dilation=spatial_pairs(module.kernel_dilation, n),
+            transpose_kernel=module.transpose_kernel,
+        )
+
+    return _quantized_layer(module, rule, bits, x, index, tuple(module.kernel_size) + io, compute)
 
 
 def _quantized_dense(module: nn.Dense, rule: Rule, bits, x: jax.Array, index) -> jax.Array:
     shape = (x.shape[-1], module.features)
-    kernel = module.param("kernel", module.kernel_init, shape, module.param_dtype)
-    x_hat = on_grid(module, rule.activation, "act", q.as_float32(x), index, bits)[0]
-    w_hat = on_grid(module, rule.weight, "weight", kernel, index, bits)[0]
-    y = jnp.matmul(x_hat, w_hat.astype(x_hat.dtype))
-    if module.use_bias:
-        y = y + module.param("bias", module.bias_init, (module.features,), module.param_dtype)
-    return y.astype(x.dtype)
+    return _quantized_layer(module, rule, bits, x, index, shape, jnp.matmul)
 
 
 def _batch_norm(module: nn.BatchNorm, args, kwargs, precision, num_precisions: int):
