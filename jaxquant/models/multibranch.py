@@ -72,6 +72,36 @@ def _check_selection(selection: BranchSelection | None, bits: Sequence[int]) -> 
     return selection
 
 
+def _basic_block(
+    ops, conv, bn, x, train, *, name, features, strides, p_in, p, p_out, projection,
+    shortcut_padding="SAME", shuffle=None,
+):  # fmt: skip
+    """A multi-branch basic block in layout ``ops``: ``[1x1 projection -> BN] + conv0 -> BN ->
+    ReLU -> conv1 -> BN (-> the code's channel ``shuffle``) -> ReLU``. ``p_in``/``p``/``p_out``
+    are the partial widths read, kept inside the block and written (``p_out = features`` for
+    the last block's full-width partial output); every output is masked to them."""
+    if projection:
+        shortcut = ops.conv(
+            conv(features, kernel_size=(1, 1), strides=strides, padding=shortcut_padding,
+                 partial_in=p_in, partial_out=p, name=f"{name}_shortcut"),
+            x,
+        )  # fmt: skip
+        shortcut = ops.bn(bn(name=f"{name}_shortcut_bn"), shortcut, train, features)
+        # BN(0) = beta: mask, so the partial's channels past p add nothing (the last block's
+        # full-width partial output gets a zero-padded shortcut).
+        shortcut = ops.mask(shortcut, features, p)
+    else:
+        shortcut = x  # identity per branch (masked already)
+    conv0 = conv(features, strides=strides, partial_in=p_in, partial_out=p, name=f"{name}_conv0")
+    out = ops.mask(ops.relu(ops.bn(bn(name=f"{name}_bn0"), ops.conv(conv0, x), train, features)),
+                   features, p)  # fmt: skip
+    conv1 = conv(features, partial_in=p, partial_out=p_out, name=f"{name}_conv1")
+    out = ops.bn(bn(name=f"{name}_bn1"), ops.conv(conv1, out), train, features)
+    if shuffle is not None:
+        out = ops.shuffle(out, shuffle, features)
+    return ops.mask(ops.relu(ops.add(out, shortcut, features)), features, p_out)
+
+
 class MultiBranchCNN(nn.Module):
     """The multi-branch `SmallCNN` for 8x8 (digits) and 28x28 inputs: FP stem conv -> BN -> ReLU
     (-> 2x2 max-pool if ``stem_pool``) -> tile G -> [MultiBranchConv 3x3 -> BN(G*C) -> ReLU ->
@@ -193,42 +223,11 @@ class MultiBranchCifarResNet(nn.Module):
                 name = f"stage{stage}_block{block}"
                 last = stage == 2 and block == blocks - 1
                 p_block_out = features if last else p
-                if strides != (1, 1) or channels != features:
-                    shortcut = ops.conv(
-                        conv(
-                            features,
-                            kernel_size=(1, 1),
-                            strides=strides,
-                            partial_in=p_prev,
-                            partial_out=p,
-                            name=f"{name}_shortcut",
-                        ),
-                        x,
-                    )
-                    shortcut = ops.bn(bn(name=f"{name}_shortcut_bn"), shortcut, train, features)
-                    # BN(0) = beta: mask, so the partial's channels past p add nothing (the last
-                    # block's full-width partial output gets a zero-padded shortcut).
-                    shortcut = ops.mask(shortcut, features, p)
-                else:
-                    shortcut = x  # identity per branch (masked already)
-                out = ops.conv(
-                    conv(
-                        features,
-                        strides=strides,
-                        partial_in=p_prev,
-                        partial_out=p,
-                        name=f"{name}_conv0",
-                    ),
-                    x,
-                )
-                out = ops.mask(
-                    ops.relu(ops.bn(bn(name=f"{name}_bn0"), out, train, features)), features, p
-                )
-                out = ops.conv(
-                    conv(features, partial_in=p, partial_out=p_block_out, name=f"{name}_conv1"), out
-                )
-                out = ops.bn(bn(name=f"{name}_bn1"), out, train, features)
-                x = ops.mask(ops.relu(ops.add(out, shortcut, features)), features, p_block_out)
+                x = _basic_block(
+                    ops, conv, bn, x, train, name=name, features=features, strides=strides,
+                    p_in=p_prev, p=p, p_out=p_block_out,
+                    projection=strides != (1, 1) or channels != features,
+                )  # fmt: skip
                 p_prev, channels = p, features
         x = avg_pool_all(ops.merge(x, channels))
         return QuantDense(self.num_classes, spec=FULL_PRECISION, name="classifier")(x, 0)
@@ -335,43 +334,12 @@ class MultiBranchResNet(nn.Module):
                 last = stage == len(self.stage_sizes) - 1 and block == blocks - 1
                 p_block_out = features if last else p
                 projection = strides != (1, 1) or channels != features
-                if projection:
-                    shortcut = ops.conv(
-                        conv(
-                            features,
-                            kernel_size=(1, 1),
-                            strides=strides,
-                            padding="VALID",
-                            partial_in=p_prev,
-                            partial_out=p,
-                            name=f"{name}_shortcut",
-                        ),
-                        x,
-                    )
-                    shortcut = ops.bn(bn(name=f"{name}_shortcut_bn"), shortcut, train, features)
-                    shortcut = ops.mask(shortcut, features, p)  # BN(0) = beta
-                else:
-                    shortcut = x  # identity per branch (masked already)
-                out = ops.conv(
-                    conv(
-                        features,
-                        strides=strides,
-                        partial_in=p_prev,
-                        partial_out=p,
-                        name=f"{name}_conv0",
-                    ),
-                    x,
-                )
-                out = ops.mask(
-                    ops.relu(ops.bn(bn(name=f"{name}_bn0"), out, train, features)), features, p
-                )
-                out = ops.conv(
-                    conv(features, partial_in=p, partial_out=p_block_out, name=f"{name}_conv1"), out
-                )
-                out = ops.bn(bn(name=f"{name}_bn1"), out, train, features)
-                if projection and self.channel_shuffle:
-                    out = ops.shuffle(out, shuffles[name], features)
-                x = ops.mask(ops.relu(ops.add(out, shortcut, features)), features, p_block_out)
+                x = _basic_block(
+                    ops, conv, bn, x, train, name=name, features=features, strides=strides,
+                    p_in=p_prev, p=p, p_out=p_block_out, projection=projection,
+                    shortcut_padding="VALID",
+                    shuffle=shuffles[name] if projection and self.channel_shuffle else None,
+                )  # fmt: skip
                 p_prev, channels = p, features
             if self.is_mutable_collection("intermediates"):
                 self.sow("intermediates", f"stage{stage}", ops.slots(x, channels))
