@@ -7,7 +7,7 @@ the layers are found, their inputs captured and quantized by a Flax method inter
 model's code is not touched and the result is the same model with quantized kernels plus one
 activation step per layer.
 
-The pipeline, as the official code's fast script (digest B7):
+The pipeline, as the official code's fast script:
 
 1. **Calibration**: ``calibration_images`` training images (640) *with* training augmentation;
    one full-precision forward (eval-mode BN) records, for every layer, im2col rows of its input X
