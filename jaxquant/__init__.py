@@ -9,8 +9,11 @@ from jaxquant.errors import (
     CheckpointError,
     ConfigError,
     DatasetNotFoundError,  # noqa: F401
+    InputError,
     JaxquantError,
+    NonFiniteError,
     NonFiniteLossError,
+    PrecisionError,
 )
 
 __version__ = "0.1.0"
@@ -56,6 +59,8 @@ _LAZY = {
     "METHODS": "jaxquant.methods",
     # Runs and artefacts.
     "load_run": "jaxquant.runs",
+    "run_input_contract": "jaxquant.runs",
+    "InputContract": "jaxquant.data",
     "export_vertical": "jaxquant.export",
     "load_vertical": "jaxquant.export",
 }
@@ -79,8 +84,11 @@ __all__ = sorted(
         "CheckpointError",
         "ConfigError",
         "DatasetNotFoundError",
+        "InputError",
         "JaxquantError",
+        "NonFiniteError",
         "NonFiniteLossError",
+        "PrecisionError",
         "__version__",
         *_LAZY,
         *_SUBMODULES,

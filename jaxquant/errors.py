@@ -18,12 +18,26 @@ class ConfigError(JaxquantError):
 
 
 class DatasetNotFoundError(JaxquantError):
-    """A dataset that is not prepared locally (the machines are offline)."""
+    """A dataset that is neither prepared locally nor downloadable from this machine."""
 
 
 class CheckpointError(JaxquantError):
     """A checkpoint that is corrupt or was written by an incompatible config."""
 
 
-class NonFiniteLossError(JaxquantError):
+class PrecisionError(JaxquantError):
+    """A precision index outside a model's bit-widths, or per-precision arrays (one row per
+    bit-width: BatchNorm statistics, quantizer steps) built for another number of bit-widths."""
+
+
+class NonFiniteError(JaxquantError):
+    """Values a user trusts (parameters, statistics, predictions) hold NaN or infinity."""
+
+
+class NonFiniteLossError(NonFiniteError):
     """Training diverged: the loss became NaN or infinite."""
+
+
+class InputError(JaxquantError):
+    """Images a model cannot take: a wrong shape, number of channels, dtype or value range
+    (`jaxquant.data.InputContract`)."""

@@ -10,6 +10,11 @@ Planes are packed 8 weights per byte. The basic layer is the first ``basic_bits`
 later plane one enhance layer; the k-bit model needs the header, the arrays and the first k
 planes, which is a prefix of the file, so `load_vertical` reads only that (``bytes_read`` grows
 with k) and checks the CRC32 of everything it reads.
+
+The header records the model's input contract (``input_contract``, `jaxquant.data.InputContract`:
+the dataset's native images and their scaling and normalisation); the loaded model applies it to
+the images it is called on and refuses others with a one-line `InputError`. An artefact written
+before that key existed gets the contract of the dataset its header names.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import numpy as np
 from jaxquant import nesting
 from jaxquant import quantizers as q
 from jaxquant.config import with_bits
+from jaxquant.data.contract import InputContract, dataset_contract
 from jaxquant.errors import BitWidthError, CheckpointError, ConfigError
 from jaxquant.layers import QuantSpec
 from jaxquant.runs import load_run
@@ -81,7 +87,7 @@ def export_vertical(
     (``bits``, ``file_bytes`` and ``bytes_for_bits``: the bytes `load_vertical` reads per k).
 
     ``recalibrate_batches``: re-estimate the BatchNorm statistics of bit-widths that were not
-    trained from that many training batches (`methods.vertical.recalibrate_batch_norm`).
+    trained from that many training batches (`training.recalibration.recalibrate_batch_norm`).
     """
     from jaxquant.methods import get_method, vertical
 
@@ -165,6 +171,7 @@ def export_vertical(
         "image_shape": list(dataset.image_shape),
         "mean": list(map(float, dataset.mean)),
         "std": list(map(float, dataset.std)),
+        "input_contract": InputContract.for_dataset(dataset).to_json(),
         "source_bits": source_bits,
         "basic_bits": basic_bits,
         "bits": list(bits),
@@ -202,9 +209,25 @@ def export_vertical(
 # Load.
 
 
-@dataclasses.dataclass
+def header_contract(header: dict) -> InputContract:
+    """The input contract an artefact's header records; for an artefact written before it did,
+    the contract of the dataset the header names (its image shape, mean and std)."""
+    if "input_contract" in header:
+        return InputContract.from_json(header["input_contract"])
+    return dataset_contract(
+        header.get("dataset"), header.get("image_shape"), header.get("mean"), header.get("std")
+    )
+
+
+@dataclasses.dataclass(repr=False)
 class VerticalModel:
-    """The k-bit model read from an artefact. Call it on raw images (uint8 or [0, 1] floats)."""
+    """The k-bit model read from an artefact. ``model(images)`` returns the logits ``(N,
+    classes)`` of the images its ``input_contract`` takes (`jaxquant.data.InputContract`; print it
+    to read it): the dataset's native images — raw digits values 0..16 (``load_digits().images``,
+    integer or float), ``uint8`` 0..255 for MNIST, Fashion-MNIST, CIFAR and ImageNet — or floats
+    already in [0, 1], as a batch ``(N, H, W, C)``, a batch ``(N, H, W)`` of one-channel images or
+    one image; the model scales and normalises them. Anything else raises a one-line
+    `jaxquant.InputError` naming what it got and what it takes."""
 
     model: object
     variables: dict
@@ -213,8 +236,11 @@ class VerticalModel:
     file_bytes: int
     header: dict
     preprocess: Callable
+    input_contract: InputContract | None = None
 
     def __post_init__(self):
+        if self.input_contract is None:
+            self.input_contract = header_contract(self.header)
         self._apply = jax.jit(
             lambda variables, images: self.model.apply(
                 variables, self.preprocess(images, False, None), 0, train=False
@@ -222,7 +248,15 @@ class VerticalModel:
         )
 
     def __call__(self, images) -> jax.Array:
+        images = self.input_contract.prepare(images, normalize=False)  # normalised in _apply
         return self._apply(self.variables, jnp.asarray(images))
+
+    def __repr__(self) -> str:
+        return (
+            f"VerticalModel({self.header.get('dataset', '?')}, bits={self.bits}, "
+            f"execution={self.model.spec.execution!r}, bytes_read={self.bytes_read:,} of "
+            f"{self.file_bytes:,}; takes {self.input_contract})"
+        )
 
 
 def _read_header(f, path) -> tuple[dict, int]:
@@ -267,6 +301,11 @@ def load_vertical(
     ``integer`` (int32 convs of the codes, scales after) or ``bit_serial`` (one int32 conv per
     weight plane). Raises `CheckpointError` for a truncated or corrupted file, `BitWidthError`
     for a bit-width the file does not hold.
+
+    The model takes what the header's input contract says (``model.input_contract``,
+    `jaxquant.data.InputContract`): e.g. for digits, raw ``load_digits().images`` (values 0..16,
+    shape ``(N, 8, 8)``) or floats in [0, 1]; a wrong shape, dtype or value range raises a
+    one-line `jaxquant.InputError`.
     """
     from jaxquant.data import make_preprocess
     from jaxquant.methods import build_model
@@ -331,5 +370,12 @@ def load_vertical(
     preprocess = make_preprocess(header["mean"], header["std"])
     variables = jax.tree_util.tree_map(jnp.asarray, variables)
     return VerticalModel(
-        model, variables, bits, data_start + needed, file_bytes, header, preprocess
+        model,
+        variables,
+        bits,
+        data_start + needed,
+        file_bytes,
+        header,
+        preprocess,
+        header_contract(header),
     )

@@ -1,5 +1,6 @@
 """A training run's directory read back: its ``config.json`` (with defaults for keys added
-since) and its latest checkpoint, as the trainer that wrote it."""
+since) and its latest checkpoint, as the trainer that wrote it, and what its models take as input
+(`run_input_contract`)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,20 @@ def load_run(workdir: str | pathlib.Path, dataset=None):
     finally:
         checkpointer.close()
     return config, dataset, trainer, state, step
+
+
+def run_input_contract(workdir, dataset=None):
+    """The `jaxquant.data.InputContract` of a training run's models: the images of the dataset
+    its config names (``workdir`` may be the run's directory or its config), at the dataset's
+    image shape (ImageNet: the run's ``image_size``), with its normalisation; ``dataset`` (a
+    loaded `jaxquant.data` dataset) gives its own shape and statistics instead."""
+    from jaxquant.data.contract import InputContract, dataset_contract
+
+    if dataset is not None:
+        return InputContract.for_dataset(dataset)
+    config = (
+        workdir
+        if isinstance(workdir, ml_collections.ConfigDict)
+        else config_from_json(pathlib.Path(workdir) / "config.json")
+    )
+    return dataset_contract(config.dataset, image_size=config.image_size)

@@ -12,6 +12,7 @@ import pytest
 from helpers import assert_user_error
 
 from jaxquant import cli, ptq
+from jaxquant.data import dataset_contract
 from jaxquant.errors import BitWidthError, CheckpointError, ConfigError
 from jaxquant.models import CifarResNet
 
@@ -358,6 +359,7 @@ def test_cli_ptq_writes_the_table_the_models_and_the_plot(fp_run, capsys):
     assert (out / "ptq_accuracy.png").stat().st_size > 0
     variables, activations, meta = ptq.load_quantized(out / "bitsplit_W4A8.msgpack")
     assert meta["weight_bits"] == 4 and activations["classifier"].bits == 8
+    assert meta["input_contract"] == dataset_contract("digits").to_json()  # what the model takes
     assert ptq.load_quantized(out / "rtn_W3A32.msgpack")[1] == {}  # A32: FP activations
     assert (fp_run / "checkpoints").is_dir()  # the FP run is untouched
 

@@ -1,8 +1,9 @@
 """Datasets: tensorflow-datasets sources, in-memory small sets, on-device augmentation.
 
 One idea per module: `sources` (names, statistics, where tfds data is read), `memory`,
-`streaming`, `preprocess` (on device), `order` (`batch_indices`), `loading` (`load_dataset`)
-and `tfdata`; every public name is importable from here.
+`streaming`, `preprocess` (on device), `order` (`batch_indices`), `loading` (`load_dataset`),
+`tfdata` and `contract` (`InputContract`: what a deployed model takes, and its checks); every
+public name is importable from here.
 
 Small image sets (digits, MNIST, Fashion-MNIST, CIFAR-10/100) are held in memory as NumPy
 arrays and gathered per step; random crop + flip and normalisation run on device inside the
@@ -15,10 +16,12 @@ kinds answer `train_examples(indices, seed, step)` and `test_batches(batch_size)
 fit loop, evaluation and PTQ use. `imagenet_batches` is the same pipeline in ``tf.data`` (the ``tf``
 extra) for users who feed their own loop.
 
-The project's machines are offline: a tfds dataset must be prepared beforehand in ``data_dir``
-(``TFDS_DATA_DIR``); otherwise `DatasetNotFoundError` says how.
+A tfds dataset that is not prepared in ``data_dir`` (``TFDS_DATA_DIR``) is downloaded and built
+when the machine is online; offline, `DatasetNotFoundError` names the command that builds it from
+local archives (``jaxquant data prepare NAME --manual-dir DIR``, `jaxquant.data.prepare`).
 """
 
+from jaxquant.data.contract import InputContract, dataset_contract
 from jaxquant.data.loading import load_config_dataset, load_dataset
 from jaxquant.data.memory import ArrayDataset, array_batches, load_digits, load_tfds_in_memory
 from jaxquant.data.order import batch_indices
@@ -66,4 +69,6 @@ __all__ = [
     "StreamingDataset",
     "load_streaming",
     "imagenet_batches",
+    "InputContract",
+    "dataset_contract",
 ]

@@ -43,7 +43,8 @@ def save_quantized(
 
 
 def load_quantized(path: str | pathlib.Path) -> tuple[dict, dict[str, ActivationQuant], dict]:
-    """``(variables, input quantizers, metadata)`` of a `save_quantized` file."""
+    """``(variables, input quantizers, metadata)`` of a `save_quantized` file (a `jaxquant ptq`
+    file's metadata holds its ``input_contract``: `jaxquant.data.InputContract.from_json`)."""
     from flax import serialization
 
     path = pathlib.Path(path)

@@ -1,5 +1,10 @@
 """Post-training quantization of a user's Linen model in one call (`quantize`), and its result
-saved with orbax (integer codes, per-channel scales, input steps) and loaded back (`load`)."""
+saved with orbax (integer codes, per-channel scales, input steps) and loaded back (`load`).
+
+The result takes what `quantize` was calibrated on (`jaxquant.data.InputContract.of_inputs`: the
+per-example shape and dtype kind of those images; a batch, a batch without a one-channel axis, or
+one image), and `predict` applies the user's ``preprocess`` to it as calibration did; the contract
+is saved in ``meta.json``, and a wrong shape or dtype is a one-line `jaxquant.InputError`."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from jaxquant.configs.ptq import ptq_config
+from jaxquant.data.contract import InputContract
 from jaxquant.errors import CheckpointError, ConfigError
 from jaxquant.interception.linen import mode_kwargs
 from jaxquant.ptq.calibration import CalibrationData, sample_rows
@@ -38,16 +44,28 @@ def linen_network(model: nn.Module, train_kwarg: str | None = "train", preproces
     return Network(apply, preprocess)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class PTQResult:
     """A quantized model: ``variables`` (kernels ``alpha * codes``, re-estimated BatchNorm),
     ``weights`` (per layer ``bits``, integer ``codes`` [out, fan-in] and ``alpha`` [out]),
-    ``activations`` (each layer's input step). ``predict(x)`` runs it, inputs quantized."""
+    ``activations`` (each layer's input step). ``predict(x)`` runs it, inputs quantized, on
+    images like those it was calibrated on (``input_contract``: their shape and dtype kind; the
+    ``preprocess`` given to `quantize` is applied to them); ``input_shape`` is the model input's
+    shape."""
 
     quantized: QuantizedModel
     network: Network
     quantizer: Quantizer
     input_shape: tuple[int, ...]
+    input_contract: InputContract | None = None
+
+    def __repr__(self) -> str:
+        q = self.quantized
+        contract = "" if self.input_contract is None else f"; takes {self.input_contract}"
+        return (
+            f"PTQResult({q.method} W{q.weight_bits}A{q.act_bits}, {len(q.weights)} layers"
+            f"{contract})"
+        )
 
     @property
     def variables(self) -> dict:
@@ -62,12 +80,17 @@ class PTQResult:
         return self.quantized.activations
 
     def predict(self, x) -> jax.Array:
+        """Logits of ``x``: images as `quantize` was given (checked against ``input_contract``,
+        then through the ``preprocess``, if any, in evaluation mode)."""
+        if self.input_contract is not None:
+            x = self.input_contract.prepare(x)
+        x = self.network.inputs(x, False)
         acts = act_arrays(self.quantizer.layers, self.activations)
         return self.quantizer.predict(self.variables, jnp.asarray(x), acts)
 
     def save(self, path: str | pathlib.Path) -> pathlib.Path:
         """An orbax checkpoint at ``path`` (a new directory) of the codes, scales, input steps
-        and variables, plus ``meta.json`` (method, bit-widths, input shape)."""
+        and variables, plus ``meta.json`` (method, bit-widths, input shape and contract)."""
         import orbax.checkpoint as ocp
 
         path = pathlib.Path(path).resolve()
@@ -90,11 +113,14 @@ class PTQResult:
             "weight_bits": q.weight_bits,
             "act_bits": q.act_bits,
             "input_shape": list(self.input_shape),
+            "preprocess": self.network.preprocess is not None,
             "weight_layer_bits": {n: int(w["bits"]) for n, w in q.weights.items()},
             "activations": {
                 n: {"bits": a.bits, "signed": a.signed} for n, a in q.activations.items()
             },
         }
+        if self.input_contract is not None:
+            meta["input_contract"] = self.input_contract.to_json()
         (path / "meta.json").write_text(json.dumps(meta, indent=1))
         return path
 
@@ -138,12 +164,17 @@ def quantize(
     (``bitsplit``, ``bitsplit_ecaq`` or ``rtn``) at ``W weight_bits A act_bits``, calibrated
     on training ``images`` (model inputs, or raw images with ``preprocess(images, train, key)``;
     ``calibration_images`` of them are drawn). ``settings`` override the keys of
-    `jaxquant.configs.ptq.ptq_config` (``epochs``, ``first_last_weight_bits``, ...)."""
+    `jaxquant.configs.ptq.ptq_config` (``epochs``, ``first_last_weight_bits``, ...).
+
+    The result's ``predict`` takes images like ``images`` (their per-example shape and integer or
+    float dtype: ``result.input_contract``) and applies ``preprocess`` (evaluation mode) to them.
+    """
     model, variables, train_kwarg = _linen(model, variables, train_kwarg)
     get_ptq_method(method)
     config = _config(settings)
     network = linen_network(model, train_kwarg, preprocess)
     images = np.asarray(images)
+    contract = InputContract.of_inputs(images, preprocess is not None)
     config.calibration_images = min(int(config.calibration_images), len(images))
     data = CalibrationData.from_arrays(network, images, config, int(config.seed))
     layers = find_layers(network, variables, data.calibration[:2])
@@ -160,7 +191,7 @@ def quantize(
     quantized = quantize_model(
         quantizer, variables, data, fp_rows, method, weight_bits, act_bits, config, rows, samples
     )
-    return PTQResult(quantized, network, quantizer, tuple(data.calibration.shape[1:]))
+    return PTQResult(quantized, network, quantizer, tuple(data.calibration.shape[1:]), contract)
 
 
 def load(
@@ -168,13 +199,25 @@ def load(
 ) -> PTQResult:
     """The `PTQResult` saved at ``path`` for ``model``: the same Linen module definition, or
     an instance of the same NNX class (its conv, dense and BatchNorm values come from the
-    file; other parameters, if any, from the instance)."""
+    file; other parameters, if any, from the instance). A result calibrated through a
+    ``preprocess`` needs the same ``preprocess`` here; ``predict`` takes what the saved input
+    contract says (a result saved before contracts: the saved input shape, any dtype)."""
     import orbax.checkpoint as ocp
 
     path = pathlib.Path(path).resolve()
     if not (path / "meta.json").is_file():
         raise CheckpointError(f"{path} is not a saved PTQ result (no meta.json)")
     meta = json.loads((path / "meta.json").read_text())
+    if meta.get("preprocess") and preprocess is None:
+        raise ConfigError(
+            f"{path} was calibrated on raw images through a preprocess; pass the same "
+            "preprocess= to ptq.load"
+        )
+    if "input_contract" in meta:
+        contract = InputContract.from_json(meta["input_contract"])
+    else:  # saved before contracts: the model input's shape, unless a preprocess makes it
+        shape = None if preprocess is not None else tuple(meta["input_shape"])
+        contract = InputContract(shape, "any", None, name="PTQ")
     tree = ocp.StandardCheckpointer().restore(path / "state")
     model, _, train_kwarg = _linen(model, tree["variables"], train_kwarg)
     network = linen_network(model, train_kwarg, preprocess)
@@ -192,4 +235,6 @@ def load(
         meta["method"], meta["weight_bits"], meta["act_bits"], tree["variables"], activations,
         weights, 0.0,
     )  # fmt: skip
-    return PTQResult(quantized, network, Quantizer(network, layers), tuple(meta["input_shape"]))
+    return PTQResult(
+        quantized, network, Quantizer(network, layers), tuple(meta["input_shape"]), contract
+    )

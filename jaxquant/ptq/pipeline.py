@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxquant.data.contract import InputContract
 from jaxquant.errors import ConfigError
 from jaxquant.methods import bitsplit
 from jaxquant.ptq.calibration import CalibrationData, sample_rows
@@ -169,7 +170,11 @@ def run(
                 save_quantized(
                     model,
                     out / f"{method}_{setting}.msgpack",
-                    {"test_accuracy": acc, "fp_run": str(workdir)},
+                    {
+                        "test_accuracy": acc,
+                        "fp_run": str(workdir),
+                        "input_contract": InputContract.for_dataset(dataset).to_json(),
+                    },
                 )
     title = (
         f"{dataset.name}: test accuracy (%) after PTQ of {run_config.model} "
