@@ -33,6 +33,46 @@ def _shapes(tree) -> list:
     ]
 
 
+def _names(path) -> tuple[str, ...]:
+    """A leaf's path as plain names: a `TrainState` field, a dict key and a list index read
+    alike, so a template and orbax's metadata tree (dicts and lists) compare."""
+    return tuple(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
+
+
+def _shape_mismatches(stored, template) -> list[tuple[str, tuple, tuple]]:
+    """``(path, stored shape, template shape)`` of the leaves ``stored`` (arrays or orbax's array
+    metadata) holds in another shape than ``template``."""
+    wanted = {
+        _names(path): tuple(np.shape(leaf))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(template)[0]
+    }
+    mismatches = []
+    leaves = jax.tree_util.tree_flatten_with_path(stored, is_leaf=lambda m: hasattr(m, "shape"))[0]
+    for path, leaf in leaves:
+        key, shape = _names(path), tuple(getattr(leaf, "shape", np.shape(leaf)))
+        if key in wanted and wanted[key] != shape:
+            mismatches.append(("/".join(key), shape, wanted[key]))
+    return mismatches
+
+
+def _mismatch_line(mismatches: list[tuple[str, tuple, tuple]]) -> str:
+    """The shape mismatches in a few words: a run trained at another number of bit-widths when
+    every one is in the leading axis (one row per bit-width) with the same two lengths."""
+    path, stored, wanted = mismatches[0]
+    example = f"{path} is {stored} in the checkpoint and {wanted} in this config's model"
+    rows = {
+        (s[0], w[0]) if len(s) == len(w) and s and s[1:] == w[1:] else None
+        for _, s, w in mismatches
+    }
+    if len(rows) == 1 and None not in rows:
+        ((stored_rows, wanted_rows),) = rows
+        return (
+            f"it was written for {stored_rows} bit-widths and this config has {wanted_rows} "
+            f"({example})"
+        )
+    return f"{len(mismatches)} arrays have other shapes ({example})"
+
+
 @contextlib.contextmanager
 def _orbax_failures_held_back():
     """A corrupt checkpoint is reported as one `CheckpointError`; hold back what orbax says
@@ -108,6 +148,12 @@ class Checkpointer:
         with _orbax_failures_held_back():  # it reads every step's metadata
             self.manager = ocp.CheckpointManager(self.directory, options=options)
 
+    @staticmethod
+    def exists(workdir: str | pathlib.Path) -> bool:
+        """Whether ``workdir`` holds a finished checkpoint (read without creating anything)."""
+        directory = pathlib.Path(workdir) / "checkpoints"
+        return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
@@ -139,6 +185,13 @@ class Checkpointer:
             with _orbax_failures_held_back():
                 restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # orbax raises many types for corrupt or mismatched files
+            mismatches = self._stored_mismatches(step, template)
+            if mismatches:
+                raise CheckpointError(
+                    f"checkpoint step {step} in {self.directory} cannot be restored into this "
+                    f"config's model: {_mismatch_line(mismatches)}; use a new --workdir, or the "
+                    "config that wrote it"
+                ) from e
             first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise CheckpointError(
                 f"checkpoint step {step} in {self.directory} cannot be restored into this config's "
@@ -146,11 +199,23 @@ class Checkpointer:
                 "that wrote it"
             ) from e
         if _shapes(restored) != _shapes(template):
+            mismatches = _shape_mismatches(restored, template)
+            detail = f" ({_mismatch_line(mismatches)})" if mismatches else ""
             raise CheckpointError(
                 f"checkpoint step {step} in {self.directory} holds a model of other shapes than "
-                "this config builds; use a new --workdir, or the config that wrote it"
+                f"this config builds{detail}; use a new --workdir, or the config that wrote it"
             )
         return restored
+
+    def _stored_mismatches(self, step: int, template) -> list[tuple[str, tuple, tuple]]:
+        """`_shape_mismatches` of step ``step``'s stored arrays (orbax's metadata, read after a
+        failed restore registered its handler) against ``template``; none if unreadable."""
+        try:
+            with _orbax_failures_held_back():
+                metadata = self.manager.item_metadata(step)
+        except Exception:  # a corrupt checkpoint: its error says so
+            return []
+        return [] if metadata is None else _shape_mismatches(metadata, template)
 
     def close(self) -> None:
         """Finish any save in flight (orbax's close waits for it) and release the manager."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -348,10 +349,7 @@ def test_vmap_and_unroll_steps_agree(make):
         results.append(jax.jit(trainer.train_step)(state, X, labels, jax.random.key(1)))
     (state_v, metrics_v), (state_u, metrics_u) = results
     assert_allclose(metrics_v["loss_per_precision"], metrics_u["loss_per_precision"], rtol=1e-5)
-    for v, u in zip(
-        jax.tree_util.tree_leaves(state_v.params), jax.tree_util.tree_leaves(state_u.params)
-    ):
-        assert_allclose(v, u, rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(state_v.params, state_u.params, rtol=1e-4, atol=1e-5)
 
 
 def test_conv_transpose_is_intercepted_and_exact_at_full_precision():

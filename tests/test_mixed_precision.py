@@ -8,6 +8,7 @@ separates the two."""
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,10 +49,8 @@ def _relative_error(got, want) -> float:
 
 
 def _assert_float32_and_equal(tree, other):
-    assert jax.tree_util.tree_structure(tree) == jax.tree_util.tree_structure(other)
-    for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(other)):
-        assert a.dtype == b.dtype == jnp.float32
-        assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal(tree, other)  # the structure and every value
+    chex.assert_type(jax.tree_util.tree_leaves((tree, other)), jnp.float32)
 
 
 def _assert_integers_within(n, bound):
@@ -228,8 +227,7 @@ def test_exact_grid_has_the_gradients_of_the_fake_quantized_conv(family):
     assert_allclose(exact_grid(x, w, steps), fake_quant(x, w, steps), rtol=1e-5)
     want = jax.grad(fake_quant, (0, 1, 2))(x, w, steps)
     got = jax.grad(exact_grid, (0, 1, 2))(x, w, steps)
-    for g, e in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,10 +10,12 @@ docstrings), never by calling the function under test. Integer ranges used by th
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -498,6 +500,128 @@ def test_is_full_precision():
         np.asarray(q.is_full_precision(jnp.asarray([2, 16, 31, 32, 64]))),
         [False, False, False, True, True],
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Values and straight-through gradients jitted and not (chex.variants): under ``jax.jit`` the
+# bit-width is traced (the ``jnp.where`` form), without it a Python int (the static branch).
+# Expected values are the formulas in NumPy.
+
+
+def np_unit(t, n):
+    """``round(n clip(t, 0, 1)) / n`` in float32, as the unit-grid quantizers compute it."""
+    return (np.round(np.clip(f32(t), 0, 1) * np.float32(n)) / np.float32(n)).astype(np.float32)
+
+
+def np_vertical_floor(w, s, k, source):
+    """Vertical's floor cascade: the value ``(u_k - (2^k-1)/2) 2^(B-k) s`` and the closed-form
+    ``(dL/dw, dL/ds)`` for ``L = sum(c * value)`` (LSQ's step gradient on the k-bit grid)."""
+    x = f32(w) / f32(s)
+    u = np.clip(np.floor(x + np.float32(2 ** (source - 1))), 0, 2**source - 1).astype(np.int64)
+    level = (u >> (source - k)) - (2**k - 1) / 2
+    value = (level * 2 ** (source - k) * np.float64(s)).astype(np.float32)
+    x_k = np.float64(x) / 2 ** (source - k)
+    half = 2 ** (k - 1)
+    below, above = x_k < -half, x_k >= half
+    element = np.where(below, 0.5 - half, np.where(above, half - 0.5, level - x_k))
+    grad_scale = 1 / np.sqrt(np.size(w) * (half - 0.5))
+    return value, below | above, element * 2 ** (source - k) * grad_scale
+
+
+def _value_and_vjp(fn, cotangent, bits_last=True):
+    """``fn(*args)`` and its vjp for ``cotangent`` (the gradients of every arg but the bit-width,
+    the last one: it reaches ``fn`` as it was given, traced under jit, else a Python int)."""
+
+    def run(*args):
+        *operands, bits = args if bits_last else (*args, None)
+        out, vjp = jax.vjp(lambda *o: fn(*o, *([bits] if bits_last else [])), *operands)
+        return out, vjp(jnp.asarray(cotangent))
+
+    return run
+
+
+class QuantizerFormulasJittedAndNot(chex.TestCase):
+    """LSQ, DoReFa (weights, activations), MBQuant's intervals and Vertical Layering: values and
+    straight-through gradients against the formulas, with and without ``jax.jit``."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.product(bits=(2, 3, 4, 8), signed=(True, False))
+    def test_lsq(self, bits, signed):
+        rng = np.random.default_rng(bits + 100 * signed)
+        qn, qp = (SIGNED if signed else UNSIGNED)[bits]
+        s = np.float32(0.25)  # a power of two: v / s is exact, in float32 as in float64
+        v = f32(rng.normal(size=(6, 5)) * s * qp * 0.8)
+        v[0, :3] = f32([-qn, qp, 0]) * s  # on the clip points: clipped, no gradient to v
+        v[1, 0] = f32(100 * s * qp)
+        c = f32(rng.normal(size=v.shape))
+        fn = lambda v, s, b: q.lsq_quantize(v, s, b, signed=signed)  # noqa: E731
+        out, (dv, ds) = self.variant(_value_and_vjp(fn, c))(jnp.asarray(v), s, bits)
+        assert_array_equal(np.asarray(out), np_lsq(v, s, qn, qp))
+        expected_dv, expected_ds = np_lsq_grads(v, s, qn, qp, c, v.size, None)
+        assert_array_equal(np.asarray(dv), expected_dv)
+        assert_allclose(float(ds), expected_ds, rtol=1e-4, atol=1e-6)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(1, 2, 4, 8, 32)
+    def test_dorefa_weight(self, bits):
+        rng = np.random.default_rng(20 + bits)
+        w = f32(rng.normal(size=10) * 0.7)
+        w[3] = -2.0  # a unique max|tanh|, negative
+        c = f32(rng.normal(size=10))
+        out, (dw,) = self.variant(_value_and_vjp(q.dorefa_weight, c))(jnp.asarray(w), bits)
+        assert_allclose(np.asarray(out), np_dorefa_weight(w, 2**bits - 1), rtol=1e-5, atol=1e-6)
+        assert_allclose(np.asarray(dw), np_dorefa_weight_grad(w, c), rtol=2e-5, atol=1e-6)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(2, 3, 8, 32)
+    def test_dorefa_activation(self, bits):
+        x = f32([-1.0, -1e-3, 0.0, 0.3, 0.5, 0.61, 1.0, 1.001, 3.0])
+        c = f32(np.arange(1.0, 10.0))
+        fn = _value_and_vjp(q.dorefa_activation, c)
+        out, (dx,) = self.variant(fn)(jnp.asarray(x), bits)
+        if bits == 32:  # ReLU
+            expected, passes = np.maximum(x, 0), x > 0
+        else:  # 1 inside [0, 1], boundaries included
+            expected, passes = np_unit(x, 2**bits - 1), (x >= 0) & (x <= 1)
+        assert_allclose(np.asarray(out), expected, rtol=1e-6, atol=1e-7)
+        assert_allclose(np.asarray(dx), c * passes, rtol=1e-6, atol=0)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(2, 3, 8)
+    def test_interval_activation(self, bits):
+        x = f32(X_INTERVAL)
+        c = f32(np.linspace(-1.0, 2.0, x.size))
+        fn = _value_and_vjp(lambda x, l, u, b: q.interval_activation(x, l, u, b), c)
+        out, (dx, dl, du) = self.variant(fn)(jnp.asarray(x), np.float32(-1), np.float32(2), bits)
+        assert_allclose(np.asarray(out), np_unit((x + 1) / 3, 2**bits - 1), rtol=1e-6, atol=1e-7)
+        expected = interval_grads_np(x, -1.0, 2.0, c, 1.0)
+        for got, want in zip((dx, dl, du), expected):
+            assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_interval_weight(self):
+        x = f32(X_INTERVAL)
+        c = f32(np.linspace(2.0, -1.0, x.size))
+        fn = _value_and_vjp(q.interval_weight, c, bits_last=False)
+        out, (dx, dl, du) = self.variant(fn)(jnp.asarray(x), np.float32(-1), np.float32(2))
+        assert_allclose(np.asarray(out), 2 * np_unit((x + 1) / 3, 3) - 1, rtol=1e-6, atol=1e-7)
+        expected = interval_grads_np(x, -1.0, 2.0, c, 2.0)
+        for got, want in zip((dx, dl, du), expected):
+            assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(2, 3, 4, 8)
+    def test_vertical_floor_cascade(self, bits):
+        rng = np.random.default_rng(30 + bits)
+        s = np.float32(0.0625)  # a power of two: w / s is exact
+        w = f32(np.concatenate([rng.normal(scale=80 * s, size=60), f32([-128, 127.99, 128]) * s]))
+        c = f32(rng.normal(size=w.shape))
+        fn = _value_and_vjp(lambda w, s, b: q.vertical_weight(w, s, b, source_bits=8), c)
+        out, (dw, ds) = self.variant(fn)(jnp.asarray(w), s, bits)
+        value, outside, step_grad = np_vertical_floor(w, s, bits, 8)
+        assert_array_equal(np.asarray(out), value)
+        assert_array_equal(np.asarray(dw), c * ~outside)
+        assert_allclose(float(ds), np.sum(c * step_grad), rtol=2e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import collections
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose
 
 from jaxquant import layers
 from jaxquant import quantizers as q
@@ -81,11 +81,8 @@ def test_static_bits_equal_traced_bits(name, fn, params, bits):
         result = jax.jit(lambda x, params: _value_and_grads(fn, x, params, cotangent, static))(
             x, params
         )
-        for got, want in zip(jax.tree.leaves(result), jax.tree.leaves(traced)):
-            assert got.shape == want.shape and got.dtype == want.dtype
-            assert_allclose(
-                np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7, err_msg=f"{name} at {bits}"
-            )
+        chex.assert_trees_all_equal_shapes_and_dtypes(result, traced)
+        chex.assert_trees_all_close(result, traced, rtol=1e-6, atol=1e-7)
 
 
 def _primitives(fn, *args):
@@ -148,14 +145,12 @@ def test_layers_static_precision_equal_traced_precision(spec):
     net = Net()
     variables = net.init(jax.random.key(0), x, 0)
 
+    static, traced = {}, {}  # keyed by precision: a failing leaf's path names it
     for p in range(len(bits)):
-        static = jax.jit(
+        static[p] = jax.jit(
             lambda v: jax.value_and_grad(lambda v: jnp.sum(jnp.sin(net.apply(v, x, p))))(v)
         )(variables)
-        traced = jax.jit(
+        traced[p] = jax.jit(
             lambda v, p: jax.value_and_grad(lambda v: jnp.sum(jnp.sin(net.apply(v, x, p))))(v)
         )(variables, jnp.int32(p))
-        for got, want in zip(jax.tree.leaves(static), jax.tree.leaves(traced)):
-            assert_allclose(
-                np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6, err_msg=f"precision {p}"
-            )
+    chex.assert_trees_all_close(static, traced, rtol=1e-5, atol=1e-6)

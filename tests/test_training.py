@@ -1,3 +1,4 @@
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,14 +137,8 @@ def test_vmap_equals_unrolled_loop():
         results[mode] = (new, metrics, trainer.logits(new.params, new.batch_stats, x))
     (a, ma, la), (b, mb, lb) = results["vmap"], results["unroll"]
     np.testing.assert_allclose(ma["loss_per_precision"], mb["loss_per_precision"], rtol=1e-5)
-    jax.tree.map(
-        lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6), a.params, b.params
-    )
-    jax.tree.map(
-        lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6),
-        a.batch_stats,
-        b.batch_stats,
-    )
+    chex.assert_trees_all_close(a.params, b.params, rtol=1e-4, atol=1e-6)
+    chex.assert_trees_all_close(a.batch_stats, b.batch_stats, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(la, lb, rtol=1e-4, atol=1e-5)
     # Quantized: the same forward (logits of every precision) from the same parameters.
     trainer_v, trainer_u = (
@@ -176,10 +171,9 @@ def test_step_updates_each_precisions_batch_stats_row_only_from_its_own_batch():
             train=True,
             mutable=["batch_stats"],
         )
-        jax.tree.map(
-            lambda got, want: np.testing.assert_allclose(got[p], want[p], rtol=1e-5, atol=1e-6),
-            new.batch_stats,
-            updates["batch_stats"],
+        row = lambda stats: jax.tree.map(lambda a: a[p], stats)  # noqa: E731
+        chex.assert_trees_all_close(
+            row(new.batch_stats), row(updates["batch_stats"]), rtol=1e-5, atol=1e-6
         )
 
 

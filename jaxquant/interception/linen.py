@@ -22,7 +22,13 @@ import jax.numpy as jnp
 from jaxquant import quantizers as q
 from jaxquant.errors import ConfigError
 from jaxquant.interception.rules import Rule, default_rules, match
-from jaxquant.layers import PrecisionBatchNorm, conv, on_grid, switchable_batch_norm
+from jaxquant.layers import (
+    PrecisionBatchNorm,
+    check_precision,
+    conv,
+    on_grid,
+    switchable_batch_norm,
+)
 
 TRAIN_KWARGS = ("train", "deterministic", "use_running_average", None)
 
@@ -145,6 +151,9 @@ class PrecisionModel:
     train=False, mutable=...)`` call the user's model with its own mode keyword
     (``train_kwarg``: ``train``, ``deterministic`` (= not train), ``use_running_average``
     (= not train) or None: not passed), as `MultiPrecisionTrainer` expects of a model.
+    A concrete ``precision`` outside ``0..len(bits)-1`` raises `PrecisionError`, and so do
+    ``variables`` whose per-precision arrays were built for other bits (at the layer that
+    reads them).
     """
 
     model: nn.Module
@@ -194,6 +203,7 @@ class PrecisionModel:
         return nn.intercept_methods(intercept)
 
     def init(self, rngs, x, precision=0, train: bool = False, **kwargs):
+        check_precision(precision, len(self.bits), f"bits {self.bits}")
         matched: set = set()
         with self._interceptor(precision, matched):
             variables = self.model.init(rngs, x, **mode_kwargs(self.train_kwarg, train), **kwargs)
@@ -206,6 +216,7 @@ class PrecisionModel:
         return variables
 
     def apply(self, variables, x, precision=0, train: bool = False, **kwargs):
+        check_precision(precision, len(self.bits), f"bits {self.bits}")
         with self._interceptor(precision, None):
             return self.model.apply(variables, x, **mode_kwargs(self.train_kwarg, train), **kwargs)
 

@@ -23,7 +23,7 @@ from jaxquant import quantizers as q
 from jaxquant.errors import ConfigError
 from jaxquant.interception.linen import conv_padding, spatial_pairs
 from jaxquant.interception.rules import Rule, default_rules, match
-from jaxquant.layers import bits_at, conv, normalize
+from jaxquant.layers import bits_at, check_precision, check_precision_rows, conv, normalize
 from jaxquant.layers.batchnorm import batch_norm_train
 
 _PRECISION = contextvars.ContextVar("jaxquant_precision", default=0)
@@ -144,6 +144,7 @@ class NNXPrecisionModel:
     def init(self, rngs, x, precision=0, train: bool = False):
         """A copy whose input quantizers' parameters are created from ``x`` (one forward in
         training mode whose BatchNorm updates are then undone); its variables as pure dicts."""
+        check_precision(precision, len(self.bits), f"bits {self.bits}")
         module = nnx.clone(self.module)
         stats = nnx.state(module, nnx.BatchStat)
         saved = nnx.to_pure_dict(stats)
@@ -163,10 +164,15 @@ class NNXPrecisionModel:
     def apply(self, variables, x, precision=0, train: bool = False, mutable=False):
         if not hasattr(self, "graphdef"):
             raise ConfigError("call init before apply: it creates the input quantizers' parameters")
+        check_precision(precision, len(self.bits), f"bits {self.bits}")
         states = []
-        for template, pure in zip(
-            self._templates, (variables["params"], variables.get("batch_stats", {}))
+        for template, pure, collection in zip(
+            self._templates,
+            (variables["params"], variables.get("batch_stats", {})),
+            ("params", "batch_stats"),
         ):
+            if pure:
+                self._check_shapes(template, pure, collection)
             state = jax.tree_util.tree_map(lambda leaf: leaf, template)
             if pure:
                 nnx.replace_by_pure_dict(state, pure)
@@ -178,6 +184,24 @@ class NNXPrecisionModel:
         if mutable:
             return y, {"batch_stats": nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))}
         return y
+
+    def _check_shapes(self, template, pure, collection: str) -> None:
+        """`PrecisionError` for a variable of ``pure`` whose shape is not the template's (one
+        built for other bits: ``nnx.replace_by_pure_dict`` would take it as it is)."""
+        flat = lambda tree: {  # noqa: E731
+            jax.tree_util.keystr(path): jnp.shape(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+        }
+        got = flat(pure)
+        for key, want in flat(nnx.to_pure_dict(template)).items():
+            if key in got:
+                check_precision_rows(
+                    f"NNX model (bits {self.bits})",
+                    f"{collection}{key}",
+                    got[key],
+                    want,
+                    len(self.bits),
+                )
 
 
 def quantize_nnx(

@@ -65,6 +65,8 @@ from jaxquant.layers.quant import (
     QuantDense,
     bits_at,
     check_exact_codes,
+    check_precision,
+    check_precision_rows,
     on_grid,
     quantizer_params,
 )
@@ -95,6 +97,8 @@ __all__ = [
     "precision_conv",
     "bits_at",
     "check_exact_codes",
+    "check_precision",
+    "check_precision_rows",
     "quantizer_params",
     "on_grid",
     "QuantConv",

@@ -6,8 +6,10 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxquant import quantizers as q
+from jaxquant.layers.quant import check_precision, check_precision_rows, layer_label
 
 
 @jax.custom_vjp
@@ -119,8 +121,22 @@ def switchable_batch_norm(holder: nn.Module, bn, x: jax.Array, precision, train:
     ``bias``, each ``(P, C)``) created in ``holder``, a bound module inside its own call (a
     `PrecisionBatchNorm` itself, or an intercepted ``nn.BatchNorm``); ``bn`` gives the settings
     (``num_precisions``, ``momentum``, ``epsilon``, ``use_scale``, ``use_bias``) and the row
-    access (``_num_channels``, ``_take``, ``_put``, ``_train``, ``_normalize``)."""
+    access (``_num_channels``, ``_take``, ``_put``, ``_train``, ``_normalize``).
+
+    A concrete ``precision`` outside ``0..num_precisions-1``, or stored variables without
+    ``num_precisions`` rows (another model's), raise `PrecisionError`."""
     shape = (bn.num_precisions, bn._num_channels(x))
+    owner = layer_label(holder)
+    check_precision(precision, bn.num_precisions, f"{owner} ({bn.num_precisions} bit-widths)")
+    for collection, name in (
+        ("params", "scale"),
+        ("params", "bias"),
+        ("batch_stats", "mean"),
+        ("batch_stats", "var"),
+    ):
+        if holder.has_variable(collection, name):
+            got = np.shape(holder.get_variable(collection, name))
+            check_precision_rows(owner, f"{collection} '{name}'", got, shape, bn.num_precisions)
     ra_mean = holder.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
     ra_var = holder.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
     scale = (

@@ -16,7 +16,13 @@ import numpy as np
 from jaxquant import quantizers as q
 from jaxquant.errors import ConfigError
 from jaxquant.layers import conv as lowering  # called through the module: one place to swap it
-from jaxquant.layers.quant import bits_at, check_exact_codes
+from jaxquant.layers.quant import (
+    bits_at,
+    check_exact_codes,
+    check_precision,
+    check_precision_rows,
+    layer_label,
+)
 
 INTERVAL_INIT = "interval_init"
 """The variable collection that, when mutable, puts `MultiBranchConv` in its data-dependent
@@ -153,6 +159,7 @@ class MultiBranchConv(nn.Module):
             raise ConfigError(
                 f"the branch selection has {sel.num_precisions} precisions but bits={self.bits}"
             )
+        check_precision(precision, len(self.bits), f"bits {tuple(self.bits)}")
         if x.ndim != 5 or x.shape[-2] != g:
             raise ConfigError(
                 f"MultiBranchConv expects inputs (N, H, W, {g}, C), got shape {x.shape}"
@@ -182,6 +189,15 @@ class MultiBranchConv(nn.Module):
 
             return init
 
+        for name in ("act_lower", "act_upper"):  # one row per bit-width: refuse other bits'
+            if self.has_variable("params", name):
+                check_precision_rows(
+                    layer_label(self),
+                    f"params '{name}'",
+                    np.shape(self.get_variable("params", name)),
+                    (len(self.bits), g + 1),
+                    len(self.bits),
+                )
         # 3 std / sqrt(1 - 2/pi) and the minimum, as the official init (kept apart by at least
         # 1e-3).
         a_lower = self.param("act_lower", act_init(jnp.min))

@@ -6,20 +6,66 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Sequence
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxquant import quantizers as q
-from jaxquant.errors import ConfigError
+from jaxquant.errors import ConfigError, PrecisionError
 from jaxquant.layers import conv as lowering  # called through the module: one place to swap it
 from jaxquant.layers.spec import QuantSpec
 
 
+def check_precision(precision, num_precisions: int, owner: str) -> None:
+    """Refuse (`PrecisionError`, one line) a precision index that is not an integer in
+    ``0..num_precisions-1`` (or ``-num_precisions..-1``, counted from the end as Python does):
+    a JAX array index past the end would be clamped to the last row, silently. ``owner`` names
+    what is indexed (``bits (2, 4, 8)``, a layer). A traced index (under ``jax.jit`` or
+    ``jax.vmap``) has no value to check and passes."""
+    if isinstance(precision, jax.core.Tracer):
+        return
+    value = np.asarray(precision)
+    if isinstance(precision, bool) or value.ndim or not np.issubdtype(value.dtype, np.integer):
+        got = f"an array of shape {value.shape}" if value.ndim else repr(precision)
+        raise PrecisionError(f"the precision index into {owner} must be an integer, got {got}")
+    if not -num_precisions <= int(value) < num_precisions:
+        raise PrecisionError(
+            f"precision index {int(value)} is out of range for {owner}: use 0..{num_precisions - 1}"
+            ", one index per bit-width"
+        )
+
+
+def layer_label(module: nn.Module) -> str:
+    """A bound layer as errors name it: its type and path (``QuantConv 'conv0'``)."""
+    path = "/".join(str(name) for name in module.path)
+    return f"{type(module).__name__} '{path}'" if path else type(module).__name__
+
+
+def check_precision_rows(owner: str, name: str, got, want, num_precisions: int) -> None:
+    """Refuse (`PrecisionError`, one line naming both shapes) a stored per-precision array
+    ``name`` of ``owner`` whose shape ``got`` is not the ``want`` (leading axis
+    ``num_precisions``, one row per bit-width) the layer builds: variables of another model."""
+    got, want = tuple(got), tuple(want)
+    if got == want:
+        return
+    if len(got) == len(want) and got[1:] == want[1:] and want[:1] == (num_precisions,):
+        raise PrecisionError(
+            f"{owner}: {name} has shape {got} ({got[0]} rows, one per bit-width) where {want} is "
+            f"expected for {num_precisions} bit-widths; the variables were built for other bits"
+        )
+    raise PrecisionError(
+        f"{owner}: {name} has shape {got} where {want} is expected; the variables were built "
+        "for another model"
+    )
+
+
 def bits_at(bits: Sequence[int], precision) -> int | jax.Array:
     """``bits[precision]``: a Python int for a static (Python or NumPy int) precision, as the
-    unrolled step passes, so the quantizers pick their branch in Python; else a traced gather."""
+    unrolled step passes, so the quantizers pick their branch in Python; else a traced gather.
+    A concrete index outside ``bits`` raises `PrecisionError` (`check_precision`)."""
+    check_precision(precision, len(bits), f"bits {tuple(bits)}")
     if isinstance(precision, (int, np.integer)):
         return int(bits[precision])
     return jnp.asarray(bits, jnp.int32)[precision]
@@ -29,14 +75,26 @@ def quantizer_params(
     module: nn.Module, quantizer: q.Quantizer, role: str, x: jax.Array, bits=None
 ) -> dict:
     """The learned parameters of ``quantizer`` in ``module``, stored as ``{role}_{name}`` and
-    initialised from ``x`` (as float32) at every bit-width of ``bits`` (``module.bits``)."""
+    initialised from ``x`` (as float32) at every bit-width of ``bits`` (``module.bits``).
+    A stored parameter of another shape (built for other bits) raises `PrecisionError`."""
     bits = tuple(module.bits if bits is None else bits)
-    return {
-        name: module.param(
-            f"{role}_{name}", lambda _, n=name: quantizer.init(q.as_float32(x), bits)[n]
-        )
-        for name in quantizer.param_names
-    }
+    init = lambda: quantizer.init(q.as_float32(x), bits)  # noqa: E731
+    params = {}
+    for name in quantizer.param_names:
+        key = f"{role}_{name}"
+        try:
+            params[name] = module.param(key, lambda _, n=name: init()[n])
+        except flax.errors.ScopeParamShapeError:  # one line of ours, with both shapes
+            got = np.shape(module.get_variable("params", key))
+            check_precision_rows(
+                f"{layer_label(module)} (bits {bits})",
+                f"quantizer parameter '{key}'",
+                got,
+                jax.eval_shape(init)[name].shape,
+                len(bits),
+            )
+            raise
+    return params
 
 
 def on_grid(

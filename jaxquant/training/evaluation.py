@@ -6,11 +6,26 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxquant.data import array_batches
-from jaxquant.errors import ConfigError
+from jaxquant.errors import ConfigError, NonFiniteError
 from jaxquant.training.step import MultiPrecisionTrainer, TrainState
+
+
+def check_finite(tree, what: str) -> None:
+    """Raise `NonFiniteError` (one line naming the leaf) if a floating-point leaf of ``tree``
+    holds NaN or infinity: accuracies computed from it would look like results. Checked on the
+    host, outside jit (no compile; each leaf is copied off the device once)."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        value = np.asarray(leaf)
+        if jnp.issubdtype(value.dtype, jnp.inexact) and not np.isfinite(value).all():
+            raise NonFiniteError(
+                f"{what}{jax.tree_util.keystr(path)} holds NaN or infinity (training diverged?); "
+                "evaluate a checkpoint from before it diverged, or retrain with a lower learning "
+                "rate"
+            )
 
 
 def evaluate(
@@ -38,6 +53,8 @@ def evaluate_batches(
     """`evaluate` over ``(images, labels)`` batches of at most ``batch_size`` (a dataset's
     ``test_batches``): each is padded to ``batch_size`` and masked, so one compiled function
     serves all and every example counts once."""
+    check_finite(state.params, "the state's params")
+    check_finite(state.batch_stats, "the state's batch_stats")
     counts_fn = counts_fn or jax.jit(trainer.correct_counts)
     total = np.zeros(trainer.num_precisions, np.int64)
     n = 0
@@ -85,7 +102,11 @@ def batches_accuracy(
     """`accuracy` over ``(images, labels)`` batches (a dataset's ``test_batches``)."""
     correct = total = 0
     for images, labels in batches:
-        correct += int(np.sum(np.argmax(np.asarray(predict(images)), -1) == labels))
+        predictions = np.asarray(predict(images))
+        check_finite(
+            predictions, f"predict's output for examples {total}..{total + len(labels) - 1}"
+        )
+        correct += int(np.sum(np.argmax(predictions, -1) == labels))
         total += len(labels)
     if total == 0:
         raise ConfigError("the test set is empty")

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxquant.errors import ConfigError
+from jaxquant.errors import ConfigError, PrecisionError
 from jaxquant.layers.conv import Lowering, lowering
+from jaxquant.layers.quant import check_precision
 from jaxquant.training.losses import DISTILLATION_MODES, cross_entropy, multi_precision_loss
 
 PRECISION_MODES = ("vmap", "unroll")
@@ -90,9 +91,18 @@ class MultiPrecisionTrainer:
     integer labels); the distillation modes still apply between precisions."""
     lowering: Lowering = Lowering()
     """How the model's convs are lowered (`jaxquant.layers.Lowering`), set around every trace."""
+    learning_rates: dict[str, Callable] | None = None
+    """``{group: schedule}``, the learning rates of ``optimizer`` (`training.optim.schedules`),
+    which `fit` records; None: not recorded."""
 
     def __post_init__(self):
         self.bits = tuple(self.bits)
+        model_bits = getattr(self.model, "bits", None)  # jaxquant's models and PrecisionModel
+        if isinstance(model_bits, (tuple, list)) and tuple(model_bits) != self.bits:
+            raise PrecisionError(
+                f"the model is built for bits {tuple(model_bits)} but the trainer is given "
+                f"{self.bits}; pass the model's bits"
+            )
         if self.precision_mode not in PRECISION_MODES:
             raise ConfigError(
                 f"unknown precision_mode {self.precision_mode!r}; choose one of {PRECISION_MODES}"
@@ -111,7 +121,9 @@ class MultiPrecisionTrainer:
         return len(self.bits)
 
     def apply(self, variables, x, precision, **kwargs):
-        """``model.apply(variables, x, precision, **kwargs)`` with the trainer's conv lowering."""
+        """``model.apply(variables, x, precision, **kwargs)`` with the trainer's conv lowering.
+        A concrete ``precision`` outside ``0..P-1`` raises `PrecisionError`."""
+        check_precision(precision, self.num_precisions, f"bits {self.bits}")
         with lowering(self.lowering):
             return self.model.apply(variables, x, precision, **kwargs)
 
