@@ -5,6 +5,8 @@
   jaxquant export --workdir DIR --out model.vl [--basic-bits 2] [--recalibrate-batches N]
   jaxquant bins  --workdir DIR [--layer NAME] [--bits B] [--plot PNG [--compare DIR ...]]
   jaxquant ptq   --workdir FP_RUN [--config FILE] [--out DIR] [--config.KEY=VALUE ...]
+  jaxquant data prepare NAME [NAME ...] [--data-dir DIR] [--manual-dir DIR]
+                [--file-format array_record|tfrecord] [--no-verify-checksums]
 
 Without ``--config`` the embedded default runs (Any-Precision on scikit-learn's digits, offline).
 A user error prints one line and exits with code 2; nothing in the workdir is overwritten.
@@ -117,6 +119,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     ptq.add_argument("--out", default=None, help="output folder (default: WORKDIR/ptq)")
     ptq.add_argument("--no-progress", action="store_true", help="no progress bar")
+    data = sub.add_parser("data", help="tfds datasets").add_subparsers(dest="action", required=True)
+    prepare = data.add_parser(
+        "prepare", help="build tfds datasets: download, or offline from their archives"
+    )
+    prepare.add_argument("names", nargs="+", metavar="NAME", help="e.g. mnist fashion_mnist")
+    prepare.add_argument(
+        "--data-dir", default=None, help="default: $TFDS_DATA_DIR or ~/tensorflow_datasets"
+    )
+    prepare.add_argument(
+        "--manual-dir",
+        default=None,
+        help="build offline from the archives in this folder (or in its NAME/ subfolder)",
+    )
+    prepare.add_argument(
+        "--file-format", default="array_record", choices=["array_record", "tfrecord"]
+    )
+    prepare.add_argument(
+        "--no-verify-checksums",
+        action="store_true",
+        help="build from archives whose checksum differs from the official one",
+    )
     return parser
 
 
@@ -370,6 +393,26 @@ def run_train(argv: list[str], label: str = "") -> float:
     return time.perf_counter() - start
 
 
+def data_prepare(args) -> int:
+    """``jaxquant data prepare``: each NAME reads ``--manual-dir``'s NAME/ subfolder if it has
+    one, else the folder itself."""
+    from jaxquant.data.prepare import prepare
+    from jaxquant.data.sources import default_data_dir
+
+    for name in args.names:
+        manual = args.manual_dir
+        if manual and (pathlib.Path(manual) / name).is_dir():
+            manual = str(pathlib.Path(manual) / name)
+        prepare(
+            name,
+            default_data_dir(args.data_dir),
+            manual,
+            args.file_format,
+            not args.no_verify_checksums,
+        )
+    return 0
+
+
 def ptq_workdir(args, overrides: dict[str, str]) -> int:
     """BitSplit / round-to-nearest PTQ of an FP run: the accuracy table, the models, a plot."""
     from jaxquant import config as config_lib
@@ -400,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
             return export_workdir(args)
         if args.command == "bins":
             return bins_workdir(args)
+        if args.command == "data":
+            return data_prepare(args)
         return evaluate_workdir(args)
     except JaxquantError as e:
         print(f"jaxquant: error: {e}", file=sys.stderr)

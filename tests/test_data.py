@@ -65,8 +65,11 @@ def test_digits_is_a_fixed_stratified_split():
     np.testing.assert_array_equal(ds.test_labels, data.load_digits().test_labels)
 
 
-def test_missing_dataset_says_how_to_build_it(tmp_path):
-    with pytest.raises(DatasetNotFoundError, match="prepare_tfds.py"):
+def test_missing_dataset_says_how_to_build_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXQUANT_NO_DOWNLOAD", "1")  # never a network attempt in the tests
+    with pytest.raises(
+        DatasetNotFoundError, match="jaxquant data prepare fashion_mnist --data-dir"
+    ):
         data.load_dataset("fashion_mnist", str(tmp_path))
     with pytest.raises(ConfigError, match="unknown dataset"):
         data.load_dataset("svhn", str(tmp_path))
@@ -84,9 +87,9 @@ def test_tfds_in_memory_loading_with_mock_data(tmp_path):
 @pytest.mark.skipif(
     not os.environ.get("TFDS_DATA_DIR")
     or not os.path.isdir(os.path.join(os.environ.get("TFDS_DATA_DIR", ""), "mnist")),
-    reason="real MNIST not built (.ci/run builds it from ../shared/data)",
+    reason="real MNIST not built in $TFDS_DATA_DIR (.ci/run builds it with jaxquant data prepare)",
 )
-def test_real_mnist_from_shared_data(tmp_path):
+def test_real_mnist_built_by_ci(tmp_path):
     ds = data.load_dataset("mnist", cache_dir=str(tmp_path))
     assert ds.train_images.shape == (60000, 28, 28, 1) and ds.test_images.shape == (
         10000,
