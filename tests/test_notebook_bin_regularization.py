@@ -1,10 +1,16 @@
 """notebooks/bin_regularization.ipynb runs top to bottom with small settings and shows its
 outputs."""
 
-from notebook_runner import NOTEBOOKS, execute, outputs, parameters
+from notebook_runner import (
+    NOTEBOOKS,
+    execute,
+    fresh_venv_kernel,  # noqa: F401  (the notebook_kernel fixture)
+    outputs,
+    parameters,
+)
 
 
-def test_bin_regularization_notebook_runs(tmp_path, kernel_of_this_interpreter):
+def test_bin_regularization_notebook_runs(tmp_path, notebook_kernel):
     workdir = tmp_path / "run"
     overrides = parameters(
         workdir,
@@ -12,7 +18,7 @@ def test_bin_regularization_notebook_runs(tmp_path, kernel_of_this_interpreter):
         "WIDTHS = (8, 8, 8)",
         "BITS = (2,)",
     )
-    nb = execute(NOTEBOOKS / "bin_regularization.ipynb", kernel_of_this_interpreter, overrides)
+    nb = execute(NOTEBOOKS / "bin_regularization.ipynb", notebook_kernel, overrides)
     assert not outputs(nb, "error")
     text = "".join(out.get("text", "") for out in outputs(nb, "stream"))
     assert "jaxquant train: lsq / small_cnn on digits" in text  # both runs, through the CLI

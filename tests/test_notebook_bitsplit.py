@@ -1,9 +1,15 @@
 """notebooks/bitsplit_ptq.ipynb runs top to bottom with small settings and shows its outputs."""
 
-from notebook_runner import NOTEBOOKS, execute, outputs, parameters
+from notebook_runner import (
+    NOTEBOOKS,
+    execute,
+    fresh_venv_kernel,  # noqa: F401  (the notebook_kernel fixture)
+    outputs,
+    parameters,
+)
 
 
-def test_bitsplit_notebook_runs(tmp_path, kernel_of_this_interpreter):
+def test_bitsplit_notebook_runs(tmp_path, notebook_kernel):
     workdir = tmp_path / "run"
     overrides = parameters(
         workdir,
@@ -14,7 +20,7 @@ def test_bitsplit_notebook_runs(tmp_path, kernel_of_this_interpreter):
         "CALIBRATION_IMAGES = 64",
         "BN_BATCHES = 3",
     )
-    nb = execute(NOTEBOOKS / "bitsplit_ptq.ipynb", kernel_of_this_interpreter, overrides)
+    nb = execute(NOTEBOOKS / "bitsplit_ptq.ipynb", notebook_kernel, overrides)
     assert not outputs(nb, "error")
     text = "".join(out.get("text", "") for out in outputs(nb, "stream"))
     assert "jaxquant train: lsq / small_cnn on digits" in text  # the FP run, through the CLI

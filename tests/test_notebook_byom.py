@@ -1,13 +1,19 @@
 """notebooks/bring_your_own_model.ipynb runs top to bottom with small settings: a Linen and an
 NNX CNN trained at every bit-width through jaxquant.quantize, BitSplit PTQ, a table, a plot."""
 
-from notebook_runner import NOTEBOOKS, execute, outputs, parameters
+from notebook_runner import (
+    NOTEBOOKS,
+    execute,
+    fresh_venv_kernel,  # noqa: F401  (the notebook_kernel fixture)
+    outputs,
+    parameters,
+)
 
 
-def test_bring_your_own_model_notebook_runs(tmp_path, kernel_of_this_interpreter):
+def test_bring_your_own_model_notebook_runs(tmp_path, notebook_kernel):
     workdir = tmp_path / "run"
     overrides = parameters(workdir, "EPOCHS = 2", "PTQ_EPOCHS = 3", "PTQ_SETTINGS = ('W4A8',)")
-    nb = execute(NOTEBOOKS / "bring_your_own_model.ipynb", kernel_of_this_interpreter, overrides)
+    nb = execute(NOTEBOOKS / "bring_your_own_model.ipynb", notebook_kernel, overrides)
     assert not outputs(nb, "error")
     text = "".join(out.get("text", "") for out in outputs(nb, "stream"))
     assert "linen test accuracy:" in text and "nnx test accuracy:" in text

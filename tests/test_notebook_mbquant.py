@@ -1,16 +1,22 @@
 """notebooks/mbquant.ipynb runs top to bottom with small settings and shows its outputs."""
 
-from notebook_runner import NOTEBOOKS, execute, outputs, parameters
+from notebook_runner import (
+    NOTEBOOKS,
+    execute,
+    fresh_venv_kernel,  # noqa: F401  (the notebook_kernel fixture)
+    outputs,
+    parameters,
+)
 
 
-def test_mbquant_notebook_runs(tmp_path, kernel_of_this_interpreter):
+def test_mbquant_notebook_runs(tmp_path, notebook_kernel):
     workdir = tmp_path / "run"
     overrides = parameters(
         workdir,
         "EPOCHS = 1",
         "WIDTHS = (8, 8, 8)",
     )
-    nb = execute(NOTEBOOKS / "mbquant.ipynb", kernel_of_this_interpreter, overrides)
+    nb = execute(NOTEBOOKS / "mbquant.ipynb", notebook_kernel, overrides)
     assert not outputs(nb, "error")
     text = "".join(out.get("text", "") for out in outputs(nb, "stream"))
     assert "jaxquant train: mbquant / small_cnn on digits" in text  # the CLI ran
