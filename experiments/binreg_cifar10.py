@@ -14,7 +14,12 @@ the largest quantized layer, LSQ vs LSQ + BR at 2 bits (WORKDIR/binreg_bins.png)
       [--workdir runs/binreg_cifar10] [--epochs 6]
 
 Nine runs of 6 epochs: about 35 minutes on the 2-core machine when it is quiet.
-Build the data first: python ../shared/data/prepare_tfds.py /tmp/tfds_data cifar10
+Build the data first (tfds downloads it when online):
+  jaxquant data prepare cifar10 --data-dir /tmp/tfds_data
+Offline, from a folder holding `cifar-10-binary.tar.gz`:
+  jaxquant data prepare cifar10 --data-dir /tmp/tfds_data --manual-dir FOLDER_WITH_ARCHIVES
+adding --no-verify-checksums for an archive that differs from the official one (such as the
+JPEG-rebuilt copy the numbers in experiments/README.md were measured on).
 """
 
 from __future__ import annotations

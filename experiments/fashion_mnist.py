@@ -5,7 +5,10 @@ finished run in the workdir), then prints the table and writes it with a plot.
   python experiments/fashion_mnist.py --data_dir /tmp/tfds_data \
       [--workdir runs/fashion_mnist] [--epochs 3]
 
-Build the data first: python ../shared/data/prepare_tfds.py /tmp/tfds_data fashion_mnist
+Build the data first (tfds downloads it when online):
+  jaxquant data prepare fashion_mnist --data-dir /tmp/tfds_data
+Offline, from a folder holding its four official `.gz` archives:
+  jaxquant data prepare fashion_mnist --data-dir /tmp/tfds_data --manual-dir FOLDER_WITH_ARCHIVES
 """
 
 from __future__ import annotations

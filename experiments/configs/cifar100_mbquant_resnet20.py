@@ -1,4 +1,4 @@
-r"""MBQuant on CIFAR-100, the official code's README recipe (`main_cifar.py`; digest part A4), for
+r"""MBQuant on CIFAR-100, the official MBQuant code's README recipe (`main_cifar.py`), for
 GPU/TPU: multi-branch post-activation ResNet-20 (four 2-bit branches per body conv, FP stem and
 classifier), bits 2/4/6/8 trained together on every step, in-place distillation from 8 bits
 (``0.5 softCE + 0.5 CE``), amortised branch selection; SGD momentum 0.9, lr 0.1, weight decay
@@ -12,8 +12,8 @@ offsets) and per-bit-width stem BN; set ``weight_slots='position'`` and
 ``weight_interval_std='filter'`` for the code's interval slots and init quirk.
   jaxquant train --config experiments/configs/cifar100_mbquant_resnet20.py \
       --config.data_dir=DATA_DIR --workdir runs/cifar100_mbquant_resnet20
-CIFAR-100 must be prepared in DATA_DIR (array_record), e.g. `tfds build cifar100 --data_dir DATA_DIR
---file_format array_record` on a machine with internet; this project's machines have no copy.
+CIFAR-100 must be prepared in DATA_DIR (array_record): online,
+`jaxquant data prepare cifar100 --data-dir DATA_DIR` downloads and builds it (the `tf` extra).
 """
 
 from jaxquant.configs.base import base_config

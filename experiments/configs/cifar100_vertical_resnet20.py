@@ -8,9 +8,8 @@ docstring for where each one comes from).
       --config.data_dir=DATA_DIR --workdir runs/cifar100_vertical_resnet20
   jaxquant export --workdir runs/cifar100_vertical_resnet20 \
       --out runs/cifar100_vertical_resnet20/model.vl
-CIFAR-100 must be prepared in DATA_DIR in the array_record format, e.g. on a machine with internet
-`tfds build cifar100 --data_dir DATA_DIR --file_format array_record` (needs the `tf` extra);
-this project's machines have no copy of it.
+CIFAR-100 must be prepared in DATA_DIR in the array_record format: online,
+`jaxquant data prepare cifar100 --data-dir DATA_DIR` downloads and builds it (the `tf` extra).
 """
 
 from cifar10_vertical_resnet20 import get_config as cifar10_config  # a sibling config

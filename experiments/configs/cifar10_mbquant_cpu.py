@@ -1,8 +1,8 @@
-r"""MBQuant on CIFAR-10 (JPEG-rebuilt, `../shared/data`), CPU scale: one multi-branch SmallCNN
-(FP stem of 8 channels tiled into four branches of 16/32/32-channel 2-bit convs, FP classifier)
-trained once for every bit-width 2..8, in-place distillation from 8 bits, amortised selection,
-intervals initialised from one batch per bit-width; the precisions unrolled in the step, so each
-computes only its selected branches.
+r"""MBQuant on CIFAR-10 (JPEG-rebuilt: see experiments/README.md), CPU scale: one multi-branch
+SmallCNN (FP stem of 8 channels tiled into four branches of 16/32/32-channel 2-bit convs, FP
+classifier) trained once for every bit-width 2..8, in-place distillation from 8 bits, amortised
+selection, intervals initialised from one batch per bit-width; the precisions unrolled in the
+step, so each computes only its selected branches.
 
 The code's optimisers (SGD momentum 0.9, lr 0.1, weight decay 1e-4 on every model parameter;
 Adam 1e-4 for the intervals); ours, for a 2-epoch CPU budget: the cosine steps per step (the

@@ -1,4 +1,4 @@
-r"""Vertical Layering on CIFAR-10 (JPEG-rebuilt, `../shared/data`), CPU scale: one SmallCNN
+r"""Vertical Layering on CIFAR-10 (JPEG-rebuilt: see experiments/README.md), CPU scale: one SmallCNN
 (16/32/64/64 channels, FP stem and classifier) trained once for bits 2..8 and FP, every integer
 bit-width cascaded from one 8-bit source code (floor cascade, mid-rise grid). 4 epochs, Adam,
 cosine, no augmentation; the precisions unrolled in the step (faster than vmap on CPU here).

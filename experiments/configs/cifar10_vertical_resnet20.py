@@ -8,10 +8,10 @@ loads at any k in 2..8.
       --out runs/cifar10_vertical_resnet20/model.vl
 
 Where the values come from (VL's own text and code are not public, so its recipe is unknown;
-`../shared/research/seeds_vertical_binreg.md` section 1.3):
+`docs/methods/vertical.md` says what its abstract fixes):
 - the method (source B = 8, floor cascade, per-precision BN and activation steps, FP first conv
-  and classifier, FP 1x1 shortcuts, L = sum_b CE_b, no distillation): our reading, section 1.4
-  of the digest and `jaxquant/methods/vertical.py`;
+  and classifier, FP 1x1 shortcuts, L = sum_b CE_b, no distillation): our reading of the
+  paper's abstract, `docs/methods/vertical.md` and `jaxquant/methods/vertical.py`;
 - bits 2..8 and FP: ours (every bit-width the artefact serves is trained; the only VL numbers
   seen, quoted by Double Rounding, are ImageNet {4,3,2});
 - SGD momentum 0.9, lr 0.1, cosine, weight decay 1e-4, from scratch: LSQ's CIFAR recipe, as in

@@ -1,4 +1,5 @@
-r"""Any-Precision DNN on Fashion-MNIST (real data, `../shared/data`), CPU scale.
+r"""Any-Precision DNN on Fashion-MNIST (real data, built by `jaxquant data prepare fashion_mnist`),
+CPU scale.
 
 One SmallCNN (16/32/64 channels, FP stem and classifier) trained once for bits 2, 4, 8 and FP:
 DoReFa quantizers, switchable BN, recursive in-place distillation. 3 epochs, Adam, cosine.

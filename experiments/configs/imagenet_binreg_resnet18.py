@@ -1,12 +1,13 @@
 r"""LSQ + Bin Regularization on ImageNet, ResNet-18 (FP stem and classifier), one model per
 bit-width (``--config.bits=2``, 3, 4; ``--config.method=lsq`` for the LSQ baseline). For GPU/TPU.
 
-From the paper (as the digest records it): lambda 0.5, two-stage with 30 of 90 epochs CE only,
-weights only. The rest is LSQ's ImageNet recipe, not the BR paper's (its tables and training
-details were not reachable): SGD momentum 0.9, lr 0.01 with cosine decay (LSQ fine-tunes from an
-FP model; lr 0.1 from scratch), weight decay 1e-4 (LSQ lowers it at 2-3 bits), batch 256,
-RandomResizedCrop + flip. The paper's headline models are MobileNetV2
-(`imagenet_binreg_mobilenetv2.py`) and MobileNetV3-Small at 2 bits; jaxquant has no MobileNetV3.
+From the paper (Bin Regularization, ICCV 2021; lambda from its Table 7): lambda 0.5, two-stage
+with 30 of 90 epochs CE only, weights only. The rest is LSQ's ImageNet recipe, not the BR
+paper's (its tables and training details were not reachable): SGD momentum 0.9, lr 0.01 with
+cosine decay (LSQ fine-tunes from an FP model; lr 0.1 from scratch), weight decay 1e-4 (LSQ
+lowers it at 2-3 bits), batch 256, RandomResizedCrop + flip. The paper's headline models are
+MobileNetV2 (`imagenet_binreg_mobilenetv2.py`) and MobileNetV3-Small at 2 bits; jaxquant has no
+MobileNetV3.
 
 ImageNet streams from ``imagenet2012`` prepared as array_record in DATA_DIR
 (`jaxquant.data.StreamingDataset`):

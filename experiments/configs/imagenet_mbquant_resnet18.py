@@ -1,5 +1,5 @@
-r"""MBQuant on ImageNet, the official code's README recipe for ResNet-18 (`main_resnet.py`;
-digest part A4), for GPU/TPU: multi-branch ImageNet ResNet-18 (four 2-bit branches per body conv
+r"""MBQuant on ImageNet, the official MBQuant code's README recipe for ResNet-18 (`main_resnet.py`),
+for GPU/TPU: multi-branch ImageNet ResNet-18 (four 2-bit branches per body conv
 and per 1x1 downsample, FP 7x7 stem and classifier, partial widths 40/76/184/396), bits 2/4/6/8
 trained together on every step, in-place distillation from 8 bits (``0.5 softCE + 0.5 CE``),
 amortised branch selection, from scratch; SGD momentum 0.9, lr 0.1, weight decay 1e-4 on every
