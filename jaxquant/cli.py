@@ -190,6 +190,7 @@ def train(args, overrides: dict[str, str]) -> int:
 
     config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
     config_lib.check_run_config(config)
+    config_lib.check_init_from(config)
     if config.multihost:
         import jax
 
@@ -207,7 +208,6 @@ def train(args, overrides: dict[str, str]) -> int:
 
     steps_per_epoch = dataset.train_size // config.batch_size
     trainer = build_trainer(config, dataset, max(steps_per_epoch, 1))
-    workdir.mkdir(parents=True, exist_ok=True)
     print(
         f"jaxquant train: {config.method} / {config.model} on {dataset.name} "
         f"({dataset.train_size} train images"
@@ -241,6 +241,10 @@ def train(args, overrides: dict[str, str]) -> int:
         log_every_steps=config.log_every_steps,
         progress=not args.no_progress,
         on_start=write_config,
+        eval_every_steps=config.eval_every_epochs * max(steps_per_epoch, 1),
+        eval_batch_size=config.eval_batch_size,
+        init_from=config.init_from or None,
+        init_from_bn_batches=config.init_from_bn_batches,
     )
     seconds = time.perf_counter() - start
     _report(config, dataset, _accuracies(config, dataset, trainer, state), workdir, seconds)

@@ -130,9 +130,13 @@ def override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
         value = float(value)
     if old is not None and not isinstance(value, type(old)):
         raise ConfigError(
-            f"config.{key} expects a {type(old).__name__} (now {old!r}); got {text!r}"
+            f"config.{key} expects {_a(type(old).__name__)} (now {old!r}); got {text!r}"
         )
     node[leaf] = value
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
 
 
 def apply_overrides(
@@ -158,13 +162,99 @@ def with_bits(config, bits) -> ml_collections.ConfigDict:
     return config
 
 
-POSITIVE_KEYS = ("epochs", "batch_size", "eval_batch_size", "log_every_steps",
-                 "checkpoint_every_steps", "keep_checkpoints")  # fmt: skip
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_POSITIVE_INT = (lambda v: _integer(v) and v >= 1, "a positive integer")
+_NONNEGATIVE_INT = (lambda v: _integer(v) and v >= 0, "an integer >= 0")
+_POSITIVE = (lambda v: _number(v) and v > 0, "a number > 0")
+_NONNEGATIVE = (lambda v: _number(v) and v >= 0, "a number >= 0")
+
+# (dotted key, test, what it must be): every numeric run setting (method sections check theirs).
+RANGES = (
+    ("epochs", *_POSITIVE_INT),
+    ("batch_size", *_POSITIVE_INT),
+    ("eval_batch_size", *_POSITIVE_INT),
+    ("log_every_steps", *_POSITIVE_INT),
+    ("checkpoint_every_steps", *_POSITIVE_INT),
+    ("keep_checkpoints", *_POSITIVE_INT),
+    ("eval_every_epochs", *_NONNEGATIVE_INT[:1], "0 (never) or a positive integer"),
+    ("seed", *_NONNEGATIVE_INT),
+    ("init_from_bn_batches", *_NONNEGATIVE_INT),
+    ("crop_padding", *_NONNEGATIVE_INT),
+    ("image_size", *_POSITIVE_INT),
+    ("data_workers", *_POSITIVE_INT),
+    ("width", *_POSITIVE),
+    ("widths", lambda v: bool(v) and all(_integer(w) and w >= 1 for w in v),
+     "positive integers, e.g. (32, 64, 64)"),
+    ("first_last_bits", *_NONNEGATIVE_INT[:1], "0 (full precision) or a bit-width"),
+    ("loss_weights", lambda v: all(_number(w) and w >= 0 for w in v), "numbers >= 0"),
+    ("optimizer.learning_rate", *_POSITIVE),
+    ("optimizer.quantizer_learning_rate", *_POSITIVE),
+    ("optimizer.momentum", lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
+    ("optimizer.weight_decay", *_NONNEGATIVE),
+    ("optimizer.warmup_epochs", *_NONNEGATIVE),
+    ("optimizer.step_factor", *_POSITIVE),
+    ("optimizer.step_epochs", lambda v: all(_number(e) and e >= 0 for e in v), "epochs >= 0"),
+    ("optimizer.weight_decay_by_bits",
+     lambda v: all(len(p) == 2 and _integer(p[0]) and _number(p[1]) and p[1] >= 0 for p in v),
+     "pairs (bits, decay >= 0), e.g. ((2, 2.5e-5), (4, 1e-4))"),
+)  # fmt: skip
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """``{dotted key: allowed values}`` of the run settings that name a choice."""
+    from jaxquant.data.preprocess import AUGMENTATIONS
+    from jaxquant.layers.conv import CONV_BATCHINGS, WEIGHT_GRADIENTS
+    from jaxquant.training.losses import DISTILLATION_MODES
+    from jaxquant.training.step import PRECISION_MODES
+
+    return {
+        "augment": AUGMENTATIONS,
+        "dtype": ("float32", "bfloat16"),
+        "conv_batching": CONV_BATCHINGS,
+        "conv_weight_gradient": WEIGHT_GRADIENTS,
+        "distillation": ("auto", *DISTILLATION_MODES),
+        "precision_mode": ("auto", *PRECISION_MODES),
+        "optimizer.optimizer": ("sgd", "adam"),
+        "optimizer.quantizer_optimizer": ("adam", "sgd"),
+        "optimizer.schedule": ("cosine", "constant", "step"),
+        "optimizer.quantizer_schedule": ("cosine", "constant", "step"),
+    }
+
+
+def _get(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        if part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def check_run_config(config) -> None:
-    """A `ConfigError` naming the first of `POSITIVE_KEYS` that is not a positive integer."""
-    for key in POSITIVE_KEYS:
-        value = config.get(key, 1) if hasattr(config, "get") else getattr(config, key, 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"config.{key} is {value!r}; use a positive integer")
+    """A one-line `ConfigError` for the first run setting out of its range (`RANGES`) or not among
+    its choices; checked before anything is loaded or written."""
+    for key, test, requirement in RANGES:
+        value = _get(config, key)
+        if value is not None and not test(value):
+            raise ConfigError(f"config.{key} is {value!r}; use {requirement}")
+    for key, allowed in _choices().items():
+        value = _get(config, key)
+        if value is not None and value not in allowed:
+            raise ConfigError(f"config.{key} is {value!r}; choose one of {', '.join(allowed)}")
+
+
+def check_init_from(config) -> None:
+    """A one-line `ConfigError` when ``config.init_from`` names a path that does not exist."""
+    init_from = _get(config, "init_from")
+    if init_from and not pathlib.Path(init_from).expanduser().exists():
+        raise ConfigError(
+            f"config.init_from: {init_from} does not exist; pass a `jaxquant train` workdir or "
+            "one of its checkpoints/STEP folders"
+        )

@@ -80,7 +80,7 @@ def test_rerun_of_a_finished_workdir_resumes_without_training(trained, capsys):
             ["--config.method=lsq", "--config.bits=1"],
             "bit-width 1 is not supported by the lsq quantizer",
         ),
-        (["--config.epochs=many"], "config.epochs expects a int"),
+        (["--config.epochs=many"], "config.epochs expects an int"),
         (["--config.epochs=-1"], "config.epochs is -1; use a positive integer"),
         (["--config.epochs=0"], "config.epochs is 0; use a positive integer"),
         (["--config.batch_size=0"], "config.batch_size is 0; use a positive integer"),
@@ -88,12 +88,13 @@ def test_rerun_of_a_finished_workdir_resumes_without_training(trained, capsys):
         (["--config.log_every_steps=0"], "config.log_every_steps is 0"),
         (
             ["--config.dataset=fashion_mnist", "--config.data_dir=/nonexistent/tfds"],
-            "prepare_tfds.py",
+            "jaxquant data prepare fashion_mnist --data-dir /nonexistent/tfds",
         ),
         (["--config", "/nonexistent/config.py"], "does not exist"),
     ],
 )
-def test_user_errors_exit_2_with_one_line(tmp_path, capsys, argv, match):
+def test_user_errors_exit_2_with_one_line(tmp_path, capsys, monkeypatch, argv, match):
+    monkeypatch.setenv("JAXQUANT_NO_DOWNLOAD", "1")  # a missing dataset: no network attempt
     code, _, err = run(capsys, "train", "--workdir", str(tmp_path / "w"), "--no-progress", *argv)
     assert_user_error(code, err, match)
 

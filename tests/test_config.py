@@ -30,7 +30,7 @@ def test_default_config_loads_and_overrides_keep_types():
         ("nope", "1", "unknown config key 'nope'"),
         ("optimizer.nope", "1", "unknown config key 'optimizer.nope'"),
         ("epochs.x", "1", "unknown config key 'epochs.x'"),
-        ("epochs", "2.5", "expects a int"),
+        ("epochs", "2.5", "expects an int"),
         ("preactivation", "1", "is a bool"),
     ],
 )

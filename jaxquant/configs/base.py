@@ -52,6 +52,12 @@ def base_config() -> ml_collections.ConfigDict:
     # the loss and accuracies reach the host (progress bar, NaN check) this often
     c.log_every_steps = 50
     c.keep_checkpoints = 3
+    # test accuracy per bit-width every N epochs, in metrics.jsonl and TensorBoard (0: never)
+    c.eval_every_epochs = 1
+    # fine-tune: start from a trained run's weights and BatchNorm (a workdir or a
+    # checkpoints/STEP folder; quantizer steps re-initialised from them); "" = from scratch
+    c.init_from = ""
+    c.init_from_bn_batches = 50  # fine-tuning: BatchNorm re-estimated over N training batches
     c.multihost = False  # call jax.distributed.initialize() (multi-host TPU pods)
     o = c.optimizer = ml_collections.ConfigDict()
     o.optimizer = "sgd"  # model weights: sgd | adam
@@ -59,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
     o.momentum = 0.9
     o.nesterov = False
     o.weight_decay = 1e-4
+    # ((bits, decay), ...): the decay of a run at one bit-width, e.g. BR's ((2, 2.5e-5), (3, 5e-5),
+    # (4, 1e-4)); () = weight_decay
+    o.weight_decay_by_bits = ()
     o.decay_batchnorm = True
     o.schedule = "cosine"  # cosine | constant | step
     o.per_epoch_schedule = False

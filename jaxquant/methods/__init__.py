@@ -16,6 +16,7 @@ from jaxquant.methods.base import METHODS, Method, get_method, register, section
 from jaxquant.models import CifarResNet, MobileNetV2, ResNet, SmallCNN
 from jaxquant.quantizers import FP_BITS, max_exact_bits
 from jaxquant.training import MultiPrecisionTrainer, OptimizerConfig, make_optimizer
+from jaxquant.training.optim import schedules
 
 __all__ = [
     "METHODS",
@@ -88,8 +89,26 @@ def build_model(config, num_classes: int, spec: QuantSpec):
 
 
 def optimizer_config(config) -> OptimizerConfig:
+    """``config.optimizer`` as an `OptimizerConfig`; ``weight_decay_by_bits``, pairs
+    ``(bits, decay)``, sets the weight decay of a run at one bit-width (BR's fine-tuning: 1e-4,
+    5e-5 and 2.5e-5 at 4, 3 and 2 bits)."""
     o = dict(config.optimizer)
     o["step_epochs"] = tuple(float(e) for e in o["step_epochs"])
+    by_bits = o.pop("weight_decay_by_bits", ())
+    if by_bits:
+        table = {int(b): float(d) for b, d in by_bits}
+        bits = tuple(int(b) for b in config.bits)
+        if len(bits) != 1:
+            raise ConfigError(
+                f"optimizer.weight_decay_by_bits sets the decay of a run at one bit-width, but "
+                f"bits is {bits} (its precisions share weights); set optimizer.weight_decay"
+            )
+        if bits[0] not in table:
+            raise ConfigError(
+                f"optimizer.weight_decay_by_bits has no entry for {bits[0]} bits "
+                f"(it has {sorted(table)})"
+            )
+        o["weight_decay"] = table[bits[0]]
     return OptimizerConfig(**o)
 
 
@@ -157,7 +176,8 @@ def build_trainer(
         spec.validate((config.first_last_bits,))
     model = build_model(config, dataset.num_classes, spec)
     total_steps = steps_per_epoch * config.epochs
-    optimizer = make_optimizer(optimizer_config(config), total_steps, steps_per_epoch)
+    optimizer_settings = optimizer_config(config)
+    optimizer = make_optimizer(optimizer_settings, total_steps, steps_per_epoch)
     init_from_batches = method.init_from_batches(config) if method.init_from_batches else None
     # Bin Regularization: method 'binreg', or binreg.lambda_ > 0 on a method it applies to.
     regularizer, regularizer_weight = binreg.make_regularizer(
@@ -176,4 +196,5 @@ def build_trainer(
         regularizer_weight=regularizer_weight,
         compute_dtype=resolve_dtype(config),
         lowering=Lowering(str(config.conv_batching), str(config.conv_weight_gradient)),
+        learning_rates=schedules(optimizer_settings, total_steps, steps_per_epoch),
     )

@@ -29,6 +29,7 @@ from jaxquant.layers import QuantSpec
 from jaxquant.methods.base import Method, register, section
 from jaxquant.params import get_path, replace_path
 from jaxquant.params import quantized_layer_paths as quantized_layers
+from jaxquant.training.recalibration import recalibrate_batch_norm  # noqa: F401
 
 NAME = "vertical"
 DEFAULT_DISTILLATION = "none"
@@ -134,39 +135,6 @@ def select_precisions(
         return rows
 
     return jax.tree_util.tree_map_with_path(select, variables)
-
-
-def recalibrate_batch_norm(
-    model: nn.Module,
-    variables,
-    batches: Iterable[jax.Array],
-    precisions: Sequence[int],
-    preprocess: Callable | None = None,
-):
-    """Re-estimate BatchNorm running statistics of the precision indices ``precisions`` by
-    training-mode forwards over ``batches`` (images; ``preprocess(images, False, None)`` first).
-    Each batch moves the running averages with the layers' momentum; other rows stay as they are.
-    """
-    precisions = tuple(int(p) for p in precisions)
-
-    @jax.jit
-    def update(stats, images):
-        x = images if preprocess is None else preprocess(images, False, None)
-        for p in precisions:
-            _, new = model.apply(
-                {"params": variables["params"], "batch_stats": stats},
-                x,
-                p,
-                train=True,
-                mutable=["batch_stats"],
-            )
-            stats = new["batch_stats"]
-        return stats
-
-    stats = variables["batch_stats"]
-    for images in batches:
-        stats = update(stats, jnp.asarray(images))
-    return {**variables, "batch_stats": stats}
 
 
 # ----------------------------------------------------------------------------------------------

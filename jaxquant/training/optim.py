@@ -91,30 +91,32 @@ def _decays(path: tuple, _, decay_batchnorm: bool) -> bool:
     return decay_batchnorm or not is_bn
 
 
+def schedules(
+    config: OptimizerConfig, total_steps: int, steps_per_epoch: int
+) -> dict[str, optax.Schedule]:
+    """The learning rate schedule of each parameter group, ``{'model': ..., 'quantizer': ...}``."""
+    common = (
+        total_steps,
+        steps_per_epoch,
+        config.per_epoch_schedule,
+        config.warmup_epochs,
+        config.step_epochs,
+        config.step_factor,
+    )
+    return {
+        "model": learning_rate_schedule(config.learning_rate, config.schedule, *common),
+        "quantizer": learning_rate_schedule(
+            config.quantizer_learning_rate, config.quantizer_schedule, *common
+        ),
+    }
+
+
 def make_optimizer(
     config: OptimizerConfig, total_steps: int, steps_per_epoch: int
 ) -> optax.GradientTransformation:
     """``multi_transform`` over the two parameter groups (see `OptimizerConfig`)."""
-    lr = learning_rate_schedule(
-        config.learning_rate,
-        config.schedule,
-        total_steps,
-        steps_per_epoch,
-        config.per_epoch_schedule,
-        config.warmup_epochs,
-        config.step_epochs,
-        config.step_factor,
-    )
-    qlr = learning_rate_schedule(
-        config.quantizer_learning_rate,
-        config.quantizer_schedule,
-        total_steps,
-        steps_per_epoch,
-        config.per_epoch_schedule,
-        config.warmup_epochs,
-        config.step_epochs,
-        config.step_factor,
-    )
+    group_schedules = schedules(config, total_steps, steps_per_epoch)
+    lr, qlr = group_schedules["model"], group_schedules["quantizer"]
 
     def decay_mask(params):
         return jax.tree_util.tree_map_with_path(
