@@ -65,9 +65,12 @@ def test_train_writes_table_json_and_plot_and_eval_agrees(trained, capsys):
 
 def test_rerun_of_a_finished_workdir_resumes_without_training(trained, capsys):
     before = tree_digest(trained / "checkpoints")
+    seconds = json.loads((trained / "results.json").read_text())["train_seconds"]
     code, out, _ = run(capsys, "train", "--workdir", str(trained), "--no-progress", *TINY)
     assert code == 0 and "resuming from step 22" in out
     assert tree_digest(trained / "checkpoints") == before
+    # nothing was trained: the report keeps the training's time
+    assert json.loads((trained / "results.json").read_text())["train_seconds"] == seconds
 
 
 @pytest.mark.parametrize(
