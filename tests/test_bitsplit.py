@@ -203,3 +203,99 @@ def test_compiled_ofwa_rr_is_cached_per_shape():
     planes = jnp.zeros((2, 4, 9))
     out = first(*bitsplit.gram_statistics(jnp.ones((5, 9)), jnp.ones((5, 4))), planes, jnp.ones(4))
     assert out[0].shape == (2, 4, 9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Depthwise: the official code's ``ofwa_rr_dw``.
+
+
+def ofwa_rr_dw_reference(x, y, planes, alpha, epochs):
+    """The official depthwise loop as described: ``x`` ``[K, M, N]`` (channel m's own patch),
+    ``y`` ``[K, M]``; a Gram matrix per channel, the ``ofwa_rr`` alternation for all channels,
+    one coordinate at a time, in float64; a NaN alpha takes the previous alpha."""
+    planes = planes.astype(np.float64).copy()
+    alpha = alpha.astype(np.float64).copy()
+    num_planes = planes.shape[0]
+    c = 2.0 ** np.arange(num_planes - 1, -1, -1)
+    gram = np.einsum("kmi,kmj->mij", x, x)
+    for _ in range(epochs):
+        b = np.tensordot(c, planes, 1)
+        xb = np.einsum("kmn,mn->km", x, b)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            new = (y * xb).sum(0) / (xb * xb).sum(0)
+        alpha = np.where(np.isnan(new), alpha, new)
+        for i in range(num_planes):
+            b_without = np.tensordot(c, planes, 1) - c[i] * planes[i]
+            r = y - np.einsum("kmn,mn->km", x, alpha[:, None] * b_without)
+            t = np.einsum("km,kmn->mn", r, x)
+            s = alpha * c[i]
+            beta = planes[i]
+            for n in range(x.shape[2]):
+                beta[:, n] = 0
+                g = 2 * (s * np.einsum("mj,mj->m", beta, gram[:, :, n]) - t[:, n])
+                beta[:, n] = -np.sign(g)
+                beta[np.abs(g) < s * gram[:, n, n], n] = 0
+    return planes, alpha
+
+
+def depthwise_problem(seed, rows=400, channels=6, taps=9):
+    """Post-ReLU 3x3 patches per channel; channel 2's weights are all zero (its planes stay
+    zero: the code's NaN alpha), channel 4 never sees a nonzero input."""
+    rng = np.random.default_rng(seed)
+    x = np.maximum(rng.normal(size=(rows, channels, taps)), 0).astype(np.float32)
+    w = (rng.normal(size=(channels, taps)) * 0.3).astype(np.float32)
+    w[2] = 0.0
+    x[:, 4] = 0.0
+    return x, w, np.einsum("kmn,mn->km", x, w)
+
+
+@pytest.mark.parametrize("bits", [3, 4, 5])
+def test_ofwa_rr_dw_matches_the_code_loop_and_guards_the_nan_alpha(bits):
+    x, w, y = depthwise_problem(7)
+    codes, alpha = bitsplit.fwa(w, bits)
+    planes, alpha = bitsplit.ofwa(w, bitsplit.split(codes, bits), alpha, epochs=5)
+    planes, alpha = np.asarray(planes), np.asarray(alpha)
+    assert not planes[:, 2].any()  # the all-zero channel starts (and stays) without a code
+    ref_planes, ref_alpha = ofwa_rr_dw_reference(
+        x.astype(np.float64), y.astype(np.float64), planes, alpha, epochs=4
+    )
+    got_planes, got_alpha, errors = bitsplit.ofwa_rr_dw(x, y, planes, alpha, epochs=4)
+    np.testing.assert_array_equal(np.asarray(got_planes), ref_planes)
+    np.testing.assert_allclose(np.asarray(got_alpha), ref_alpha, rtol=1e-4)
+    assert np.all(np.isfinite(np.asarray(got_alpha))) and np.all(np.isfinite(np.asarray(errors)))
+    assert not np.asarray(got_planes)[:, 2].any()
+    np.testing.assert_allclose(float(got_alpha[2]), float(alpha[2]))  # the previous alpha
+    np.testing.assert_allclose(float(got_alpha[4]), float(alpha[4]))  # never excited: likewise
+
+
+def test_ofwa_rr_dw_is_ofwa_rr_on_each_channel_alone():
+    x, w, y = depthwise_problem(8, channels=5)
+    codes, alpha = bitsplit.fwa(w, 4)
+    planes = bitsplit.split(codes, 4)
+    dw_planes, dw_alpha, _ = bitsplit.ofwa_rr_dw(x, y, planes, alpha, epochs=5)
+    for m in (0, 3):
+        one = bitsplit.ofwa_rr(
+            x[:, m], y[:, m : m + 1], planes[:, m : m + 1], alpha[m : m + 1], epochs=5
+        )
+        np.testing.assert_array_equal(np.asarray(one[0])[:, 0], np.asarray(dw_planes)[:, m])
+        np.testing.assert_allclose(float(one[1][0]), float(dw_alpha[m]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_quantize_weight_on_depthwise_rows_descends_and_beats_round_to_nearest(bits):
+    x, w, y = depthwise_problem(9, rows=1500, channels=12)
+    result = bitsplit.quantize_weight(w, bits, x, y, epochs=20)
+    errors = np.asarray(result["errors"], np.float64)
+    assert np.all(np.diff(errors) <= 1e-5 * errors[0]), errors
+    assert errors[-1] < errors[0]
+    codes, alpha = np.asarray(result["codes"]), np.asarray(result["alpha"])
+    assert np.all(codes == np.round(codes)) and np.abs(codes).max() <= 2 ** (bits - 1) - 1
+
+    def output_error_dw(codes, alpha):
+        return float(np.sum((y - np.einsum("kmn,mn->km", x, alpha[:, None] * codes)) ** 2))
+
+    np.testing.assert_allclose(errors[-1], output_error_dw(codes, alpha), rtol=1e-3)
+    rtn_codes, rtn_alpha = bitsplit.round_to_nearest(w, bits)
+    assert output_error_dw(codes, alpha) < output_error_dw(
+        np.asarray(rtn_codes), np.asarray(rtn_alpha)
+    )

@@ -8,6 +8,7 @@ codes split into ``M - 1`` ternary planes, most significant first (`split`; `sti
 `fwa` (initial scale) -> `ofwa` (weight-only) -> `ofwa_rr`, response reconstruction:
 ``min sum_m || Y[:, m] - alpha_m X (sum_i c_i beta_i[m])^T ||^2`` on im2col rows X, by closed-form
 alpha and an exactly sequential Gauss-Seidel sweep per plane, blocked into GEMMs on ``X^T X``.
+`ofwa_rr_dw` is the depthwise form: each channel on its own patch rows and ``kh*kw`` Gram matrix.
 Three deliberate differences from the official code (``peiswang/BitSplit``): ``M = 2`` allowed,
 ``sign(s)`` in the coordinate rule, a zero channel keeps its alpha.
 Details: docs/methods/bitsplit.md
@@ -120,12 +121,15 @@ def ofwa(
         planes, alpha, _, i = carry
         b = stitch(planes)
         new_alpha = _safe_ratio(jnp.sum(w * b, 1), jnp.sum(b * b, 1), alpha)
-        for p in range(planes.shape[0]):
+
+        def plane(p, planes):  # a loop, not unrolled: one program size at every bit-width
             b = stitch(planes)
             s = (new_alpha * weights[p])[:, None]
             r = w - new_alpha[:, None] * (b - weights[p] * planes[p])
             direction = jnp.where(r * jnp.sign(s) >= 0, 1.0, -1.0)
-            planes = planes.at[p].set(jnp.where(2 * jnp.abs(r) >= jnp.abs(s), direction, 0.0))
+            return planes.at[p].set(jnp.where(2 * jnp.abs(r) >= jnp.abs(s), direction, 0.0))
+
+        planes = jax.lax.fori_loop(0, planes.shape[0], plane, planes)
         return planes, new_alpha, jnp.linalg.norm(new_alpha - alpha), i + 1
 
     def running(carry):
@@ -237,10 +241,13 @@ def ofwa_rr_gram(
         num = jnp.sum(t_full * b, axis=1)
         den = jnp.sum((b @ gram) * b, axis=1)
         alpha = _safe_ratio(num, den, alpha)
-        for p in range(planes.shape[0]):
+
+        def plane(p, planes):  # MSB to LSB; a loop, so one program size at every bit-width
             b_without = stitch(planes) - weights[p] * planes[p]
             t = t_full - (alpha[:, None] * b_without) @ gram  # R^T X without plane p
-            planes = planes.at[p].set(sweep(planes[p], t, gram, alpha * weights[p]))
+            return planes.at[p].set(sweep(planes[p], t, gram, alpha * weights[p]))
+
+        planes = jax.lax.fori_loop(0, planes.shape[0], plane, planes)
         errors = errors.at[e + 1].set(reconstruction_error(gram, xty, yy, stitch(planes), alpha))
         return planes, alpha, errors
 
@@ -309,6 +316,122 @@ def ofwa_rr(
     )
 
 
+def gram_statistics_dw(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The depthwise form of `gram_statistics`: per channel m, from rows ``x`` ``[K, M, N]`` (the
+    m-th channel's own ``kh*kw`` patch) and ``y`` ``[K, M]``, ``(A_m = X_m^T X_m`` ``[M, N, N]``,
+    ``X_m^T Y_m`` ``[M, N]``, ``||Y_m||^2`` ``[M])``, at full float32 precision."""
+    x = jnp.asarray(x, jnp.float32)
+    y = jnp.asarray(y, jnp.float32)
+    hi = jax.lax.Precision.HIGHEST
+    return (
+        jnp.einsum("kmi,kmj->mij", x, x, precision=hi),
+        jnp.einsum("kmi,km->mi", x, y, precision=hi),
+        jnp.sum(y * y, axis=0),
+    )
+
+
+def _channel_gram_product(gram: jax.Array, b: jax.Array) -> jax.Array:
+    """``A_m b_m`` per channel (``gram`` ``[M, N, N]``, ``b`` ``[M, N]``), as exact float32
+    products and sums (no matmul, so no reduced-precision accelerator default)."""
+    return jnp.sum(gram * b[:, None, :], axis=-1)
+
+
+def reconstruction_error_dw(gram, xty, yy, codes, alpha) -> jax.Array:
+    """``sum_m ||Y_m - alpha_m X_m b_m||^2`` from the per-channel statistics of
+    `gram_statistics_dw` (``b = codes [M, N]``)."""
+    bxty = jnp.sum(xty * codes, axis=1)
+    bab = jnp.sum(_channel_gram_product(gram, codes) * codes, axis=1)
+    return jnp.sum(yy - 2.0 * alpha * bxty + alpha * alpha * bab)
+
+
+def sweep_dw(beta: jax.Array, t: jax.Array, gram: jax.Array, s: jax.Array) -> jax.Array:
+    """The Gauss-Seidel sweep of `sweep_sequential` with a Gram matrix per channel: coordinate n
+    of every channel's plane ``beta`` ``[M, N]`` in turn, each against its own ``A_m``
+    (``gram`` ``[M, N, N]``), with ``t = T_m`` ``[M, N]`` the residual's ``R_m^T X_m`` without
+    this plane and ``s`` ``[M]`` the plane's step ``alpha_m c_i``."""
+
+    def coordinate(n, beta):
+        beta = beta.at[:, n].set(0.0)
+        coupling = jnp.sum(beta * gram[:, :, n], axis=1)  # (A_m beta_m)_n, beta_n = 0
+        g = 2.0 * (s * coupling - t[:, n])
+        return beta.at[:, n].set(_coordinate(g, s, gram[:, n, n]))
+
+    return jax.lax.fori_loop(0, beta.shape[1], coordinate, beta)
+
+
+@functools.partial(jax.jit, static_argnames=("epochs",))
+def ofwa_rr_dw_gram(
+    gram: jax.Array,
+    xty: jax.Array,
+    yy: jax.Array,
+    planes: jax.Array,
+    alpha: jax.Array,
+    epochs: int = 100,
+):
+    """`ofwa_rr_dw` on precomputed per-channel statistics (`gram_statistics_dw`): ``gram``
+    ``[M, N, N]``, ``xty`` ``[M, N]``, ``yy`` ``[M]``, ``planes`` ``[P, M, N]``, ``alpha``
+    ``[M]``. Returns ``(planes, alpha, errors)`` as `ofwa_rr_gram`."""
+    weights = plane_weights(planes.shape[0])
+
+    def epoch(e, carry):
+        planes, alpha, errors = carry
+        b = stitch(planes)
+        num = jnp.sum(xty * b, axis=1)
+        den = jnp.sum(_channel_gram_product(gram, b) * b, axis=1)
+        alpha = _safe_ratio(num, den, alpha)  # the code: a NaN alpha takes the previous one
+
+        def plane(p, planes):  # MSB to LSB
+            b_without = stitch(planes) - weights[p] * planes[p]
+            t = xty - alpha[:, None] * _channel_gram_product(gram, b_without)
+            return planes.at[p].set(sweep_dw(planes[p], t, gram, alpha * weights[p]))
+
+        planes = jax.lax.fori_loop(0, planes.shape[0], plane, planes)
+        errors = errors.at[e + 1].set(reconstruction_error_dw(gram, xty, yy, stitch(planes), alpha))
+        return planes, alpha, errors
+
+    planes = planes.astype(jnp.float32)
+    alpha = alpha.astype(jnp.float32)
+    errors = (
+        jnp.zeros(epochs + 1, jnp.float32)
+        .at[0]
+        .set(reconstruction_error_dw(gram, xty, yy, stitch(planes), alpha))
+    )
+    return jax.lax.fori_loop(0, epochs, epoch, (planes, alpha, errors))
+
+
+def compiled_ofwa_rr_dw(num_planes: int, channels: int, fan_in: int, epochs: int = 100):
+    """`ofwa_rr_dw_gram` compiled ahead of time for one depthwise layer shape (cached with the
+    `compiled_ofwa_rr` programs): ``compiled(gram, xty, yy, planes, alpha)``."""
+    key = ("depthwise", num_planes, channels, fan_in, epochs)
+    if key not in _COMPILED:
+        f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+        _COMPILED[key] = ofwa_rr_dw_gram.lower(
+            f32(channels, fan_in, fan_in),
+            f32(channels, fan_in),
+            f32(channels),
+            f32(num_planes, channels, fan_in),
+            f32(channels),
+            epochs=epochs,
+        ).compile()
+    return _COMPILED[key]
+
+
+def ofwa_rr_dw(x: jax.Array, y: jax.Array, planes: jax.Array, alpha: jax.Array, epochs: int = 100):
+    """The code's ``ofwa_rr_dw``: response reconstruction of a depthwise conv, whose output
+    channel m reads only its own input channel. ``x`` ``[K, M, N]`` holds each channel's
+    ``kh*kw`` input patch (N = 9 for 3x3), ``y`` ``[K, M]`` the FP output; every channel has its
+    own ``N x N`` Gram matrix, and the alternation of `ofwa_rr` (closed-form alpha, then a
+    sequential sweep per plane, MSB first) runs for all channels at once, each on its own
+    statistics. A channel with ``||X_m b_m|| = 0`` keeps its alpha (the code replaces the NaN by
+    the previous alpha). Returns ``(planes, alpha, errors)``."""
+    run = compiled_ofwa_rr_dw(planes.shape[0], planes.shape[1], planes.shape[2], epochs)
+    return run(
+        *gram_statistics_dw(x, y),
+        jnp.asarray(planes, jnp.float32),
+        jnp.asarray(alpha, jnp.float32),
+    )
+
+
 def quantize_weight(
     w: jax.Array,
     bits: int,
@@ -321,11 +444,15 @@ def quantize_weight(
 ) -> dict:
     """BitSplit for one layer's ``w`` ``[M_out, N]`` at ``bits``: `fwa`, `split`, `ofwa`, then
     `ofwa_rr` on the calibration rows when ``x, y`` are given (else weight-only, as the code does
-    for the classifier). Returns ``{'codes', 'alpha', 'weight' (= alpha * codes), 'errors'}``."""
+    for the classifier); ``x`` ``[K, M_out, N]`` (each output channel's own input patch) is a
+    depthwise conv's, fitted by `ofwa_rr_dw`. Returns
+    ``{'codes', 'alpha', 'weight' (= alpha * codes), 'errors'}``."""
     codes, alpha = fwa(w, bits)
     planes, alpha = ofwa(w, split(codes, bits), alpha, epochs=ofwa_epochs)
     errors = None
-    if x is not None:
+    if x is not None and jnp.ndim(x) == 3:
+        planes, alpha, errors = ofwa_rr_dw(x, y, planes, alpha, epochs=epochs)
+    elif x is not None:
         planes, alpha, errors = ofwa_rr(x, y, planes, alpha, epochs=epochs, block=block)
     codes = stitch(planes)
     return {"codes": codes, "alpha": alpha, "weight": alpha[:, None] * codes, "errors": errors}

@@ -13,8 +13,11 @@ The pipeline, as the official code's fast script:
    one full-precision forward (eval-mode BN) records, for every layer, im2col rows of its input X
    and the matching rows of its pre-BN output Y at ``calibration_rows`` (15,000) random positions.
    The im2col feature order is (C, kh, kw), the order of `layer_matrix`, so ``Y = X W^T``.
+   A depthwise conv (``feature_group_count`` = input = output channels, MobileNetV2's) is
+   fitted per channel on its own ``kh*kw`` patch (`fit_rows`); other grouped convs are refused.
 2. **Weights**: the first layer and the classifier at ``first_last_weight_bits`` (8), the others at
-   W bits. BitSplit: `fwa` -> `split` -> `ofwa` -> `ofwa_rr` (100 epochs) against the rows; the
+   W bits. BitSplit: `fwa` -> `split` -> `ofwa` -> `ofwa_rr` (100 epochs; a depthwise conv:
+   `ofwa_rr_dw`, a Gram matrix per channel, as the code's MobileNetV2 script) against the rows; the
    classifier by `ofwa` only (the code's choice; ``classifier_reconstruction`` to change it).
    Round-to-nearest: ``max|w| / (2^(M-1) - 1)`` per output channel.
 3. **BatchNorm re-estimation** (``bn_batches`` of ``bn_batch_size`` augmented training images,
@@ -54,6 +57,7 @@ from jaxquant.ptq.capture import (
     activation_range,
     fake_quantize,
     find_layers,
+    fit_rows,
     get_kernel,
     im2col_rows,
     layer_matrix,
@@ -108,6 +112,7 @@ __all__ = [
     "layer_matrix",
     "matrix_kernel",
     "im2col_rows",
+    "fit_rows",
     "output_rows",
     "layer_params",
     "get_kernel",

@@ -1,6 +1,11 @@
 """The layers of a model seen through a Flax interceptor: which layers, how their kernels map
 to ``[M_out, N]`` matrices, im2col rows of their inputs, and a forward that quantizes their
-inputs."""
+inputs.
+
+Convs are ungrouped or depthwise (``feature_group_count == C_in == C_out``, as MobileNetV2's):
+a depthwise kernel ``(kh, kw, 1, C)`` is the matrix ``[C, kh*kw]``, its im2col rows still cover
+every input channel (``[K, C*kh*kw]``, (C, kh, kw) order), and `fit_rows` splits them into each
+channel's own patch ``[K, C, kh*kw]``, so ``Y[:, m] = X[:, m] W[m]^T``."""
 
 from __future__ import annotations
 
@@ -31,10 +36,16 @@ class Layer:
     output_spatial: tuple[int, ...] = ()
     has_bias: bool = False
     input_shape: tuple[int, ...] = ()  # of one example
+    groups: int = 1  # feature_group_count: 1, or the channel count (depthwise)
 
     @property
     def features(self) -> int:
         return self.kernel_shape[-1]
+
+    @property
+    def depthwise(self) -> bool:
+        """A depthwise conv: each output channel reads only its own input channel."""
+        return self.kind == "conv" and self.groups > 1
 
     @property
     def fan_in(self) -> int:
@@ -62,18 +73,18 @@ def _describe(module: nn.Module, x: jax.Array, y: jax.Array) -> Layer:
             has_bias=bool(module.use_bias),
             input_shape=tuple(x.shape[1:]),
         )
-    if isinstance(module, QuantConv) and module.feature_group_count != 1:
+    groups = int(module.feature_group_count)
+    if groups != 1 and not groups == x.shape[-1] == module.features:
         raise ConfigError(
-            f"layer {name}: PTQ supports ungrouped convs only (the code's depthwise ofwa_rr_dw "
-            "is not implemented)"
+            f"layer {name}: PTQ supports ungrouped and depthwise convs only, not "
+            f"feature_group_count={groups} with {x.shape[-1]} input and {module.features} "
+            "output channels"
         )
-    if isinstance(module, nn.Conv):
-        if (
-            module.feature_group_count != 1
-            or module.kernel_dilation not in (None, 1, (1, 1))
-            or module.input_dilation not in (None, 1, (1, 1))
-        ):
-            raise ConfigError(f"layer {name}: PTQ supports ungrouped, undilated convs only")
+    if isinstance(module, nn.Conv) and (
+        module.kernel_dilation not in (None, 1, (1, 1))
+        or module.input_dilation not in (None, 1, (1, 1))
+    ):
+        raise ConfigError(f"layer {name}: PTQ supports undilated convs only")
     kernel_size = (
         tuple(module.kernel_size)
         if not isinstance(module.kernel_size, int)
@@ -86,18 +97,19 @@ def _describe(module: nn.Module, x: jax.Array, y: jax.Array) -> Layer:
         name,
         path,
         "conv",
-        kernel_size + (x.shape[-1], module.features),
+        kernel_size + (x.shape[-1] // groups, module.features),
         strides,
         padding,
         tuple(y.shape[1:-1]),
         bool(module.use_bias),
         tuple(x.shape[1:]),
+        groups,
     )
 
 
 def layer_matrix(kernel: jax.Array, layer: Layer) -> jax.Array:
-    """The kernel as ``W [M_out, N]``: conv HWIO -> rows in (C, kh, kw) order;
-    dense (in, out) -> W^T."""
+    """The kernel as ``W [M_out, N]``: conv HWIO -> rows in (C, kh, kw) order (depthwise:
+    ``[C, kh*kw]``); dense (in, out) -> W^T."""
     if layer.kind == "dense":
         return jnp.asarray(kernel).T
     return jnp.transpose(jnp.asarray(kernel), (3, 2, 0, 1)).reshape(layer.features, -1)
@@ -113,13 +125,14 @@ def matrix_kernel(matrix: jax.Array, layer: Layer) -> jax.Array:
 
 def im2col_rows(x: jax.Array, layer: Layer, rows: jax.Array) -> jax.Array:
     """im2col of ``x`` (NHWC) at output positions ``rows`` ``[K, 3]`` = (example, i, j):
-    ``[K, C*kh*kw]`` in (C, kh, kw) order, zero-padded as the conv pads (dense:
-    ``x[rows[:, 0]]``)."""
+    ``[K, C*kh*kw]`` over all ``C`` input channels in (C, kh, kw) order, zero-padded as the conv
+    pads (dense: ``x[rows[:, 0]]``)."""
     if layer.kind == "dense":
         return x[rows[:, 0]]
     (pt, pb), (pl, pr) = layer.padding
     x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    kh, kw, c, _ = layer.kernel_shape
+    kh, kw, c_group, _ = layer.kernel_shape
+    c = c_group * layer.groups
     sh, sw = layer.strides
 
     def patch(n, i, j):
@@ -127,6 +140,15 @@ def im2col_rows(x: jax.Array, layer: Layer, rows: jax.Array) -> jax.Array:
         return jnp.transpose(window, (2, 0, 1)).reshape(-1)
 
     return jax.vmap(patch)(rows[:, 0], rows[:, 1], rows[:, 2])
+
+
+def fit_rows(x: jax.Array, layer: Layer) -> jax.Array:
+    """The `im2col_rows` of ``layer`` as its weight fit takes them: as they are (``[K, N]``), or
+    for a depthwise conv each output channel's own patch, ``[K, C, kh*kw]`` (the input of
+    `jaxquant.methods.bitsplit.ofwa_rr_dw`)."""
+    if not layer.depthwise:
+        return x
+    return jnp.reshape(x, (x.shape[0], layer.features, layer.fan_in))
 
 
 def output_rows(y: jax.Array, layer: Layer, rows: jax.Array) -> jax.Array:

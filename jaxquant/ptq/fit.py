@@ -17,6 +17,7 @@ from jaxquant.ptq.capture import (
     Quantizer,
     act_arrays,
     fake_quantize,
+    fit_rows,
     get_kernel,
     layer_matrix,
     layer_params,
@@ -138,7 +139,9 @@ def quantize_model(
         fitted, errors = fitter.fit(
             w,
             w_bits[layer.name],
-            (x_rows, target) if reconstructs(layer, layers, method, config) else None,
+            (fit_rows(x_rows, layer), target)
+            if reconstructs(layer, layers, method, config)
+            else None,
             config,
         )
         weights[layer.name] = {"bits": w_bits[layer.name], **fitted}

@@ -21,6 +21,8 @@ class WeightFit:
     fit: ``(w [M, N], bits, rows, config) -> ({'codes', 'alpha'}, errors)``: integer codes and a
       scale per output row; ``rows`` is ``(x, y)`` (calibration inputs and FP outputs) for a
       layer it reconstructs, else None; ``errors`` the reconstruction error before and after.
+      ``x`` is ``[K, N]``, or ``[K, M, N]`` for a depthwise conv (`jaxquant.ptq.fit_rows`: each
+      output channel's own input patch).
     reconstructs: it fits layers to calibration rows (BitSplit's ``ofwa_rr``).
     error_compensated: a layer's inputs come from the network with every earlier layer
       quantized (ECAQ), not from the FP network.

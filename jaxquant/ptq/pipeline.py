@@ -69,7 +69,11 @@ def warm_up(
                 zeros = jnp.zeros((layer.features, layer.fan_in), jnp.float32)
                 codes, alpha = bitsplit.fwa(zeros, bits)
                 bitsplit.ofwa(zeros, bitsplit.split(codes, bits), alpha, epochs=config.ofwa_epochs)
-                if reconstructs(layer, layers, "bitsplit", config):
+                if reconstructs(layer, layers, "bitsplit", config) and layer.depthwise:
+                    bitsplit.compiled_ofwa_rr_dw(
+                        bits - 1, layer.features, layer.fan_in, config.epochs
+                    )
+                elif reconstructs(layer, layers, "bitsplit", config):
                     bitsplit.compiled_ofwa_rr(
                         bits - 1, layer.features, layer.fan_in, config.epochs, config.block
                     )
