@@ -377,6 +377,10 @@ def test_binreg_lambda_applies_to_multi_precision_methods(method):
             dict(binreg__schedule="alternating", binreg__alternate_epochs=0.0),
             "positive block length",
         ),
+        (
+            dict(binreg__schedule="alternating_steps_br", binreg__alternate_epochs=-1.0),
+            "positive block length",
+        ),
         (dict(binreg__lambda_=-0.5), "use a weight >= 0"),
         (dict(bits=(32,)), "found no quantized weights"),
     ],
@@ -384,6 +388,124 @@ def test_binreg_lambda_applies_to_multi_precision_methods(method):
 def test_configs_br_cannot_run_are_refused(overrides, match):
     with pytest.raises(ConfigError, match=match):
         build_trainer(tiny_config(**overrides), tiny_dataset(), steps_per_epoch=2)
+
+
+def test_alternating_steps_br_phases_switch_at_the_block_boundary():
+    """Blocks of round(1.5 * 2) = 3 steps, step sizes by CE first, then the weights by BR."""
+    config = tiny_config(
+        binreg__schedule="alternating_steps_br", binreg__alternate_epochs=1.5, binreg__lambda_=0.5
+    )
+    task_weight, trainable = binreg.make_phases(config, steps_per_epoch=2)
+    steps = range(9)
+    br = [False, False, False, True, True, True, False, False, False]
+    assert [float(task_weight(t)) for t in steps] == [0.0 if b else 1.0 for b in br]
+    assert [bool(trainable(t)["model"]) for t in steps] == br
+    assert [bool(trainable(t)["quantizer"]) for t in steps] == [not b for b in br]
+    weight = functools.partial(
+        binreg.schedule_weight,
+        lam=0.5,
+        schedule="alternating_steps_br",
+        steps_per_epoch=2,
+        alternate_epochs=1.5,
+    )
+    assert [float(weight(t)) for t in steps] == [0.5 if b else 0.0 for b in br]
+    assert "alternate the step sizes by CE and the weights by BR" in binreg.describe(config)
+    # The other schedules, and BR off (the lsq baseline), keep the one-phase trainer.
+    assert binreg.make_phases(tiny_config(binreg__schedule="alternating"), 2) == (None, None)
+    assert binreg.make_phases(
+        tiny_config(method="lsq", binreg__schedule="alternating_steps_br"), 2
+    ) == (None, None)
+
+
+def _groups(params):
+    """``(weights, step sizes)``: the leaves of the optimizer's model and quantizer groups."""
+    from jaxquant.layers import is_quantizer_param
+
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    weights, steps = {}, {}
+    for path, leaf in flat:
+        name = jax.tree_util.keystr(path)
+        (steps if is_quantizer_param(path[-1].key) else weights)[name] = np.asarray(leaf)
+    return weights, steps
+
+
+def _float_leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+
+
+def test_alternating_steps_br_moves_the_steps_by_ce_then_the_weights_by_br_alone():
+    """Two steps per block (steps_per_epoch 2, blocks of 1 epoch): steps 0-1 move only the step
+    sizes, steps 2-3 only the weights, by -lr * grad(lambda * BR) with momentum over BR's
+    gradients alone, and step 4 is back to the step sizes."""
+    lr, lam, momentum = 0.1, 0.5, 0.9
+    config = tiny_config(
+        binreg__schedule="alternating_steps_br",
+        binreg__alternate_epochs=1.0,
+        binreg__lambda_=lam,
+        optimizer__optimizer="sgd",
+        optimizer__learning_rate=lr,
+        optimizer__momentum=momentum,
+        optimizer__weight_decay=0.0,
+        optimizer__schedule="constant",
+        optimizer__quantizer_schedule="constant",
+    )
+    dataset = tiny_dataset()
+    images, labels = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
+    trainer = build_trainer(config, dataset, steps_per_epoch=2)
+    step = jax.jit(trainer.train_step)
+    states, metrics = [jax.jit(trainer.init)(jax.random.key(0), images)], []
+    for _ in range(5):
+        state, m = step(states[-1], images, labels, jax.random.key(1))
+        states.append(state)
+        metrics.append(m)
+    weights, steps = zip(*(_groups(s.params) for s in states))
+
+    def br_gradient(params):  # of lambda * sum_p BR, on the weights
+        grad = jax.grad(
+            lambda p: lam * sum(trainer.regularizer(p, i) for i in range(len(trainer.bits)))
+        )(params)
+        return _groups(grad)[0]
+
+    def same(a, b):
+        return all(np.array_equal(a[k], b[k]) for k in a)
+
+    def all_moved(a, b):
+        return all(not np.array_equal(a[k], b[k]) for k in a)
+
+    # Step-size phase (steps 0, 1): CE alone; the weights (BatchNorm included) do not move.
+    for t in (0, 1):
+        assert same(weights[t + 1], weights[0]) and all_moved(steps[t + 1], steps[t])
+        assert float(metrics[t]["regularizer_weight"]) == 0.0
+        np.testing.assert_allclose(
+            metrics[t]["loss"], np.sum(metrics[t]["loss_per_precision"]), rtol=1e-6
+        )
+    # BR phase (steps 2, 3): BR alone; the step sizes do not move, the weights follow -grad(BR)
+    # with SGD momentum, whose trace holds no CE gradient from the step-size phase.
+    g2, g3 = br_gradient(states[2].params), br_gradient(states[3].params)
+    for t, expected in ((2, g2), (3, {k: g3[k] + momentum * g2[k] for k in g3})):
+        assert same(steps[t + 1], steps[t])
+        assert float(metrics[t]["regularizer_weight"]) == lam
+        np.testing.assert_allclose(
+            metrics[t]["loss"], lam * np.sum(metrics[t]["regularizer_per_precision"]), rtol=1e-6
+        )
+        for k in weights[t]:  # to float32 rounding of the weights (BR moves them by ~1e-4)
+            ulp = np.spacing(np.max(np.abs(weights[t][k])))
+            np.testing.assert_allclose(
+                weights[t + 1][k] - weights[t][k],
+                -lr * expected[k],
+                rtol=1e-4,
+                atol=4 * ulp,
+                err_msg=k,
+            )
+    kernels = [k for k in g2 if "kernel" in k and np.any(g2[k] != 0)]
+    assert kernels and all_moved({k: weights[3][k] for k in kernels}, weights[2])
+    batch_norm = [k for k in g2 if "scale" in k or "bias" in k]
+    assert batch_norm and all(not np.any(g2[k]) for k in batch_norm)  # BR: no gradient to BN
+    # Back to the step sizes (step 4), whose Adam moments did not see BR's step gradient.
+    assert same(weights[5], weights[4]) and all_moved(steps[5], steps[4])
+    quantizer_state = [_float_leaves(s.opt_state.inner_states["quantizer"]) for s in states]
+    assert all(np.array_equal(a, b) for a, b in zip(quantizer_state[2], quantizer_state[4]))
+    assert not all(np.array_equal(a, b) for a, b in zip(quantizer_state[1], quantizer_state[2]))
 
 
 def test_first_and_last_layers_at_fixed_bits_are_regularised_at_their_bits():
@@ -503,6 +625,28 @@ def test_cpu_config_sizes_and_schedules():
     )
     assert config.binreg.schedule == "two_stage" and binreg.resolve_lambda(config) == 0.5
     assert 0 < binreg.resolve_start_epochs(config) < config.epochs
+
+
+def test_lambda_sweep_config_loops_over_its_lambdas():
+    path = ROOT / "experiments" / "configs" / "cifar10_binreg_lambda_sweep_cpu.py"
+    config, plain = load_config(path), load_config(path.parent / "cifar10_binreg_cpu.py")
+    assert binreg.resolve_lambda(config) == 0.5 and tuple(config.bits) == (2,)
+    assert {k: v for k, v in config.items() if k != "binreg"} == {
+        k: v for k, v in plain.items() if k != "binreg"
+    }  # only lambda varies from the binreg CPU run
+    spec = importlib.util.spec_from_file_location("lambda_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))  # its sibling import
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    assert 0.0 in module.LAMBDAS and 0.5 in module.LAMBDAS
+    loop = next(line for line in module.__doc__.splitlines() if line.strip().startswith("for lam"))
+    assert tuple(float(v) for v in loop.split(" in ")[1].split(";")[0].split()) == module.LAMBDAS
+    for lam in module.LAMBDAS:
+        config.binreg.lambda_ = lam
+        assert binreg.resolve_lambda(config) == lam
 
 
 @pytest.fixture(scope="module")

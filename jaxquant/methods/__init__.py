@@ -177,12 +177,14 @@ def build_trainer(
     model = build_model(config, dataset.num_classes, spec)
     total_steps = steps_per_epoch * config.epochs
     optimizer_settings = optimizer_config(config)
-    optimizer = make_optimizer(optimizer_settings, total_steps, steps_per_epoch)
     init_from_batches = method.init_from_batches(config) if method.init_from_batches else None
     # Bin Regularization: method 'binreg', or binreg.lambda_ > 0 on a method it applies to.
     regularizer, regularizer_weight = binreg.make_regularizer(
         config, model, dataset.image_shape, steps_per_epoch
     )
+    # BR's alternating_steps_br schedule: which loss and which parameter group, per phase.
+    task_weight, trainable = binreg.make_phases(config, steps_per_epoch)
+    optimizer = make_optimizer(optimizer_settings, total_steps, steps_per_epoch, trainable)
     return MultiPrecisionTrainer(
         model=model,
         bits=bits,
@@ -194,6 +196,7 @@ def build_trainer(
         init_from_batches=init_from_batches,
         regularizer=regularizer,
         regularizer_weight=regularizer_weight,
+        task_weight=task_weight,
         compute_dtype=resolve_dtype(config),
         lowering=Lowering(str(config.conv_batching), str(config.conv_weight_gradient)),
         learning_rates=schedules(optimizer_settings, total_steps, steps_per_epoch),

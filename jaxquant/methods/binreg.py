@@ -7,7 +7,9 @@ quantizers (`jaxquant.methods.lsq`), plus the bin regulariser of the quantized w
 ``lambda = 0.5`` (the paper's Table 7). Schedules (``binreg.schedule``): ``two_stage`` (the
 paper's: CE only for ``binreg.start_epochs``, default a third of the run, then CE + BR),
 ``joint`` (BR from the first step), ``alternating`` (our definition: blocks of
-``binreg.alternate_epochs`` epochs alternate CE only / CE + BR, CE only first).
+``binreg.alternate_epochs`` epochs alternate CE only / CE + BR, CE only first) and
+``alternating_steps_br`` (the paper's S3, see `make_phases`: blocks alternate between the step
+sizes alone, trained by CE, and the weights alone, trained by BR alone; step sizes first).
 ``binreg.lambda_ > 0`` adds BR to ``lsq``, ``vertical`` and ``anyprecision``.
 Details: docs/methods/binreg.md
 """
@@ -35,13 +37,16 @@ from jaxquant.report import save_figure
 NAME = "binreg"
 DEFAULT_DISTILLATION = "none"
 DEFAULT_LAMBDA = 0.5
-SCHEDULES = ("two_stage", "joint", "alternating")
+SCHEDULES = ("two_stage", "joint", "alternating", "alternating_steps_br")
+ALTERNATING = ("alternating", "alternating_steps_br")  # the schedules of blocks
 SECTION = {
     "lambda_": -1.0,  # lambda; -1 = the method's (binreg 0.5, the paper's Table 7; others 0 = off)
-    "schedule": "two_stage",  # two_stage | joint | alternating (see the module docstring)
+    # two_stage | joint | alternating | alternating_steps_br (see the module docstring)
+    "schedule": "two_stage",
     # two_stage: CE-only epochs first; -1 = a third of epochs (the paper: 30 of 90)
     "start_epochs": -1.0,
-    "alternate_epochs": 1.0,  # alternating: length of each block in epochs (fractions allowed)
+    # alternating, alternating_steps_br: length of each block in epochs (fractions allowed)
+    "alternate_epochs": 1.0,
     # weight (w vs code*s, the re-implementation's) | code (w/s vs the integer code)
     "units": "weight",
     "stop_step_gradient": False,  # True: BR's gradient does not reach the step sizes
@@ -83,7 +88,8 @@ def schedule_weight(
     alternate_epochs: float = 1.0,
 ) -> jax.Array:
     """The weight of BR at optimizer step ``step`` (may be traced): ``lam`` when BR is on, else 0
-    (see the module docstring for the schedules)."""
+    (see the module docstring for the schedules; ``alternating`` and ``alternating_steps_br``
+    switch BR on in the same blocks, the odd ones)."""
     if schedule not in SCHEDULES:
         raise ConfigError(f"unknown binreg.schedule {schedule!r}; choose one of {SCHEDULES}")
     step = jnp.asarray(step, jnp.int32)
@@ -92,9 +98,67 @@ def schedule_weight(
     elif schedule == "two_stage":
         on = step >= int(round(start_epochs * steps_per_epoch))
     else:
-        block = max(int(round(alternate_epochs * steps_per_epoch)), 1)
-        on = (step // block) % 2 == 1
+        on = in_br_phase(step, steps_per_epoch, alternate_epochs)
     return jnp.where(on, jnp.float32(lam), jnp.float32(0.0))
+
+
+def in_br_phase(step, steps_per_epoch: int, alternate_epochs: float) -> jax.Array:
+    """Whether optimizer step ``step`` (may be traced) lies in an odd block of
+    ``round(alternate_epochs * steps_per_epoch)`` steps (at least 1): the BR blocks of the
+    ``alternating`` and ``alternating_steps_br`` schedules."""
+    block = max(int(round(alternate_epochs * steps_per_epoch)), 1)
+    return (jnp.asarray(step, jnp.int32) // block) % 2 == 1
+
+
+def make_phases(config, steps_per_epoch: int) -> tuple[Callable | None, Callable | None]:
+    """``(task_weight, trainable)`` for ``binreg.schedule = 'alternating_steps_br'`` (both None
+    for the other schedules, or when BR is off): ``task_weight(step)`` is the weight of the task
+    loss (`MultiPrecisionTrainer.task_weight`), ``trainable(step)`` says which optimizer group
+    moves (`training.optim.make_optimizer`).
+
+    **The paper's S3.** Han et al. compare three ways of training with BR (their S1, S2 and
+    S3) and choose S2 (``two_stage``). S3 alternates between updating the quantization step
+    sizes alone, with the task loss, and applying Bin Regularization alone, which updates the
+    weights with the BR loss. That one sentence is all we have of it (the paper's full text was
+    not at hand, and it has no public code); jaxquant's reading, step by step:
+
+    - Blocks of ``binreg.alternate_epochs`` epochs (``round(a * E)`` optimizer steps, at least 1;
+      a tiny value alternates every step), **step sizes first**: the blocks of the
+      ``alternating`` schedule, with BR in the odd ones.
+    - **Step-size phase**: the loss is the task loss alone (BR's weight 0), and only the
+      optimizer's ``quantizer`` group moves: every quantizer parameter
+      (`jaxquant.layers.is_quantizer_param`: the weights' and the activations' step sizes).
+    - **BR phase**: the loss is ``lambda * BR`` alone (the task loss's weight is 0, so no CE
+      gradient reaches any parameter), and only the ``model`` group moves: the weights. The
+      step sizes do not move even though BR has a gradient on them (``stop_step_gradient``
+      makes no difference here).
+    - A group that does not move gets a zero update and its optimizer state (momentum, Adam's
+      moments, weight decay) does not advance, as with one optimizer per group of which only
+      one steps; so the weights' momentum only ever holds BR gradients and the step sizes'
+      Adam moments only CE gradients. The learning rate schedules follow the run's step.
+    - **BatchNorm**: its scale and bias are network parameters, in the ``model`` group. They do
+      not move in the step-size phase; in the BR phase BR gives them no gradient, so they move
+      only by the model group's weight decay (with ``optimizer.decay_batchnorm``, the default)
+      and momentum, like the biases and full-precision layers. ``optimizer.weight_decay=0``
+      gives the strict reading, in which the BR phase changes only the quantized kernels. The
+      running statistics are re-estimated by every training batch in both phases (the forward
+      pass runs in both), so evaluation sees the statistics of the current weights.
+
+    Since no weight ever sees the task loss, the schedule is for a trained network: fine-tune
+    with ``init_from``, as the paper quantizes pretrained models.
+    """
+    if str(_get(config, "schedule")) != "alternating_steps_br" or resolve_lambda(config) == 0.0:
+        return None, None
+    alternate = float(_get(config, "alternate_epochs"))
+
+    def task_weight(step):
+        return jnp.where(in_br_phase(step, steps_per_epoch, alternate), 0.0, 1.0)
+
+    def trainable(step):
+        br = in_br_phase(step, steps_per_epoch, alternate)
+        return {"model": br, "quantizer": jnp.logical_not(br)}
+
+    return task_weight, trainable
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,7 +216,7 @@ def make_regularizer(
             f"binreg.start_epochs={start:g} leaves no epoch of BR in a {config.epochs}-epoch run; "
             f"use a value in [0, {config.epochs}) (or -1 for a third of the run)"
         )
-    if schedule == "alternating" and alternate <= 0:
+    if schedule in ALTERNATING and alternate <= 0:
         raise ConfigError(
             f"binreg.alternate_epochs={alternate:g}; use a positive block length in epochs"
         )
@@ -200,6 +264,8 @@ def describe(config) -> str:
         "two_stage": f"after {resolve_start_epochs(config):g} CE-only epochs",
         "joint": "from the start",
         "alternating": f"in alternate blocks of {float(_get(config, 'alternate_epochs')):g} epochs",
+        "alternating_steps_br": f"blocks of {float(_get(config, 'alternate_epochs')):g} epochs "
+        "alternate the step sizes by CE and the weights by BR",
     }
     return (
         f"bin regularization lambda {lam:g} {schedule} ({detail.get(schedule, '')}), "

@@ -4,7 +4,7 @@ rate schedules."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -111,10 +111,37 @@ def schedules(
     }
 
 
-def make_optimizer(
-    config: OptimizerConfig, total_steps: int, steps_per_epoch: int
+def _moments(kind: str, momentum: float, nesterov: bool = False) -> optax.GradientTransformation:
+    """What ``optax.sgd`` / ``optax.adam`` apply before the learning rate."""
+    if kind == "adam":
+        return optax.scale_by_adam()
+    return optax.trace(momentum, nesterov) if momentum else optax.identity()
+
+
+def _trained_when(
+    before_lr: optax.GradientTransformation, lr: optax.Schedule, on: Callable
 ) -> optax.GradientTransformation:
-    """``multi_transform`` over the two parameter groups (see `OptimizerConfig`)."""
+    """``before_lr`` (weight decay, momentum or Adam's moments) only at the optimizer steps where
+    ``on(step)``: elsewhere a zero update and its state unchanged. The learning rate stays outside
+    the mask, so it follows the run's step in every phase."""
+    return optax.chain(
+        optax.transforms.conditionally_mask(before_lr, on), optax.scale_by_learning_rate(lr)
+    )
+
+
+def make_optimizer(
+    config: OptimizerConfig,
+    total_steps: int,
+    steps_per_epoch: int,
+    trainable: Callable | None = None,
+) -> optax.GradientTransformation:
+    """``multi_transform`` over the two parameter groups (see `OptimizerConfig`).
+
+    ``trainable(step) -> {'model': bool, 'quantizer': bool}`` (``step`` traced; None: both groups
+    at every step): a group that is not trainable at an optimizer step gets a zero update, and
+    its weight decay, momentum or Adam moments do not advance; its learning rate still follows
+    the run's step (Bin Regularization's ``alternating_steps_br`` schedule).
+    """
     group_schedules = schedules(config, total_steps, steps_per_epoch)
     lr, qlr = group_schedules["model"], group_schedules["quantizer"]
 
@@ -144,6 +171,17 @@ def make_optimizer(
     else:
         raise ConfigError(
             f"unknown quantizer optimizer {config.quantizer_optimizer!r}; use adam or sgd"
+        )
+    if trainable is not None:
+        model_tx = _trained_when(
+            optax.chain(wd, _moments(config.optimizer, config.momentum, config.nesterov)),
+            lr,
+            lambda step: trainable(step)["model"],
+        )
+        quant_tx = _trained_when(
+            _moments(config.quantizer_optimizer, config.momentum),
+            qlr,
+            lambda step: trainable(step)["quantizer"],
         )
     return optax.multi_transform(
         {"model": model_tx, "quantizer": quant_tx},

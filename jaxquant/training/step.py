@@ -81,6 +81,9 @@ class MultiPrecisionTrainer:
     regularizer_weight: Callable | None = None
     """``step -> scalar``: the regulariser's weight at optimizer step ``step`` (traced), e.g. BR's
     lambda times its schedule; None: 1."""
+    task_weight: Callable | None = None
+    """``step -> scalar``: the task loss's weight at optimizer step ``step`` (traced), e.g. 0 in
+    the BR phases of BR's ``alternating_steps_br`` schedule; None: 1."""
     compute_dtype: Any = jnp.float32
     """The dtype the model computes in: the preprocessed images are cast to it and the layers
     follow their input's dtype (``jnp.bfloat16``: convolutions, matmuls and activations in bf16,
@@ -190,6 +193,8 @@ class MultiPrecisionTrainer:
             loss, per_precision = multi_precision_loss(
                 logits, labels, self.bits, self.distillation, self.loss_weights, self.loss_fn
             )
+            if self.task_weight is not None:
+                loss = self.task_weight(state.step) * loss
             regularization = {}
             if self.regularizer is not None:
                 regularization = self.regularization(params, state.step)
