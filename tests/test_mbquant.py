@@ -1,6 +1,6 @@
 """Tests of MBQuant's selection tables and BitOPs (`jaxquant.methods.mbquant`) and of the generic
-`MultiBranchConv` (`jaxquant.layers`). Expected tables are copied from the digest
-(``shared/research/seeds_mbquant_bitsplit.md`` part A); expected layer outputs are built by hand
+`MultiBranchConv` (`jaxquant.layers`). Expected tables are transcribed from the official
+MBQuant code's selection rules; expected layer outputs are built by hand
 in NumPy (quantization) and plain ``jax.lax`` convolutions, never by the layer under test."""
 
 from __future__ import annotations
