@@ -238,7 +238,7 @@ def test_the_printed_derivation(capsys):
     printed = capsys.readouterr().out
     assert f"derived partial widths {mbquant.CIFAR_RESNET20_PARTIAL_WIDTHS}" in printed
     assert " 3       364,727,040       363,331,584  1.0038" in printed  # CIFAR ResNet-20, b = 3
-    assert printed.count("ratio") == 3
+    assert printed.count("ratio") == 6  # ResNet-20 twice, ResNet-18, ResNet-50, MobileNetV1 twice
 
 
 # ----------------------------------------------------------------------------------------------

@@ -69,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
     # (4, 1e-4)); () = weight_decay
     o.weight_decay_by_bits = ()
     o.decay_batchnorm = True
+    # fnmatch patterns of parameter paths ("layer/.../name") without weight decay, e.g.
+    # ("*_dw/kernel",) (MBQuant's MobileNetV1 depthwise kernels); () = decay every model weight
+    o.no_decay = ()
     o.schedule = "cosine"  # cosine | constant | step
     o.per_epoch_schedule = False
     o.warmup_epochs = 0.0

@@ -149,7 +149,21 @@ def branch_selection(
 # ----------------------------------------------------------------------------------------------
 # Wiring: the method's model and quantizers for a config (`jaxquant.methods.build_trainer`).
 
-MODELS = ("small_cnn", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34")
+MODELS = (
+    "small_cnn",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "mobilenet_v1",
+)
+NO_DECAY_MOBILENET_V1 = ("*_dw/kernel",)
+"""``optimizer.no_decay`` of the official MobileNetV1 recipe: no weight decay on the depthwise
+kernels (with ``optimizer.decay_batchnorm=False``: none on any BatchNorm either;
+`experiments/configs/imagenet_mbquant_mobilenetv1.py`)."""
 
 
 def quant_spec(config) -> QuantSpec:
@@ -161,7 +175,10 @@ def quant_spec(config) -> QuantSpec:
 def build_model(config, num_classes: int):
     """The multi-branch model named by ``config.model`` (``small_cnn`` -> `MultiBranchCNN`,
     ``resnet20/32/44/56`` -> `MultiBranchCifarResNet`, ``resnet18/34`` -> the ImageNet
-    `MultiBranchResNet`, with the code's channel shuffle if ``config.mbquant.channel_shuffle``) for
+    `MultiBranchResNet`, with the code's channel shuffle if ``config.mbquant.channel_shuffle``;
+    ``resnet50`` -> `MultiBranchBottleneckResNet` (base width ``64 * config.width``; its
+    ``partial_widths`` are 8: the four block-output widths, then the four middle ones);
+    ``mobilenet_v1`` -> `MultiBranchMobileNetV1` (width multiplier ``config.width``)) for
     ``config.bits`` in 2..8, with the ``config.mbquant.selection`` table and ``weight_slots``
     layout."""
     from jaxquant.models.multibranch import (
@@ -208,6 +225,8 @@ def build_model(config, num_classes: int):
             stage_sizes=stages, channel_shuffle=bool(mb.channel_shuffle), **common
         )
         model.shuffle_indices()  # partial widths the shuffle's groups cannot split fail here
+    elif config.model in ("resnet50", "mobilenet_v1"):
+        model = _build_imagenet_model(config, common)
     elif config.model in MODELS:
         if config.preactivation or config.quantize_shortcut:
             raise ConfigError(
@@ -227,6 +246,38 @@ def build_model(config, num_classes: int):
         return model
     raise ConfigError(
         f"model {config.model!r} has no MBQuant multi-branch variant yet; choose one of {MODELS}"
+    )
+
+
+def _build_imagenet_model(config, common):
+    """ResNet-50 and MobileNetV1 (`build_model`)."""
+    from jaxquant.models.multibranch_bottleneck import MultiBranchBottleneckResNet
+    from jaxquant.models.multibranch_mobilenet import MultiBranchMobileNetV1
+
+    if config.quantize_shortcut:
+        raise ConfigError(
+            f"MBQuant's {config.model} has multi-branch 2-bit convs throughout the body; "
+            "set quantize_shortcut=False"
+        )
+    width = float(config.width)
+    if config.model == "mobilenet_v1":
+        return MultiBranchMobileNetV1(width=width, **common)
+    base_width = int(round(64 * width))
+    if base_width < 1 or base_width != 64 * width:
+        raise ConfigError(
+            f"resnet50 needs width * 64 to be a whole number of channels, got width={width}"
+        )
+    partial = common.pop("partial_widths")
+    if partial and len(partial) != 8:
+        raise ConfigError(
+            f"resnet50's mbquant.partial_widths are 8 widths (the four stages' block outputs, "
+            f"then their bottleneck middles), got {partial}; or () for the official ones"
+        )
+    return MultiBranchBottleneckResNet(
+        base_width=base_width,
+        partial_widths=partial[:4],
+        mid_partial_widths=partial[4:],
+        **common,
     )
 
 

@@ -25,6 +25,8 @@ __all__ = [
     "BranchConvSpec",
     "cifar_resnet_convs",
     "resnet18_convs",
+    "resnet50_convs",
+    "mobilenet_v1_convs",
     "multibranch_cnn_convs",
     "bitops",
     "plain_bitops",
@@ -47,6 +49,7 @@ class BranchConvSpec(NamedTuple):
     c_out: int
     partial_in: int
     partial_out: int
+    depthwise: bool = False  # MobileNetV1's depthwise convs: b-bit weights (c_in = partial_in = 1)
 
     @property
     def macs(self) -> int:
@@ -74,6 +77,50 @@ def resnet18_convs(
 ) -> list[BranchConvSpec]:
     """The multi-branch convs of ImageNet ResNet-18 (layer1..4 after the stem and max-pool)."""
     return _resnet_convs((64, 128, 256, 512), partial_widths, 2, image_size // 4, stem=64)
+
+
+def resnet50_convs(
+    partial_widths: Sequence[int] = (208, 416, 832, 2048),
+    mid_partial_widths: Sequence[int] = (40, 80, 160, 320),
+    image_size: int = 224,
+) -> list[BranchConvSpec]:
+    """The multi-branch convs of the ImageNet ResNet-50 (`MultiBranchBottleneckResNet`)."""
+    convs, size, c_prev, p_prev = [], image_size // 4, 64, 64
+    for s, blocks in enumerate((3, 4, 6, 3)):
+        mid, p, pm = 64 * 2**s, partial_widths[s], mid_partial_widths[s]
+        out = 4 * mid
+        for blk in range(blocks):
+            stride = 2 if s > 0 and blk == 0 else 1
+            name = f"stage{s}_block{blk}"
+            convs.append(BranchConvSpec(f"{name}_conv0", size * size, 1, c_prev, mid, p_prev, pm))
+            size //= stride
+            convs.append(BranchConvSpec(f"{name}_conv1", size * size, 3, mid, mid, pm, pm))
+            last = s == 3 and blk == blocks - 1
+            convs.append(
+                BranchConvSpec(f"{name}_conv2", size * size, 1, mid, out, pm, out if last else p)
+            )
+            if blk == 0:
+                convs.append(
+                    BranchConvSpec(f"{name}_shortcut", size * size, 1, c_prev, out, p_prev, p)
+                )
+            c_prev, p_prev = out, p
+    return convs
+
+
+def mobilenet_v1_convs(
+    partial_widths: Sequence[int] = (), image_size: int = 224
+) -> list[BranchConvSpec]:
+    """The convs of the multi-branch MobileNetV1 (`MultiBranchMobileNetV1`): per block a b-bit
+    depthwise 3x3 (``depthwise=True``) and a multi-branch 2-bit pointwise 1x1."""
+    from jaxquant.models.multibranch_mobilenet import mobilenet_v1_blocks
+
+    _, blocks = mobilenet_v1_blocks(1.0, partial_widths)
+    convs, size = [], image_size // 2
+    for i, (c_in, c_out, stride, p_in, p_out) in enumerate(blocks):
+        size //= stride
+        convs.append(BranchConvSpec(f"block{i}_dw", size * size, 3, 1, c_in, 1, p_in, True))
+        convs.append(BranchConvSpec(f"block{i}_pw", size * size, 1, c_in, c_out, p_in, p_out))
+    return convs
 
 
 def multibranch_cnn_convs(
@@ -132,13 +179,17 @@ def _resnet_convs(stages, partial_widths, blocks, size, stem) -> list[BranchConv
 
 def bitops(convs: Sequence[BranchConvSpec], b: int, selection: str = "amortised") -> int:
     """BitOPs of the b-bit multi-branch network: per conv, ``MACs * 2 * b`` per selected full
-    branch plus ``partial MACs * 2 * b`` for the partial slice (odd b)."""
+    branch plus ``partial MACs * 2 * b`` for the partial slice (odd b); a depthwise conv's
+    weights are b-bit, so ``MACs * b * b`` per selected chunk."""
     check_selection(selection)
     (b,) = validate_bits((b,))
     full = int(FULL_BRANCHES[selection][b].sum())
     has_partial = PARTIAL_BRANCH[selection][b] >= 0
     return sum(
-        (full * c.macs + (c.partial_macs if has_partial else 0)) * WEIGHT_BITS * b for c in convs
+        (full * c.macs + (c.partial_macs if has_partial else 0))
+        * (b if c.depthwise else WEIGHT_BITS)
+        * b
+        for c in convs
     )
 
 
@@ -224,6 +275,16 @@ def main() -> None:
     print(format_bitops_table(cifar_resnet_convs((16, 24, 48))))
     print(f"\nImageNet ResNet-18, official widths {RESNET18_PARTIAL_WIDTHS}:")
     print(format_bitops_table(resnet18_convs(RESNET18_PARTIAL_WIDTHS)))
+    print("\nImageNet ResNet-50, official widths (208, 416, 832, 2048) / (40, 80, 160, 320):")
+    print(format_bitops_table(resnet50_convs()))
+    convs = mobilenet_v1_convs()
+    print(
+        "\nImageNet MobileNetV1, official widths (52, 40, 101, ..., 892, 1024); depthwise b-bit "
+        "weights on the selected chunks, pointwise 2-bit branches:"
+    )
+    print(format_bitops_table(convs))
+    print("  of which pointwise only:")
+    print(format_bitops_table([c for c in convs if not c.depthwise]))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from jaxquant.models.cnn import SmallCNN
 from jaxquant.models.mobilenet import MobileNetV2
 from jaxquant.models.multibranch import MultiBranchCifarResNet, MultiBranchCNN, MultiBranchResNet
+from jaxquant.models.multibranch_bottleneck import MultiBranchBottleneckResNet
+from jaxquant.models.multibranch_mobilenet import MultiBranchMobileNetV1
 from jaxquant.models.resnet import ResNet, ResNet18, ResNet34
 from jaxquant.models.resnet_cifar import CifarResNet
 
@@ -15,5 +17,7 @@ __all__ = [
     "MultiBranchCNN",
     "MultiBranchCifarResNet",
     "MultiBranchResNet",
+    "MultiBranchBottleneckResNet",
+    "MultiBranchMobileNetV1",
     "MobileNetV2",
 ]

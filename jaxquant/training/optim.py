@@ -4,6 +4,7 @@ rate schedules."""
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from typing import Callable, Sequence
 
 import jax
@@ -25,6 +26,9 @@ class OptimizerConfig:
     nesterov: bool = False
     weight_decay: float = 1e-4
     decay_batchnorm: bool = True  # MBQuant's code decays BN gamma/beta too
+    # parameter paths ("layer/.../name", fnmatch patterns) that get no weight decay, e.g.
+    # ("*_dw/kernel",): MBQuant's MobileNetV1 depthwise kernels
+    no_decay: tuple[str, ...] = ()
     schedule: str = "cosine"  # cosine | constant | step
     per_epoch_schedule: bool = (
         False  # staircase: the LR changes once per epoch (PyTorch scheduler.step())
@@ -82,8 +86,11 @@ def _param_group(path: tuple, _) -> str:
     return "quantizer" if is_quantizer_param(name) else "model"
 
 
-def _decays(path: tuple, _, decay_batchnorm: bool) -> bool:
+def _decays(path: tuple, _, decay_batchnorm: bool, no_decay: Sequence[str] = ()) -> bool:
     names = [getattr(k, "key", str(k)) for k in path]
+    joined = "/".join(str(n) for n in names)
+    if any(fnmatch.fnmatchcase(joined, pattern) for pattern in no_decay):
+        return False
     is_bn = any(n.endswith("bn") or "_bn" in n for n in names[:-1]) and names[-1] in (
         "scale",
         "bias",
@@ -147,7 +154,7 @@ def make_optimizer(
 
     def decay_mask(params):
         return jax.tree_util.tree_map_with_path(
-            lambda p, v: _decays(p, v, config.decay_batchnorm), params
+            lambda p, v: _decays(p, v, config.decay_batchnorm, tuple(config.no_decay)), params
         )
 
     # PyTorch adds the L2 term to the gradient before momentum/Adam: add_decayed_weights first.
