@@ -5,6 +5,7 @@
   jaxquant export --workdir DIR --out model.vl [--basic-bits 2] [--recalibrate-batches N]
   jaxquant bins  --workdir DIR [--layer NAME] [--bits B] [--plot PNG [--compare DIR ...]]
   jaxquant ptq   --workdir FP_RUN [--config FILE] [--out DIR] [--config.KEY=VALUE ...]
+  jaxquant compare CONFIG [--workdir DIR] [--config.KEY=VALUE ...] [--no-progress]
   jaxquant data prepare NAME [NAME ...] [--data-dir DIR] [--manual-dir DIR]
                 [--file-format array_record|tfrecord] [--no-verify-checksums]
 
@@ -119,6 +120,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     ptq.add_argument("--out", default=None, help="output folder (default: WORKDIR/ptq)")
     ptq.add_argument("--no-progress", action="store_true", help="no progress bar")
+    compare = sub.add_parser(
+        "compare", help="train / PTQ every method of a compare config; one table (docs/compare.md)"
+    )
+    compare.add_argument(
+        "config", help="compare config, e.g. experiments/configs/compare_digits.py"
+    )
+    compare.add_argument("--workdir", default=None, help="default: runs/<config name>")
+    compare.add_argument("--no-progress", action="store_true", help="no progress bar")
     data = sub.add_parser("data", help="tfds datasets").add_subparsers(dest="action", required=True)
     prepare = data.add_parser(
         "prepare", help="build tfds datasets: download, or offline from their archives"
@@ -453,6 +462,14 @@ def ptq_workdir(args, overrides: dict[str, str]) -> int:
     return 0
 
 
+def compare_workdir(args, overrides: dict[str, str]) -> int:
+    """Every method of a compare config, run or resumed in WORKDIR/<entry>; one table."""
+    from jaxquant.compare import compare
+
+    workdir = args.workdir or pathlib.Path("runs") / pathlib.Path(args.config).stem
+    return compare(args.config, workdir, overrides, progress=not args.no_progress)
+
+
 def main(argv: list[str] | None = None) -> int:
     from jaxquant.errors import JaxquantError
 
@@ -464,9 +481,11 @@ def main(argv: list[str] | None = None) -> int:
             return train(args, overrides)
         if args.command == "ptq":
             return ptq_workdir(args, overrides)
+        if args.command == "compare":
+            return compare_workdir(args, overrides)
         if overrides:
             raise JaxquantError(
-                "--config.KEY overrides only apply to `jaxquant train` and `jaxquant ptq`"
+                "--config.KEY overrides only apply to `jaxquant train`, `ptq` and `compare`"
             )
         if args.command == "export":
             return export_workdir(args)

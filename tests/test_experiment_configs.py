@@ -16,7 +16,9 @@ CONFIGS = sorted(
     (pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs").glob("*.py")
 )
 PTQ_CONFIGS = [p for p in CONFIGS if "settings" in load_config(p)]
-TRAINING_CONFIGS = [p for p in CONFIGS if p not in PTQ_CONFIGS]
+# `jaxquant compare` configs (a base run config and entries): tests/test_compare.py plans them.
+COMPARE_CONFIGS = [p for p in CONFIGS if "entries" in load_config(p)]
+TRAINING_CONFIGS = [p for p in CONFIGS if p not in PTQ_CONFIGS + COMPARE_CONFIGS]
 SHAPES = {
     "digits": (8, 8, 1),
     "mnist": (28, 28, 1),
