@@ -107,6 +107,48 @@ class BranchSelection:
 _ARCSINE_HALF_NORMAL = 1.0 / (1.0 - 2.0 / 3.141592653589793) ** 0.5  # 1/sqrt(1 - 2/pi)
 
 
+def interval_params(module: nn.Module, kernel: jax.Array, x32: jax.Array, g: int) -> tuple:
+    """``(w_lower, w_upper, a_lower, a_upper)``: the learned intervals of a multi-branch layer
+    (`MultiBranchConv`, the MobileNetV1's depthwise conv) with ``g`` branches, created at the
+    official init from ``kernel`` (g, ...) and the float32 input ``x32`` (..., g, C): weights
+    +-3 std of each branch's kernel; activations one row per bit-width, per branch and for the
+    whole input. Stored activation rows built for other bits are refused."""
+    branch_std = lambda k: 3.0 * jnp.std(k.reshape(g, -1), axis=1)  # noqa: E731
+    w_upper = module.param("weight_upper", lambda _: branch_std(kernel))
+    w_lower = module.param("weight_lower", lambda _: -branch_std(kernel))
+
+    def act_init(stat):
+        def init(_):
+            per_branch = jnp.moveaxis(x32, -2, 0).reshape(g, -1)
+            values = jnp.concatenate([stat(per_branch, axis=1), stat(x32.reshape(1, -1), axis=1)])
+            return jnp.broadcast_to(values, (len(module.bits), g + 1))
+
+        return init
+
+    for name in ("act_lower", "act_upper"):  # one row per bit-width: refuse other bits'
+        if module.has_variable("params", name):
+            check_precision_rows(
+                layer_label(module),
+                f"params '{name}'",
+                np.shape(module.get_variable("params", name)),
+                (len(module.bits), g + 1),
+                len(module.bits),
+            )
+    # 3 std / sqrt(1 - 2/pi) and the minimum, as the official init (kept apart by at least
+    # 1e-3).
+    a_lower = module.param("act_lower", act_init(jnp.min))
+    a_upper = module.param(
+        "act_upper",
+        act_init(
+            lambda v, axis: jnp.maximum(
+                3.0 * jnp.std(v, axis=axis, ddof=1) * _ARCSINE_HALF_NORMAL,
+                jnp.min(v, axis=axis) + 1e-3,
+            )
+        ),
+    )
+    return w_lower, w_upper, a_lower, a_upper
+
+
 class MultiBranchConv(nn.Module):
     """G branches of latent FP weights quantized to fixed 2-bit levels ``{-1, -1/3, 1/3, 1}``
     (`quantizers.interval_weight`, a learnable ``[l, u]`` per weight slot), inputs quantized at
@@ -175,41 +217,7 @@ class MultiBranchConv(nn.Module):
         dtype, x32 = x.dtype, q.as_float32(x)  # data-dependent inits and quantizers read float32
         if q.is_low_precision(dtype):
             check_exact_codes(self, dtype)
-        branch_std = lambda k: 3.0 * jnp.std(k.reshape(g, -1), axis=1)  # noqa: E731
-        w_upper = self.param("weight_upper", lambda _: branch_std(kernel))
-        w_lower = self.param("weight_lower", lambda _: -branch_std(kernel))
-
-        def act_init(stat):
-            def init(_):
-                per_branch = jnp.moveaxis(x32, -2, 0).reshape(g, -1)
-                values = jnp.concatenate(
-                    [stat(per_branch, axis=1), stat(x32.reshape(1, -1), axis=1)]
-                )
-                return jnp.broadcast_to(values, (len(self.bits), g + 1))
-
-            return init
-
-        for name in ("act_lower", "act_upper"):  # one row per bit-width: refuse other bits'
-            if self.has_variable("params", name):
-                check_precision_rows(
-                    layer_label(self),
-                    f"params '{name}'",
-                    np.shape(self.get_variable("params", name)),
-                    (len(self.bits), g + 1),
-                    len(self.bits),
-                )
-        # 3 std / sqrt(1 - 2/pi) and the minimum, as the official init (kept apart by at least
-        # 1e-3).
-        a_lower = self.param("act_lower", act_init(jnp.min))
-        a_upper = self.param(
-            "act_upper",
-            act_init(
-                lambda v, axis: jnp.maximum(
-                    3.0 * jnp.std(v, axis=axis, ddof=1) * _ARCSINE_HALF_NORMAL,
-                    jnp.min(v, axis=axis) + 1e-3,
-                )
-            ),
-        )
+        w_lower, w_upper, a_lower, a_upper = interval_params(self, kernel, x32, g)
 
         if (
             self.is_mutable_collection(INTERVAL_INIT) and not self.is_initializing()

@@ -26,6 +26,7 @@ from jaxquant.layers import (
     QuantDense,
 )
 from jaxquant.layers import conv as lowering
+from jaxquant.layers.multibranch import _ARCSINE_HALF_NORMAL, interval_params
 from jaxquant.layers.quant import bits_at, check_precision
 from jaxquant.models.common import avg_pool_all, relu
 from jaxquant.models.multibranch import _check_selection
@@ -37,8 +38,6 @@ from jaxquant.models.multibranch_ops import BranchBatchNorm
 MOBILENET_V1_STAGES = ((64, 1, 1), (128, 2, 2), (256, 2, 2), (512, 6, 2), (1024, 2, 2))
 MOBILENET_V1_STEM = 32
 MOBILENET_V1_PARTIAL_WIDTHS = (52, 40, 101, 148, 223, 373, 404, 236, 376, 419, 233, 892, 1024)
-
-_ARCSINE_HALF_NORMAL = 1.0 / (1.0 - 2.0 / np.pi) ** 0.5
 
 
 def depthwise_weight(w: jax.Array, lower, upper, bits) -> jax.Array:
@@ -95,31 +94,7 @@ class MultiBranchDepthwiseConv(nn.Module):
             raise ConfigError(f"partial width {p} does not fit {c} channels")
         kernel = self.param("kernel", self.kernel_init, (g, *self.kernel_size, 1, c))
         x32 = q.as_float32(x)
-        branch_std = lambda k: 3.0 * jnp.std(k.reshape(g, -1), axis=1)  # noqa: E731
-        w_upper = self.param("weight_upper", lambda _: branch_std(kernel))
-        w_lower = self.param("weight_lower", lambda _: -branch_std(kernel))
-
-        def act_init(stat):
-            def init(_):
-                per_branch = jnp.moveaxis(x32, -2, 0).reshape(g, -1)
-                values = jnp.concatenate(
-                    [stat(per_branch, axis=1), stat(x32.reshape(1, -1), axis=1)]
-                )
-                return jnp.broadcast_to(values, (len(self.bits), g + 1))
-
-            return init
-
-        a_lower = self.param("act_lower", act_init(jnp.min))
-        a_upper = self.param(
-            "act_upper",
-            act_init(
-                lambda v, axis: jnp.maximum(
-                    3.0 * jnp.std(v, axis=axis, ddof=1) * _ARCSINE_HALF_NORMAL,
-                    jnp.min(v, axis=axis) + 1e-3,
-                )
-            ),
-        )
-        intervals = (w_lower, w_upper, a_lower, a_upper)
+        intervals = interval_params(self, kernel, x32, g)
         if self.is_mutable_collection(INTERVAL_INIT) and not self.is_initializing():
             intervals = self._initial_intervals(x32, kernel, precision, p, intervals)
         bit_width = bits_at(self.bits, precision)
