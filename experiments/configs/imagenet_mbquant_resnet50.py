@@ -11,34 +11,12 @@ ResNet-50 loader of pretrained weights is broken as released.
       --config.data_dir=DATA_DIR --workdir runs/imagenet_mbquant_resnet50
 """
 
-from jaxquant.configs.base import base_config
+from imagenet_mbquant_resnet18 import get_config as resnet18_config  # a sibling config
 
 
 def get_config():
-    c = base_config()
-    c.method = "mbquant"
-    c.dataset = "imagenet2012"
+    c = resnet18_config()  # the code's ResNet recipe: everything but the model
     c.model = "resnet50"
-    c.bits = (2, 4, 6, 8)
-    c.mbquant.selection = "amortised"
     c.mbquant.partial_widths = ()  # the code's (208, 416, 832, 2048) + (40, 80, 160, 320)
     c.mbquant.channel_shuffle = False  # commented out in the code's bottleneck
-    c.distillation = "largest"
-    c.mbquant.interval_init = "batches"
-    c.augment = "none"  # RandomResizedCrop + flip happen in the input pipeline
-    c.epochs = 90
-    c.batch_size = 256
-    c.optimizer.optimizer = "sgd"
-    c.optimizer.learning_rate = 0.1
-    c.optimizer.momentum = 0.9
-    c.optimizer.nesterov = False
-    c.optimizer.weight_decay = 1e-4
-    c.optimizer.decay_batchnorm = True
-    c.optimizer.schedule = "cosine"
-    c.optimizer.per_epoch_schedule = True
-    c.optimizer.warmup_epochs = 0.0
-    c.optimizer.quantizer_optimizer = "adam"
-    c.optimizer.quantizer_learning_rate = 1e-4
-    c.optimizer.quantizer_schedule = "cosine"
-    c.checkpoint_every_steps = 5000  # about one epoch (1,281,167 / 256)
     return c
