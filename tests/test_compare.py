@@ -10,6 +10,8 @@ import time
 import pytest
 
 from jaxquant import cli, compare
+from jaxquant.configs.compare import every_method
+from jaxquant.errors import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "experiments" / "configs" / "compare_digits.py"
@@ -120,6 +122,29 @@ def test_cifar10_config_loads_and_plans(tmp_path):
     assert entries[6].runs[0].config.settings == ("W2A2", "W3A3", "W4A4", "W8A8")
     assert all(r.config.data_dir == "/nowhere" for e in entries[:6] for r in e.runs)
     assert not list(tmp_path.iterdir())  # planning writes nothing
+
+
+def test_every_method_merges_overrides_and_refuses_unknown_names():
+    entries = every_method(mbquant={"widths": (4, 8, 8), "method": "mbquant"})
+    by_name = {e["name"]: e for e in entries}
+    assert list(by_name) == [
+        "lsq", "lsq_br", "anyprecision", "vertical", "mbquant", "fp", "bitsplit", "rtn",
+    ]  # fmt: skip
+    assert by_name["mbquant"]["overrides"] == {"method": "mbquant", "widths": (4, 8, 8)}
+    assert by_name["lsq_br"] == dict(
+        name="lsq_br",
+        label="LSQ + BR (one model per bit-width)",
+        kind="train",
+        per_bits=True,
+        overrides={"method": "binreg"},
+    )
+    assert by_name["fp"]["overrides"] == {"method": "lsq", "bits": (32,)}
+    assert {by_name[n]["source"] for n in ("bitsplit", "rtn")} == {"fp"}
+    # the dicts are fresh: changing one call's entries leaves the next call's alone
+    by_name["lsq"]["overrides"]["epochs"] = 1
+    assert every_method()[0]["overrides"] == {"method": "lsq"}
+    with pytest.raises(ConfigError, match=r"unknown train entries \['bitsplit'\]"):
+        every_method(bitsplit={"epochs": 1})
 
 
 BAD_ENTRIES = {

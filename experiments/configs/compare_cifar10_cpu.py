@@ -17,6 +17,7 @@ cores (about 15 training runs of 1-4 minutes each, BitSplit's calibration per bi
 import ml_collections
 from cifar10_vertical_cpu import get_config as vertical_config  # a sibling config
 
+from jaxquant.configs.compare import every_method
 from jaxquant.configs.ptq import ptq_config
 
 
@@ -26,71 +27,35 @@ def get_config():
     c.base.method = "lsq"
     c.bits = (2, 3, 4, 8)
     c.ptq = ptq_config()  # the official code's values; settings and methods come from the entries
-    c.entries = (
-        dict(
-            name="lsq",
-            label="LSQ (one model per bit-width)",
-            kind="train",
-            per_bits=True,
-            overrides={"method": "lsq", "precision_mode": "vmap"},
-        ),
-        dict(
-            name="lsq_br",
-            label="LSQ + BR (one model per bit-width)",
-            kind="train",
-            per_bits=True,
-            overrides={
-                "method": "binreg",
-                "precision_mode": "vmap",
-                "epochs": 6,
-                "binreg.lambda_": -1.0,
-                "binreg.schedule": "two_stage",
-                "binreg.start_epochs": 2.0,
-                "binreg.units": "weight",
-                "binreg.layer_reduction": "sum",
-            },
-        ),
-        dict(
-            name="anyprecision",
-            label="Any-Precision (one model)",
-            kind="train",
-            overrides={
-                "method": "anyprecision",
-                "distillation": "recursive",
-                "precision_mode": "auto",
-                "epochs": 2,
-                "optimizer.learning_rate": 1e-3,
-            },
-        ),
-        dict(
-            name="vertical",
-            label="Vertical Layering (one file)",
-            kind="train",
-            overrides={"method": "vertical"},
-        ),
-        dict(
-            name="mbquant",
-            label="MBQuant (one model)",
-            kind="train",
-            overrides={
-                "method": "mbquant",
-                "widths": (8, 16, 32, 32),
-                "mbquant.selection": "amortised",
-                "mbquant.interval_init": "batches",
-                "distillation": "largest",
-                "epochs": 2,
-                "optimizer.optimizer": "sgd",
-                "optimizer.learning_rate": 0.1,
-                "optimizer.momentum": 0.9,
-                "optimizer.weight_decay": 1e-4,
-                "optimizer.quantizer_optimizer": "adam",
-                "optimizer.quantizer_learning_rate": 1e-4,
-            },
-        ),
-        dict(name="fp", label="FP", kind="train", overrides={"method": "lsq", "bits": (32,)}),
-        dict(
-            name="bitsplit", label="BitSplit PTQ of FP", kind="ptq", source="fp", method="bitsplit"
-        ),
-        dict(name="rtn", label="round-to-nearest PTQ of FP", kind="ptq", source="fp", method="rtn"),
+    c.entries = every_method(
+        lsq={"precision_mode": "vmap"},
+        lsq_br={
+            "precision_mode": "vmap",
+            "epochs": 6,
+            "binreg.lambda_": -1.0,
+            "binreg.schedule": "two_stage",
+            "binreg.start_epochs": 2.0,
+            "binreg.units": "weight",
+            "binreg.layer_reduction": "sum",
+        },
+        anyprecision={
+            "distillation": "recursive",
+            "precision_mode": "auto",
+            "epochs": 2,
+            "optimizer.learning_rate": 1e-3,
+        },
+        mbquant={
+            "widths": (8, 16, 32, 32),
+            "mbquant.selection": "amortised",
+            "mbquant.interval_init": "batches",
+            "distillation": "largest",
+            "epochs": 2,
+            "optimizer.optimizer": "sgd",
+            "optimizer.learning_rate": 0.1,
+            "optimizer.momentum": 0.9,
+            "optimizer.weight_decay": 1e-4,
+            "optimizer.quantizer_optimizer": "adam",
+            "optimizer.quantizer_learning_rate": 1e-4,
+        },
     )
     return c

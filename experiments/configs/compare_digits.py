@@ -12,6 +12,7 @@ round-to-nearest PTQ of that FP model at W<b>A<b> (a short calibration). About 2
 import ml_collections
 
 from jaxquant.configs.base import base_config
+from jaxquant.configs.compare import every_method
 from jaxquant.configs.ptq import ptq_config
 
 
@@ -37,43 +38,5 @@ def get_config():
     p.epochs = 20
     p.ofwa_epochs = 10
     p.bn_batches = 10
-    c.entries = (
-        dict(
-            name="lsq",
-            label="LSQ (one model per bit-width)",
-            kind="train",
-            per_bits=True,
-            overrides={"method": "lsq"},
-        ),
-        dict(
-            name="lsq_br",
-            label="LSQ + BR (one model per bit-width)",
-            kind="train",
-            per_bits=True,
-            overrides={"method": "binreg"},
-        ),
-        dict(
-            name="anyprecision",
-            label="Any-Precision (one model)",
-            kind="train",
-            overrides={"method": "anyprecision"},
-        ),
-        dict(
-            name="vertical",
-            label="Vertical Layering (one file)",
-            kind="train",
-            overrides={"method": "vertical"},
-        ),
-        dict(
-            name="mbquant",
-            label="MBQuant (one model)",
-            kind="train",
-            overrides={"method": "mbquant", "widths": (4, 8, 8)},
-        ),
-        dict(name="fp", label="FP", kind="train", overrides={"method": "lsq", "bits": (32,)}),
-        dict(
-            name="bitsplit", label="BitSplit PTQ of FP", kind="ptq", source="fp", method="bitsplit"
-        ),
-        dict(name="rtn", label="round-to-nearest PTQ of FP", kind="ptq", source="fp", method="rtn"),
-    )
+    c.entries = every_method(mbquant={"widths": (4, 8, 8)})
     return c
