@@ -20,7 +20,7 @@ checkpoint. Then one table, ``WORKDIR/compare.md`` and ``compare.json``: accurac
 (the runs' ``results.json``), bytes to serve the requested bit-widths, BitOPs per bit-width,
 training seconds; and three plots. The definitions are in ``docs/compare.md``.
 
-The package: `plan` (the config resolved into runs and checked), `runner` (train / PTQ what is
+The package: `planner` (the config resolved into runs and checked), `runner` (train / PTQ what is
 not finished), `costs` (layers, bytes, BitOPs), `report` (the numbers, the table, the plots) and
 `compare`, the command that chains them.
 """
@@ -32,7 +32,7 @@ import pathlib
 import time
 
 from jaxquant.compare.costs import FLOAT_BYTES, Layer, bitops, model_costs, packed
-from jaxquant.compare.plan import FP_BITS, Entry, Run, load, plan, requested_bits
+from jaxquant.compare.planner import FP_BITS, Entry, Run, load, plan, requested_bits
 from jaxquant.compare.report import (
     NOTES,
     collect,

@@ -7,7 +7,7 @@ import dataclasses
 import math
 from typing import Any
 
-from jaxquant.compare.plan import FP_BITS, Run
+from jaxquant.compare.planner import FP_BITS, Run
 from jaxquant.errors import ConfigError
 
 FLOAT_BYTES = 4  # every unquantized parameter and statistic is stored as float32

@@ -13,7 +13,7 @@ from jaxquant.compare.costs import (
     train_run_bytes,
     vertical_bytes,
 )
-from jaxquant.compare.plan import FP_BITS, Entry
+from jaxquant.compare.planner import FP_BITS, Entry
 
 
 def _accuracies(path: pathlib.Path) -> tuple[dict[int, float], float | None]:

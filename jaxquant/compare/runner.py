@@ -6,7 +6,7 @@ import json
 import pathlib
 import pprint
 
-from jaxquant.compare.plan import Entry, Run, config_json
+from jaxquant.compare.planner import Entry, Run, config_json
 
 
 def train_finished(run: Run) -> bool:
