@@ -212,9 +212,46 @@ def gram_statistics(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array, j
 
 def reconstruction_error(gram, xty, yy, codes, alpha) -> jax.Array:
     """``sum_m ||Y_m - alpha_m X b_m||^2`` from the Gram statistics (``b = codes [M, N]``)."""
-    bxty = jnp.sum(xty.T * codes, axis=1)
-    bab = jnp.sum((codes @ gram) * codes, axis=1)
+    return _error(xty.T, yy, lambda b: b @ gram, codes, alpha)
+
+
+def _error(t_full, yy, gram_product, codes, alpha) -> jax.Array:
+    """``sum_m ||Y_m||^2 - 2 alpha_m b_m . T_m + alpha_m^2 b_m . (A b)_m`` with ``T = Y^T X``
+    ``[M, N]`` and ``gram_product(b) = A b`` per output row."""
+    bxty = jnp.sum(t_full * codes, axis=1)
+    bab = jnp.sum(gram_product(codes) * codes, axis=1)
     return jnp.sum(yy - 2.0 * alpha * bxty + alpha * alpha * bab)
+
+
+def _alternate(t_full, yy, planes, alpha, epochs: int, gram_product, sweep):
+    """The ``ofwa_rr`` alternation, shared by the dense and depthwise forms: per epoch the
+    closed-form ``alpha_m = b_m . T_m / b_m . (A b)_m`` (a zero denominator keeps the previous
+    alpha, as the code's NaN guard), then one sweep per plane, MSB to LSB, against
+    ``T - (alpha b without the plane) A``. ``gram_product(b)`` is ``A b`` per output row and
+    ``sweep(beta, t, s)`` one Gauss-Seidel pass over a plane. Returns ``(planes, alpha, errors)``,
+    ``errors[e]`` the reconstruction error after epoch ``e`` (entry 0: the start point)."""
+    weights = plane_weights(planes.shape[0])
+    error = lambda planes, alpha: _error(t_full, yy, gram_product, stitch(planes), alpha)  # noqa: E731
+
+    def epoch(e, carry):
+        planes, alpha, errors = carry
+        b = stitch(planes)
+        num = jnp.sum(t_full * b, axis=1)
+        den = jnp.sum(gram_product(b) * b, axis=1)
+        alpha = _safe_ratio(num, den, alpha)
+
+        def plane(p, planes):  # a loop, so one program size at every bit-width
+            b_without = stitch(planes) - weights[p] * planes[p]
+            t = t_full - gram_product(alpha[:, None] * b_without)  # R^T X without plane p
+            return planes.at[p].set(sweep(planes[p], t, alpha * weights[p]))
+
+        planes = jax.lax.fori_loop(0, planes.shape[0], plane, planes)
+        return planes, alpha, errors.at[e + 1].set(error(planes, alpha))
+
+    planes = planes.astype(jnp.float32)
+    alpha = alpha.astype(jnp.float32)
+    errors = jnp.zeros(epochs + 1, jnp.float32).at[0].set(error(planes, alpha))
+    return jax.lax.fori_loop(0, epochs, epoch, (planes, alpha, errors))
 
 
 @functools.partial(jax.jit, static_argnames=("epochs", "block", "sequential"))
@@ -231,34 +268,16 @@ def ofwa_rr_gram(
     """`ofwa_rr` on precomputed Gram statistics (`gram_statistics`). Returns
     ``(planes, alpha, errors)`` with ``errors[e]`` the reconstruction error after epoch ``e``
     (``errors`` has ``epochs + 1`` entries; entry 0 is the start point)."""
-    weights = plane_weights(planes.shape[0])
-    t_full = xty.T  # Y^T X, [M, N]
     sweep = sweep_sequential if sequential else functools.partial(sweep_blocked, block=block)
-
-    def epoch(e, carry):
-        planes, alpha, errors = carry
-        b = stitch(planes)
-        num = jnp.sum(t_full * b, axis=1)
-        den = jnp.sum((b @ gram) * b, axis=1)
-        alpha = _safe_ratio(num, den, alpha)
-
-        def plane(p, planes):  # MSB to LSB; a loop, so one program size at every bit-width
-            b_without = stitch(planes) - weights[p] * planes[p]
-            t = t_full - (alpha[:, None] * b_without) @ gram  # R^T X without plane p
-            return planes.at[p].set(sweep(planes[p], t, gram, alpha * weights[p]))
-
-        planes = jax.lax.fori_loop(0, planes.shape[0], plane, planes)
-        errors = errors.at[e + 1].set(reconstruction_error(gram, xty, yy, stitch(planes), alpha))
-        return planes, alpha, errors
-
-    planes = planes.astype(jnp.float32)
-    alpha = alpha.astype(jnp.float32)
-    errors = (
-        jnp.zeros(epochs + 1, jnp.float32)
-        .at[0]
-        .set(reconstruction_error(gram, xty, yy, stitch(planes), alpha))
+    return _alternate(
+        xty.T,  # T = Y^T X, [M, N]
+        yy,
+        planes,
+        alpha,
+        epochs,
+        lambda b: b @ gram,
+        lambda beta, t, s: sweep(beta, t, gram, s),
     )
-    return jax.lax.fori_loop(0, epochs, epoch, (planes, alpha, errors))
 
 
 _COMPILED: dict = {}
@@ -339,9 +358,7 @@ def _channel_gram_product(gram: jax.Array, b: jax.Array) -> jax.Array:
 def reconstruction_error_dw(gram, xty, yy, codes, alpha) -> jax.Array:
     """``sum_m ||Y_m - alpha_m X_m b_m||^2`` from the per-channel statistics of
     `gram_statistics_dw` (``b = codes [M, N]``)."""
-    bxty = jnp.sum(xty * codes, axis=1)
-    bab = jnp.sum(_channel_gram_product(gram, codes) * codes, axis=1)
-    return jnp.sum(yy - 2.0 * alpha * bxty + alpha * alpha * bab)
+    return _error(xty, yy, functools.partial(_channel_gram_product, gram), codes, alpha)
 
 
 def sweep_dw(beta: jax.Array, t: jax.Array, gram: jax.Array, s: jax.Array) -> jax.Array:
@@ -371,32 +388,15 @@ def ofwa_rr_dw_gram(
     """`ofwa_rr_dw` on precomputed per-channel statistics (`gram_statistics_dw`): ``gram``
     ``[M, N, N]``, ``xty`` ``[M, N]``, ``yy`` ``[M]``, ``planes`` ``[P, M, N]``, ``alpha``
     ``[M]``. Returns ``(planes, alpha, errors)`` as `ofwa_rr_gram`."""
-    weights = plane_weights(planes.shape[0])
-
-    def epoch(e, carry):
-        planes, alpha, errors = carry
-        b = stitch(planes)
-        num = jnp.sum(xty * b, axis=1)
-        den = jnp.sum(_channel_gram_product(gram, b) * b, axis=1)
-        alpha = _safe_ratio(num, den, alpha)  # the code: a NaN alpha takes the previous one
-
-        def plane(p, planes):  # MSB to LSB
-            b_without = stitch(planes) - weights[p] * planes[p]
-            t = xty - alpha[:, None] * _channel_gram_product(gram, b_without)
-            return planes.at[p].set(sweep_dw(planes[p], t, gram, alpha * weights[p]))
-
-        planes = jax.lax.fori_loop(0, planes.shape[0], plane, planes)
-        errors = errors.at[e + 1].set(reconstruction_error_dw(gram, xty, yy, stitch(planes), alpha))
-        return planes, alpha, errors
-
-    planes = planes.astype(jnp.float32)
-    alpha = alpha.astype(jnp.float32)
-    errors = (
-        jnp.zeros(epochs + 1, jnp.float32)
-        .at[0]
-        .set(reconstruction_error_dw(gram, xty, yy, stitch(planes), alpha))
+    return _alternate(
+        xty,  # T_m = X_m^T Y_m, one row per channel
+        yy,
+        planes,
+        alpha,
+        epochs,
+        functools.partial(_channel_gram_product, gram),
+        lambda beta, t, s: sweep_dw(beta, t, gram, s),
     )
-    return jax.lax.fori_loop(0, epochs, epoch, (planes, alpha, errors))
 
 
 def compiled_ofwa_rr_dw(num_planes: int, channels: int, fan_in: int, epochs: int = 100):
