@@ -40,23 +40,26 @@ def save_results(
 def plot_accuracy(
     results: Mapping[str, Mapping[int, float]], path: str | pathlib.Path, title: str = ""
 ) -> pathlib.Path:
-    """Accuracy (%) against bit-width, one line per run; FP (32 bits) drawn as a dashed level."""
+    """Accuracy (%) against bit-width, one line per run; FP (32 bits) drawn as a dashed level in
+    the run's colour (a run with FP only: the level alone, labelled with the run). Run i takes
+    matplotlib's colour ``C<i>``, so plots of the same runs in the same order match."""
     # A bare Figure draws without pyplot, so a notebook's backend (inline, widget) is left alone.
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.5, 3.8), dpi=120)
     ax = fig.subplots()
-    for run, accuracies in results.items():
+    for i, (run, accuracies) in enumerate(results.items()):
         accuracies = {int(b): 100 * a for b, a in accuracies.items()}
         low = sorted(b for b in accuracies if b < 32)
-        (line,) = ax.plot(low, [accuracies[b] for b in low], marker="o", label=run)
+        if low:
+            ax.plot(low, [accuracies[b] for b in low], marker="o", color=f"C{i}", label=run)
         if 32 in accuracies:
             ax.axhline(
                 accuracies[32],
-                color=line.get_color(),
+                color=f"C{i}",
                 linestyle="--",
                 linewidth=1,
-                label=f"{run} (FP)",
+                label=f"{run} (FP)" if low else run,
             )
     ax.set_xlabel("bit-width (weights and activations)")
     ax.set_ylabel("test accuracy (%)")
@@ -64,10 +67,20 @@ def plot_accuracy(
     if ticks:
         ax.set_xticks(ticks)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    legend(fig, ax, len(results))
     if title:
         ax.set_title(title, fontsize=10)
     return save_figure(fig, path)
+
+
+def legend(fig, ax, rows: int) -> None:
+    """The legend inside the axes for up to 4 rows; beside them, on a wider figure, for more
+    (a legend of 5+ entries inside would cover the lines)."""
+    if rows <= 4:
+        ax.legend(fontsize=8)
+        return
+    fig.set_figwidth(fig.get_figwidth() + 2.5)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def save_figure(fig, path: str | pathlib.Path) -> pathlib.Path:

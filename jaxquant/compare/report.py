@@ -178,13 +178,13 @@ def _figure():
     return fig, fig.subplots()
 
 
-def _finish(fig, ax, path, xlabel: str, title: str) -> pathlib.Path:
-    from jaxquant.report import save_figure
+def _finish(fig, ax, path, xlabel: str, title: str, rows: int) -> pathlib.Path:
+    from jaxquant.report import legend, save_figure
 
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    legend(fig, ax, rows)
     if title:
         ax.set_title(title, fontsize=10)
     return save_figure(fig, path)
@@ -192,19 +192,25 @@ def _finish(fig, ax, path, xlabel: str, title: str) -> pathlib.Path:
 
 def plot_bytes(rows: dict, path, title: str = "") -> pathlib.Path:
     """Accuracy at each integer bit-width against the bytes to serve them all, one column of
-    points per row, each point labelled with its bit-width; an FP-only row is one star."""
+    points per row, each point labelled with its bit-width; an FP-only row is one star. Row i
+    takes colour ``C<i>``, as in the other two plots."""
     fig, ax = _figure()
-    for row in rows.values():
+    for i, row in enumerate(rows.values()):
         if row["bytes_all"] is None:
             continue
         low = sorted(b for b in row["accuracy"] if b < FP_BITS)
         if not low:
             ax.plot(
-                [row["bytes_all"]], [100 * row["accuracy"][FP_BITS]], "*", ms=10, label=row["label"]
+                [row["bytes_all"]],
+                [100 * row["accuracy"][FP_BITS]],
+                "*",
+                ms=10,
+                color=f"C{i}",
+                label=row["label"],
             )
             continue
         ys = [100 * row["accuracy"][b] for b in low]
-        (line,) = ax.plot([row["bytes_all"]] * len(low), ys, marker="o", label=row["label"])
+        ax.plot([row["bytes_all"]] * len(low), ys, marker="o", color=f"C{i}", label=row["label"])
         for b, y in zip(low, ys):
             ax.annotate(
                 str(b),
@@ -212,34 +218,33 @@ def plot_bytes(rows: dict, path, title: str = "") -> pathlib.Path:
                 xytext=(4, -3),
                 textcoords="offset points",
                 fontsize=6,
-                color=line.get_color(),
+                color=f"C{i}",
             )
     ax.set_xscale("log")
-    return _finish(fig, ax, path, "bytes to serve every bit-width (log)", title)
+    return _finish(fig, ax, path, "bytes to serve every bit-width (log)", title, len(rows))
 
 
 def plot_bitops(rows: dict, path, title: str = "") -> pathlib.Path:
     """Accuracy against BitOPs per image, one line per row through its bit-widths; FP as a
-    dashed level."""
+    dashed level in its row's colour."""
     fig, ax = _figure()
-    for row in rows.values():
+    for i, row in enumerate(rows.values()):
         low = sorted(b for b in row["bitops"] if b in row["accuracy"])
-        color = None
         if low:
-            (line,) = ax.plot(
+            ax.plot(
                 [row["bitops"][b] for b in low],
                 [100 * row["accuracy"][b] for b in low],
                 marker="o",
+                color=f"C{i}",
                 label=row["label"],
             )
-            color = line.get_color()
         if FP_BITS in row["accuracy"]:
             ax.axhline(
                 100 * row["accuracy"][FP_BITS],
-                color=color or "black",
+                color=f"C{i}",
                 linestyle="--",
                 linewidth=1,
                 label=f"{row['label']} (FP)" if low else row["label"],
             )
     ax.set_xscale("log")
-    return _finish(fig, ax, path, "BitOPs per image (log)", title)
+    return _finish(fig, ax, path, "BitOPs per image (log)", title, len(rows))
