@@ -8,8 +8,9 @@ Regularization (`cifar10_binreg_cpu.py`: 6 epochs, CE only for the first 2), Any
 (`cifar10_anyprecision_cpu.py`: 2 epochs, Adam 1e-3, recursive distillation), Vertical Layering
 (`cifar10_vertical_cpu.py`), MBQuant (`cifar10_mbquant_cpu.py`: its 8/16/32/32 multi-branch model,
 SGD 0.1, 2 epochs), an FP SmallCNN of the base's budget, and BitSplit and round-to-nearest PTQ of
-it at W<b>A<b> with the official code's calibration (`cifar10_bitsplit_cpu.py`). Hours on 2 CPU
-cores (about 15 training runs of 1-4 minutes each, BitSplit's calibration per bit-width).
+it at W<b>A<b> with the official code's calibration (`cifar10_bitsplit_cpu.py`). 23 minutes on
+2 CPU cores (12 training runs of 1-4 minutes each, then both PTQs); the table is in
+experiments/README.md.
   jaxquant compare experiments/configs/compare_cifar10_cpu.py --workdir runs/compare_cifar10 \
       --config.base.data_dir=/tmp/tfds_data
 """
