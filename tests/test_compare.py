@@ -16,6 +16,7 @@ from jaxquant.errors import ConfigError
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "experiments" / "configs" / "compare_digits.py"
 CIFAR = ROOT / "experiments" / "configs" / "compare_cifar10_cpu.py"
+CIFAR_EQUAL = ROOT / "experiments" / "configs" / "compare_cifar10_equal_epochs_cpu.py"
 PNGS = ("accuracy_vs_bits.png", "accuracy_vs_bytes.png", "accuracy_vs_bitops.png")
 
 
@@ -122,6 +123,21 @@ def test_cifar10_config_loads_and_plans(tmp_path):
     assert entries[6].runs[0].config.settings == ("W2A2", "W3A3", "W4A4", "W8A8")
     assert all(r.config.data_dir == "/nowhere" for e in entries[:6] for r in e.runs)
     assert not list(tmp_path.iterdir())  # planning writes nothing
+
+
+def test_cifar10_equal_epochs_config_changes_only_the_budgets(tmp_path):
+    """Every trained run of the equal-epochs compare has the base's epochs; the runs that already
+    had them are the same configs as in the CIFAR-10 compare, so its runs can be reused."""
+    first = compare.plan(compare.load(CIFAR, {"base.data_dir": "/nowhere"}), tmp_path)
+    equal = compare.plan(compare.load(CIFAR_EQUAL, {"base.data_dir": "/nowhere"}), tmp_path)
+    assert [e.name for e in equal] == [e.name for e in first]
+    for a, b in zip(first, equal):
+        for run_a, run_b in zip(a.runs, b.runs):
+            if b.kind == "train":
+                assert run_b.config.epochs == 4, run_b.name
+            same = a.name in ("lsq", "vertical", "fp", "bitsplit", "rtn")
+            assert (run_a.config.to_dict() == run_b.config.to_dict()) == same, run_b.name
+    assert equal[1].runs[0].config.binreg.start_epochs == -1.0
 
 
 def test_every_method_merges_overrides_and_refuses_unknown_names():
