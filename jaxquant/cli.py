@@ -195,6 +195,25 @@ def _accuracies(config, dataset, trainer, state, recalibrate_batches: int = 0) -
     return evaluate_dataset(trainer, state, dataset, config.eval_batch_size)
 
 
+def _fit_final_evaluation(config, trainer, workdir: pathlib.Path, total_steps: int):
+    """``fit``'s own evaluation of the final state (``{bits: accuracy}``, from ``metrics.jsonl``'s
+    record at ``total_steps``), when it is the one `_accuracies` would compute: a method without
+    its own evaluation, on one process. None otherwise, or when ``fit`` did not evaluate there."""
+    import jax
+
+    from jaxquant.methods import get_method
+    from jaxquant.report import bits_label
+    from jaxquant.training.metrics import read_metrics
+
+    if get_method(config.method).evaluate is not None or jax.process_count() != 1:
+        return None
+    tags = {int(b): f"eval/accuracy/{bits_label(b)}" for b in trainer.bits}
+    for record in reversed(read_metrics(workdir)):
+        if record.get("step") == total_steps and all(tag in record for tag in tags.values()):
+            return {b: float(record[tag]) for b, tag in tags.items()}
+    return None
+
+
 def train(args, overrides: dict[str, str]) -> int:
     from jaxquant import config as config_lib
 
@@ -258,7 +277,11 @@ def train(args, overrides: dict[str, str]) -> int:
         init_from_bn_batches=config.init_from_bn_batches,
     )
     seconds = time.perf_counter() - start if finished_seconds is None else finished_seconds
-    _report(config, dataset, _accuracies(config, dataset, trainer, state), workdir, seconds)
+    # fit evaluated the final state already (eval_every_epochs > 0): its numbers, not a second pass
+    accuracies = _fit_final_evaluation(
+        config, trainer, workdir, steps_per_epoch * config.epochs
+    ) or _accuracies(config, dataset, trainer, state)
+    _report(config, dataset, accuracies, workdir, seconds)
     return 0
 
 

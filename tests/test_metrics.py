@@ -97,6 +97,38 @@ def test_two_epoch_run_writes_metrics_and_tensorboard_reads_them(tmp_path):
     assert read[-1][1] == pytest.approx(final, abs=1e-6)
 
 
+@pytest.mark.slow
+def test_the_report_takes_fits_final_evaluation_instead_of_a_second_pass(tmp_path, monkeypatch):
+    """With an evaluation at the last step, `jaxquant train` reports fit's numbers and does not
+    evaluate again; they equal a fresh evaluation of the final checkpoint (`jaxquant eval`).
+    Without one (``eval_every_epochs=0``) the report evaluates."""
+    import jaxquant.training
+    from jaxquant import cli
+
+    calls = []
+    evaluate_dataset = jaxquant.training.evaluate_dataset
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return evaluate_dataset(*args, **kwargs)
+
+    monkeypatch.setattr(jaxquant.training, "evaluate_dataset", counted)
+    argv = ["--no-progress", "--config.epochs=1", "--config.widths=(8, 8)"]
+    workdir = tmp_path / "run"
+    assert cli.main(["train", "--workdir", str(workdir), *argv]) == 0
+    assert calls == []  # fit's own evaluations do not go through the patched name
+    trained = json.loads((workdir / "results.json").read_text())["accuracy"]
+    assert set(trained) == {"2", "4", "8", "32"}
+    assert cli.main(["eval", "--workdir", str(workdir)]) == 0
+    assert len(calls) == 1
+    assert json.loads((workdir / "results.json").read_text())["accuracy"] == trained
+
+    no_eval = tmp_path / "no_eval"
+    argv += ["--config.eval_every_epochs=0"]
+    assert cli.main(["train", "--workdir", str(no_eval), *argv]) == 0
+    assert len(calls) == 2
+
+
 class _Killed(Exception):
     pass
 
