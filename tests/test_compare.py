@@ -107,6 +107,8 @@ def test_digits_rerun_trains_nothing(digits, capsys):
     out = capsys.readouterr().out
     assert "jaxquant train" not in out and "jaxquant ptq" not in out
     assert out.count(": finished, reading") == 12
+    heads = [line.split(",")[0] for line in out.splitlines() if line.startswith("=== [")]
+    assert heads == [f"=== [{k}/12" for k in range(1, 13)]  # each run counted
     assert _mtimes(digits) == before
     assert seconds < 60
 

@@ -4,8 +4,8 @@ One tiny SmallCNN (FP stem of 8 channels, quantized 16/16 body, FP classifier), 
 for bits 2, 4 and 8: dedicated LSQ and LSQ + Bin Regularization (one run per bit-width),
 Any-Precision, Vertical Layering and MBQuant (one run each; MBQuant's four 2-bit branches of
 4/8/8 channels hold as many body weights as the others' body), an FP run, and BitSplit and
-round-to-nearest PTQ of that FP model at W<b>A<b> (a short calibration). About 2.5 CPU-minutes on
-2 CPU cores; a rerun reads the finished runs and only writes the table.
+round-to-nearest PTQ of that FP model at W<b>A<b> (a short calibration). 85 s on 2 CPU cores;
+a rerun reads the finished runs and only writes the table.
   jaxquant compare experiments/configs/compare_digits.py --workdir runs/compare_digits
 """
 

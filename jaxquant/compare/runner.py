@@ -56,32 +56,37 @@ def config_file(run: Run, root: pathlib.Path) -> pathlib.Path:
 
 def run_entries(entries: list[Entry], root: pathlib.Path, progress: bool = True) -> int:
     """Train / PTQ every unfinished run, in entry order; returns 0, or the exit code of the first
-    ``jaxquant train`` that failed (its one-line error already printed)."""
+    ``jaxquant train`` that failed (its one-line error already printed). Each run's line starts
+    with ``[k/N]`` and the compare's elapsed time."""
+    import time
+
     from jaxquant import cli, ptq
 
     by_name = {e.name: e for e in entries}
-    for entry in entries:
-        for run in entry.runs:
-            if entry.kind == "train":
-                if train_finished(run):
-                    print(f"=== {run.name}: finished, reading {run.workdir / 'results.json'}")
-                    continue
-                argv = ["train", "--config", str(config_file(run, root)), "--workdir"]
-                argv += [str(run.workdir)] + ([] if progress else ["--no-progress"])
-                print(f"\n=== {run.name}: jaxquant {' '.join(argv)}", flush=True)
-                code = cli.main(argv)
-                if code != 0:
-                    return code
+    runs = [(entry, run) for entry in entries for run in entry.runs]
+    start = time.perf_counter()
+    for k, (entry, run) in enumerate(runs, 1):
+        head = f"=== [{k}/{len(runs)}, {time.perf_counter() - start:.0f} s] {run.name}"
+        if entry.kind == "train":
+            if train_finished(run):
+                print(f"{head}: finished, reading {run.workdir / 'results.json'}")
                 continue
-            source = by_name[entry.source].runs[0]
-            if ptq_finished(run, source):
-                print(f"=== {run.name}: finished, reading {run.workdir / 'ptq_results.json'}")
-                continue
-            print(
-                f"\n=== {run.name}: jaxquant ptq --workdir {source.workdir} --out {run.workdir} "
-                f'--config.settings="{tuple(run.config.settings)}" '
-                f'--config.methods="{tuple(run.config.methods)}"',
-                flush=True,
-            )
-            ptq.run(source.workdir, run.config, run.workdir, progress=progress)
+            argv = ["train", "--config", str(config_file(run, root)), "--workdir"]
+            argv += [str(run.workdir)] + ([] if progress else ["--no-progress"])
+            print(f"\n{head}: jaxquant {' '.join(argv)}", flush=True)
+            code = cli.main(argv)
+            if code != 0:
+                return code
+            continue
+        source = by_name[entry.source].runs[0]
+        if ptq_finished(run, source):
+            print(f"{head}: finished, reading {run.workdir / 'ptq_results.json'}")
+            continue
+        print(
+            f"\n{head}: jaxquant ptq --workdir {source.workdir} --out {run.workdir} "
+            f'--config.settings="{tuple(run.config.settings)}" '
+            f'--config.methods="{tuple(run.config.methods)}"',
+            flush=True,
+        )
+        ptq.run(source.workdir, run.config, run.workdir, progress=progress)
     return 0
