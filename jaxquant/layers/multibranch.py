@@ -26,7 +26,7 @@ from jaxquant.layers.quant import (
 
 INTERVAL_INIT = "interval_init"
 """The variable collection that, when mutable, puts `MultiBranchConv` in its data-dependent
-init mode (`MultiBranchConv._initial_intervals`)."""
+init mode (`initial_intervals`)."""
 WEIGHT_INTERVAL_STDS = ("chunk", "filter")
 
 
@@ -149,6 +149,66 @@ def interval_params(module: nn.Module, kernel: jax.Array, x32: jax.Array, g: int
     return w_lower, w_upper, a_lower, a_upper
 
 
+def initial_intervals(
+    module: nn.Module, x, kernel, partial_kernel, precision, p_in: int, intervals, filters=None
+) -> tuple:
+    """MBQuant's data-dependent init at one precision (`methods.mbquant.initialize_intervals`;
+    the code's ``QConv_Tra_Mulit.initialize``) of a multi-branch layer (`MultiBranchConv`, the
+    MobileNetV1's depthwise conv): every slot the precision uses is set from the layer's own
+    input ``x`` (..., G, C) and its current ``kernel`` (G, ...), then used at once, so later
+    layers see inputs quantized with fresh intervals.
+
+    Activations (slot of full branch g, or the partial's slot G):
+    ``u = 3 std(x_chunk) / sqrt(1 - 2/pi)`` (unbiased std), ``l = min(x_chunk)``, the partial's
+    chunk the first ``p_in`` channels. Weights ``u = 3 std(W_chunk)``, ``l = -u``:
+    without ``filters`` (``weight_interval_std='chunk'``, clean) the slot's own chunk (the
+    branch; ``partial_kernel`` (G, ...), the partial slice, for the partial's slot, except with
+    per-branch slots, where the slot belongs to the whole branch and is left to it); with
+    ``filters`` (``'filter'``, the official code's quirk) the slot-th row of the torch-layout
+    ``(G*C_out, ...)`` weight, and the partial slice for the partial's slot.
+    The new values are stored in the module's ``interval_init`` collection for the caller to
+    keep, and returned as ``(w_lower, w_upper, a_lower, a_upper)``."""
+    w_lower, w_upper, a_lower, a_upper = intervals
+    sel, g = module.selection, module.selection.num_branches
+    full, partial, slot = sel.gather(precision)
+    has_partial = partial.sum() > 0
+    pb = jnp.argmax(partial)
+
+    chunks = [_act_stats(x[..., branch, :]) for branch in range(g)]
+    chunks.append(_act_stats(jnp.take(x[..., :p_in], pb, axis=-2)))
+    used = jnp.concatenate([full, has_partial[None].astype(jnp.float32)]) > 0
+    new_lower = jnp.where(used, jnp.stack([c[0] for c in chunks]), a_lower[precision])
+    new_upper = jnp.where(used, jnp.stack([c[1] for c in chunks]), a_upper[precision])
+    a_lower = a_lower.at[precision].set(new_lower)
+    a_upper = a_upper.at[precision].set(new_upper)
+
+    partial_std = 3.0 * jnp.std(jnp.take(partial_kernel, pb, axis=0))
+    per_branch_slots = all(s == tuple(range(g)) for s in sel.full_weight_slot)
+    for branch in range(g):
+        is_partial = partial[branch] > 0
+        if filters is not None:
+            value = jnp.where(is_partial, partial_std, 3.0 * jnp.std(filters[slot[branch]]))
+            write = (full[branch] > 0) | is_partial
+        else:
+            value = jnp.where(is_partial, partial_std, 3.0 * jnp.std(kernel[branch]))
+            write = (full[branch] > 0) | (is_partial & (not per_branch_slots))
+        w_upper = w_upper.at[slot[branch]].set(jnp.where(write, value, w_upper[slot[branch]]))
+    w_lower = -w_upper
+    for name, value in zip(
+        ("weight_lower", "weight_upper", "act_lower", "act_upper"),
+        (w_lower, w_upper, a_lower, a_upper),
+    ):
+        module.put_variable(INTERVAL_INIT, name, value)
+    return w_lower, w_upper, a_lower, a_upper
+
+
+def _act_stats(v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """An activation interval of the official init: the minimum, and 3 std / sqrt(1 - 2/pi)
+    (unbiased std) kept at least 1e-3 above it."""
+    lower = jnp.min(v)
+    return lower, jnp.maximum(3.0 * jnp.std(v, ddof=1) * _ARCSINE_HALF_NORMAL, lower + 1e-3)
+
+
 class MultiBranchConv(nn.Module):
     """G branches of latent FP weights quantized to fixed 2-bit levels ``{-1, -1/3, 1/3, 1}``
     (`quantizers.interval_weight`, a learnable ``[l, u]`` per weight slot), inputs quantized at
@@ -174,7 +234,7 @@ class MultiBranchConv(nn.Module):
       the b-bit network costs its ``floor(b/2) (+ 1/2)`` branches, not G.
 
     Making the ``interval_init`` collection mutable runs MBQuant's data-dependent interval init
-    (`_initial_intervals`, driven by `jaxquant.methods.mbquant.initialize_intervals`).
+    (`initial_intervals`, driven by `jaxquant.methods.mbquant.initialize_intervals`).
     No bias, no rescaling: the following (per-precision) BatchNorm absorbs the scale.
     The default initializer is PyTorch's ``kaiming_normal_(fan_out)`` on the grouped weight:
     ``std = sqrt(2 / (G * k * k * C_out))`` (fan_out counts every branch).
@@ -222,8 +282,20 @@ class MultiBranchConv(nn.Module):
         if (
             self.is_mutable_collection(INTERVAL_INIT) and not self.is_initializing()
         ):  # init makes every collection mutable
-            w_lower, w_upper, a_lower, a_upper = self._initial_intervals(
-                x32, kernel, precision, p_in, p_out, (w_lower, w_upper, a_lower, a_upper)
+            filters = (  # torch's (G*C_out, ...) rows, for the code's 'filter' weight std
+                jnp.moveaxis(kernel, -1, 1).reshape(g * self.features, -1)
+                if self.selection.weight_interval_std == "filter"
+                else None
+            )
+            w_lower, w_upper, a_lower, a_upper = initial_intervals(
+                self,
+                x32,
+                kernel,
+                kernel[..., :p_in, :p_out],
+                precision,
+                p_in,
+                (w_lower, w_upper, a_lower, a_upper),
+                filters,
             )
         bit_width = bits_at(self.bits, precision)
         if self.skip_deselected and isinstance(precision, (int, np.integer)):
@@ -363,59 +435,3 @@ class MultiBranchConv(nn.Module):
         return self._branch_convs(
             chunks, kernel, precision, intervals, bits_at(self.bits, precision)
         )
-
-    def _initial_intervals(self, x, kernel, precision, p_in: int, p_out: int, intervals):
-        """MBQuant's data-dependent init at one precision (`methods.mbquant.initialize_intervals`):
-        every slot the precision uses is set from this layer's own input ``x`` and the current
-        weights, then used at once, so later layers see inputs quantized with fresh intervals.
-
-        Activations (slot of full branch g, or the partial's slot G):
-        ``u = 3 std(x_chunk) / sqrt(1 - 2/pi)`` (unbiased std), ``l = min(x_chunk)``.
-        Weights ``u = 3 std(W_chunk)``, ``l = -u``, per the selection's ``weight_interval_std``:
-        ``'chunk'`` (clean)
-        the slot's own chunk (the branch; the partial slice for the partial's slot, except with
-        per-branch slots, where the slot belongs to the whole branch and is left to it);
-        ``'filter'`` (the official code's quirk) the slot-th *output filter* of the whole
-        ``(G*C_out, ...)`` weight, and the partial slice for the partial's slot.
-        The new values are stored in the ``interval_init`` collection for the caller to keep.
-        """
-        w_lower, w_upper, a_lower, a_upper = intervals
-        sel, g = self.selection, self.selection.num_branches
-        full, partial, slot = sel.gather(precision)
-        has_partial = partial.sum() > 0
-        pb = jnp.argmax(partial)
-
-        def act_stats(v):
-            lower = jnp.min(v)
-            upper = jnp.maximum(3.0 * jnp.std(v, ddof=1) * _ARCSINE_HALF_NORMAL, lower + 1e-3)
-            return lower, upper
-
-        chunks = [act_stats(x[..., branch, :]) for branch in range(g)]
-        chunks.append(act_stats(jnp.take(x[..., :p_in], pb, axis=-2)))
-        used = jnp.concatenate([full, has_partial[None].astype(jnp.float32)]) > 0
-        new_lower = jnp.where(used, jnp.stack([c[0] for c in chunks]), a_lower[precision])
-        new_upper = jnp.where(used, jnp.stack([c[1] for c in chunks]), a_upper[precision])
-        a_lower = a_lower.at[precision].set(new_lower)
-        a_upper = a_upper.at[precision].set(new_upper)
-
-        partial_std = 3.0 * jnp.std(jnp.take(kernel[..., :p_in, :p_out], pb, axis=0))
-        filters = jnp.moveaxis(kernel, -1, 1).reshape(
-            g * self.features, -1
-        )  # torch's (G*C_out, ...) rows
-        for branch in range(g):
-            is_partial = partial[branch] > 0
-            if sel.weight_interval_std == "filter":
-                value = jnp.where(is_partial, partial_std, 3.0 * jnp.std(filters[slot[branch]]))
-                write = (full[branch] > 0) | is_partial
-            else:
-                value = jnp.where(is_partial, partial_std, 3.0 * jnp.std(kernel[branch]))
-                per_branch_slots = all(s == tuple(range(g)) for s in sel.full_weight_slot)
-                write = (full[branch] > 0) | (is_partial & (not per_branch_slots))
-            w_upper = w_upper.at[slot[branch]].set(jnp.where(write, value, w_upper[slot[branch]]))
-        w_lower = -w_upper
-        for name, value in zip(
-            ("weight_lower", "weight_upper", "act_lower", "act_upper"),
-            (w_lower, w_upper, a_lower, a_upper),
-        ):
-            self.put_variable(INTERVAL_INIT, name, value)
-        return w_lower, w_upper, a_lower, a_upper

@@ -26,7 +26,7 @@ from jaxquant.layers import (
     QuantDense,
 )
 from jaxquant.layers import conv as lowering
-from jaxquant.layers.multibranch import _ARCSINE_HALF_NORMAL, interval_params
+from jaxquant.layers.multibranch import initial_intervals, interval_params
 from jaxquant.layers.quant import bits_at, check_precision
 from jaxquant.models.common import avg_pool_all, relu
 from jaxquant.models.multibranch import _check_selection
@@ -96,7 +96,8 @@ class MultiBranchDepthwiseConv(nn.Module):
         x32 = q.as_float32(x)
         intervals = interval_params(self, kernel, x32, g)
         if self.is_mutable_collection(INTERVAL_INIT) and not self.is_initializing():
-            intervals = self._initial_intervals(x32, kernel, precision, p, intervals)
+            partial = kernel[..., :p]  # (G, kh, kw, 1, p): the partial's channels
+            intervals = initial_intervals(self, x32, kernel, partial, precision, p, intervals)
         bit_width = bits_at(self.bits, precision)
         if self.skip_deselected and isinstance(precision, (int, np.integer)):
             precision = int(precision)
@@ -159,43 +160,6 @@ class MultiBranchDepthwiseConv(nn.Module):
         order = self.selection.order(precision)
         chunks = [x[..., :p] if b == pb else x for b, x in zip(order, xs)]
         return self._branch_convs(chunks, kernel, precision, intervals)
-
-    def _initial_intervals(self, x, kernel, precision, p: int, intervals):
-        """The code's ``QConv_Tra_Mulit.initialize`` at one precision: every slot the precision
-        uses from this layer's input and weights (stored in ``interval_init``)."""
-        w_lower, w_upper, a_lower, a_upper = intervals
-        sel, g = self.selection, self.selection.num_branches
-        full, partial, slot = sel.gather(precision)
-        has_partial = partial.sum() > 0
-        pb = jnp.argmax(partial)
-
-        def act_stats(v):
-            lower = jnp.min(v)
-            return lower, jnp.maximum(3.0 * jnp.std(v, ddof=1) * _ARCSINE_HALF_NORMAL, lower + 1e-3)
-
-        chunks = [act_stats(x[..., b, :]) for b in range(g)]
-        chunks.append(act_stats(jnp.take(x[..., :p], pb, axis=-2)))
-        used = jnp.concatenate([full, has_partial[None].astype(jnp.float32)]) > 0
-        a_lower = a_lower.at[precision].set(
-            jnp.where(used, jnp.stack([s[0] for s in chunks]), a_lower[precision])
-        )
-        a_upper = a_upper.at[precision].set(
-            jnp.where(used, jnp.stack([s[1] for s in chunks]), a_upper[precision])
-        )
-        partial_std = 3.0 * jnp.std(jnp.take(kernel[..., :p], pb, axis=0))
-        per_branch_slots = all(s == tuple(range(g)) for s in sel.full_weight_slot)
-        for b in range(g):
-            is_partial = partial[b] > 0
-            value = jnp.where(is_partial, partial_std, 3.0 * jnp.std(kernel[b]))
-            write = (full[b] > 0) | (is_partial & (not per_branch_slots))
-            w_upper = w_upper.at[slot[b]].set(jnp.where(write, value, w_upper[slot[b]]))
-        w_lower = -w_upper
-        for name, value in zip(
-            ("weight_lower", "weight_upper", "act_lower", "act_upper"),
-            (w_lower, w_upper, a_lower, a_upper),
-        ):
-            self.put_variable(INTERVAL_INIT, name, value)
-        return w_lower, w_upper, a_lower, a_upper
 
 
 def mobilenet_v1_blocks(width: float = 1.0, partial_widths: Sequence[int] = ()):
