@@ -72,6 +72,46 @@ def _check_selection(selection: BranchSelection | None, bits: Sequence[int]) -> 
     return selection
 
 
+def _check_imagenet_stages(stage_sizes: Sequence[int]) -> None:
+    if len(stage_sizes) != 4 or not all(int(n) >= 1 for n in stage_sizes):
+        raise ConfigError(
+            f"an ImageNet ResNet has four stages of at least one block, got stage_sizes "
+            f"{tuple(stage_sizes)}"
+        )
+
+
+def _resolve_stage_widths(
+    given: Sequence[int], default: Sequence[int], base_width: int, widths, what: str
+) -> tuple[int, ...]:
+    """The partial widths of an ImageNet ResNet's four stages: ``given``, each in ``1..width``,
+    or (``()``) the official ``default`` scaled by ``base_width / 64``."""
+    if not given:
+        return tuple(min(w, max(1, round(p * base_width / 64))) for p, w in zip(default, widths))
+    values = tuple(int(p) for p in given)
+    if len(values) != 4 or not all(0 < p <= w for p, w in zip(values, widths)):
+        raise ConfigError(
+            f"{what} {values} must give one width per stage in 1..{widths}; "
+            f"or () for the official {default}"
+        )
+    return values
+
+
+def _imagenet_stem(x: jax.Array, precision, train: bool, base_width: int, bits) -> jax.Array:
+    """The FP stem of the ImageNet ResNets (called inside a compact ``__call__``): 7x7/2 conv
+    -> BN -> ReLU -> 3x3/2 max-pool, with PyTorch's symmetric paddings."""
+    x = QuantConv(
+        base_width,
+        (7, 7),
+        (2, 2),
+        padding=((3, 3), (3, 3)),
+        use_bias=False,
+        spec=FULL_PRECISION,
+        name="stem",
+    )(x, 0)
+    x = relu(PrecisionBatchNorm(num_precisions=len(bits), name="stem_bn")(x, precision, train))
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
 def _basic_block(
     ops, conv, bn, x, train, *, name, features, strides, p_in, p, p_out, projection,
     shortcut_padding="SAME", shuffle=None,
@@ -263,26 +303,16 @@ class MultiBranchResNet(nn.Module):
     channel_shuffle: bool = False
 
     def resolved_partial_widths(self) -> tuple[int, ...]:
-        if len(self.stage_sizes) != 4 or not all(int(n) >= 1 for n in self.stage_sizes):
-            raise ConfigError(
-                f"an ImageNet ResNet has four stages of at least one block, got stage_sizes "
-                f"{tuple(self.stage_sizes)}"
-            )
-        stages = tuple(self.base_width * 2**s for s in range(4))
+        _check_imagenet_stages(self.stage_sizes)
         default = (
             RESNET34_PARTIAL_WIDTHS
             if tuple(self.stage_sizes) == (3, 4, 6, 3)
             else RESNET18_PARTIAL_WIDTHS
         )
-        if not self.partial_widths:
-            return tuple(max(1, round(p * self.base_width / 64)) for p in default)
-        widths = tuple(int(p) for p in self.partial_widths)
-        if len(widths) != 4 or not all(0 < p <= c for p, c in zip(widths, stages)):
-            raise ConfigError(
-                f"partial_widths {widths} must give one width per stage in 1..{stages}; "
-                f"or () for the official {default}"
-            )
-        return widths
+        stages = tuple(self.base_width * 2**s for s in range(4))
+        return _resolve_stage_widths(
+            self.partial_widths, default, self.base_width, stages, "partial_widths"
+        )
 
     def shuffle_indices(self) -> dict[str, np.ndarray]:
         """``{block name: channel_shuffle_indices}`` of the blocks that shuffle (those with a
@@ -312,17 +342,7 @@ class MultiBranchResNet(nn.Module):
         conv = functools.partial(
             MultiBranchConv, selection=sel, bits=bits, padding=((1, 1), (1, 1))
         )
-        x = QuantConv(
-            self.base_width,
-            (7, 7),
-            (2, 2),
-            padding=((3, 3), (3, 3)),
-            use_bias=False,
-            spec=FULL_PRECISION,
-            name="stem",
-        )(x, 0)
-        x = relu(PrecisionBatchNorm(num_precisions=len(bits), name="stem_bn")(x, precision, train))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = _imagenet_stem(x, precision, train, self.base_width, bits)
         ops = _layout(self, sel, precision)
         x, channels = ops.tile(x), self.base_width
         p_prev = self.base_width  # the first conv's partial reads the full stem copy

@@ -11,17 +11,19 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
-from jaxquant.errors import ConfigError
 from jaxquant.layers import (
     FULL_PRECISION,
     BranchSelection,
     MultiBranchConv,
-    PrecisionBatchNorm,
-    QuantConv,
     QuantDense,
 )
-from jaxquant.models.common import avg_pool_all, relu
-from jaxquant.models.multibranch import _check_selection
+from jaxquant.models.common import avg_pool_all
+from jaxquant.models.multibranch import (
+    _check_imagenet_stages,
+    _check_selection,
+    _imagenet_stem,
+    _resolve_stage_widths,
+)
 from jaxquant.models.multibranch_layouts import _layout
 from jaxquant.models.multibranch_ops import BranchBatchNorm
 
@@ -83,32 +85,19 @@ class MultiBranchBottleneckResNet(nn.Module):
     mid_partial_widths: Sequence[int] = ()
     base_width: int = 64
 
-    def _resolve(self, given, default, widths, what) -> tuple[int, ...]:
-        if not given:
-            return tuple(
-                min(w, max(1, round(p * self.base_width / 64))) for p, w in zip(default, widths)
-            )
-        values = tuple(int(p) for p in given)
-        if len(values) != 4 or not all(0 < p <= w for p, w in zip(values, widths)):
-            raise ConfigError(
-                f"{what} {values} must give one width per stage in 1..{widths}; "
-                f"or () for the official {default}"
-            )
-        return values
-
     def resolved_partial_widths(self) -> tuple[int, ...]:
         """The block-output partial widths, then the middle ones (8 values)."""
-        if len(self.stage_sizes) != 4 or not all(int(n) >= 1 for n in self.stage_sizes):
-            raise ConfigError(
-                f"an ImageNet ResNet has four stages of at least one block, got stage_sizes "
-                f"{tuple(self.stage_sizes)}"
-            )
+        _check_imagenet_stages(self.stage_sizes)
         mids = tuple(self.base_width * 2**s for s in range(4))
         outs = tuple(EXPANSION * m for m in mids)
-        return self._resolve(
-            self.partial_widths, RESNET50_PARTIAL_WIDTHS, outs, "partial_widths"
-        ) + self._resolve(
-            self.mid_partial_widths, RESNET50_MID_PARTIAL_WIDTHS, mids, "mid_partial_widths"
+        return _resolve_stage_widths(
+            self.partial_widths, RESNET50_PARTIAL_WIDTHS, self.base_width, outs, "partial_widths"
+        ) + _resolve_stage_widths(
+            self.mid_partial_widths,
+            RESNET50_MID_PARTIAL_WIDTHS,
+            self.base_width,
+            mids,
+            "mid_partial_widths",
         )
 
     @nn.compact
@@ -121,12 +110,7 @@ class MultiBranchBottleneckResNet(nn.Module):
         conv = functools.partial(
             MultiBranchConv, selection=sel, bits=bits, padding=((1, 1), (1, 1))
         )
-        x = QuantConv(
-            self.base_width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-            spec=FULL_PRECISION, name="stem",
-        )(x, 0)  # fmt: skip
-        x = relu(PrecisionBatchNorm(num_precisions=len(bits), name="stem_bn")(x, precision, train))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = _imagenet_stem(x, precision, train, self.base_width, bits)
         ops = _layout(self, sel, precision)
         x, channels = ops.tile(x), self.base_width
         p_prev = self.base_width  # the first block's partial reads the full stem copy
