@@ -293,19 +293,23 @@ def compiled_ofwa_rr(
 ):
     """`ofwa_rr_gram` compiled ahead of time for one layer shape (cached), so a timed run does
     not pay compilation: ``compiled(gram, xty, yy, planes, alpha)``."""
-    key = (num_planes, out_features, fan_in, epochs, block, sequential)
+    shapes = (
+        (fan_in, fan_in),
+        (fan_in, out_features),
+        (out_features,),
+        (num_planes, out_features, fan_in),
+        (out_features,),
+    )
+    return _compiled(ofwa_rr_gram, shapes, epochs=epochs, block=block, sequential=sequential)
+
+
+def _compiled(fn, shapes: tuple, **static):
+    """The jitted ``fn`` lowered for float32 arguments of ``shapes`` and compiled, once per
+    function, shapes and static arguments (cached in ``_COMPILED``)."""
+    key = (fn.__name__, shapes, tuple(sorted(static.items())))
     if key not in _COMPILED:
-        f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
-        _COMPILED[key] = ofwa_rr_gram.lower(
-            f32(fan_in, fan_in),
-            f32(fan_in, out_features),
-            f32(out_features),
-            f32(num_planes, out_features, fan_in),
-            f32(out_features),
-            epochs=epochs,
-            block=block,
-            sequential=sequential,
-        ).compile()
+        args = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes]
+        _COMPILED[key] = fn.lower(*args, **static).compile()
     return _COMPILED[key]
 
 
@@ -402,18 +406,14 @@ def ofwa_rr_dw_gram(
 def compiled_ofwa_rr_dw(num_planes: int, channels: int, fan_in: int, epochs: int = 100):
     """`ofwa_rr_dw_gram` compiled ahead of time for one depthwise layer shape (cached with the
     `compiled_ofwa_rr` programs): ``compiled(gram, xty, yy, planes, alpha)``."""
-    key = ("depthwise", num_planes, channels, fan_in, epochs)
-    if key not in _COMPILED:
-        f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
-        _COMPILED[key] = ofwa_rr_dw_gram.lower(
-            f32(channels, fan_in, fan_in),
-            f32(channels, fan_in),
-            f32(channels),
-            f32(num_planes, channels, fan_in),
-            f32(channels),
-            epochs=epochs,
-        ).compile()
-    return _COMPILED[key]
+    shapes = (
+        (channels, fan_in, fan_in),
+        (channels, fan_in),
+        (channels,),
+        (num_planes, channels, fan_in),
+        (channels,),
+    )
+    return _compiled(ofwa_rr_dw_gram, shapes, epochs=epochs)
 
 
 def ofwa_rr_dw(x: jax.Array, y: jax.Array, planes: jax.Array, alpha: jax.Array, epochs: int = 100):
