@@ -134,18 +134,8 @@ def interval_params(module: nn.Module, kernel: jax.Array, x32: jax.Array, g: int
                 (len(module.bits), g + 1),
                 len(module.bits),
             )
-    # 3 std / sqrt(1 - 2/pi) and the minimum, as the official init (kept apart by at least
-    # 1e-3).
-    a_lower = module.param("act_lower", act_init(jnp.min))
-    a_upper = module.param(
-        "act_upper",
-        act_init(
-            lambda v, axis: jnp.maximum(
-                3.0 * jnp.std(v, axis=axis, ddof=1) * _ARCSINE_HALF_NORMAL,
-                jnp.min(v, axis=axis) + 1e-3,
-            )
-        ),
-    )
+    a_lower = module.param("act_lower", act_init(lambda v, axis: _act_stats(v, axis)[0]))
+    a_upper = module.param("act_upper", act_init(lambda v, axis: _act_stats(v, axis)[1]))
     return w_lower, w_upper, a_lower, a_upper
 
 
@@ -202,11 +192,12 @@ def initial_intervals(
     return w_lower, w_upper, a_lower, a_upper
 
 
-def _act_stats(v: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """An activation interval of the official init: the minimum, and 3 std / sqrt(1 - 2/pi)
-    (unbiased std) kept at least 1e-3 above it."""
-    lower = jnp.min(v)
-    return lower, jnp.maximum(3.0 * jnp.std(v, ddof=1) * _ARCSINE_HALF_NORMAL, lower + 1e-3)
+def _act_stats(v: jax.Array, axis=None) -> tuple[jax.Array, jax.Array]:
+    """An activation interval of the official init (over ``axis``): the minimum, and
+    3 std / sqrt(1 - 2/pi) (unbiased std) kept at least 1e-3 above it."""
+    lower = jnp.min(v, axis=axis)
+    upper = 3.0 * jnp.std(v, axis=axis, ddof=1) * _ARCSINE_HALF_NORMAL
+    return lower, jnp.maximum(upper, lower + 1e-3)
 
 
 class MultiBranchConv(nn.Module):
